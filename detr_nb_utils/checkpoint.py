@@ -1,0 +1,210 @@
+"""Loading the official DETR checkpoint safely, and adapting it to a variant (model surgery).
+
+The official file ``detr-r50-e632da11.pth`` is a dict whose ``model`` entry is the state dict of the
+published DETR-R50 (6 decoder layers, 100 queries, 91 classes). Variants keep the first ``dec_layers``
+decoder layers and the first ``num_queries`` query embeddings; a different ``num_classes`` gets a freshly
+initialised class head. Used by 02_checkpoint_inspection and, through the engine, 03-05.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+CHECKPOINT_NAME = "detr-r50-e632da11.pth"
+CHECKPOINT_URL = f"https://dl.fbaipublicfiles.com/detr/{CHECKPOINT_NAME}"
+CHECKPOINT_SHA256_PREFIX = "e632da11"  # torch.hub convention: the hash in the name starts the file's SHA-256
+GET_IT = "python -m detr_nb_utils.download checkpoint --dest data/checkpoints"
+_DEC_LAYER = re.compile(r"^transformer\.decoder\.layers\.(\d+)\.")
+# The reference training script saves its argparse.Namespace beside the weights; it is plain data, so allow it.
+torch.serialization.add_safe_globals([argparse.Namespace])
+_REQUIRED = ("class_embed.weight", "query_embed.weight", "input_proj.weight", "transformer.decoder.norm.weight")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did with each state-dict entry.
+
+    ``rows``: ``(key, action, checkpoint_shape, model_shape)`` with action one of ``loaded``, ``sliced``,
+    ``dropped``, ``re-initialised``. Renders as a table in a notebook.
+    """
+
+    path: str
+    rows: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
+    random_weights: bool = False
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["key", "action", "checkpoint_shape", "model_shape"])
+
+    def summary(self) -> pd.Series:
+        """Number of entries per action."""
+        return self.to_frame()["action"].value_counts()
+
+    def keys(self, action: str) -> list[str]:
+        return [r[0] for r in self.rows if r[1] == action]
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{n} {a}" for a, n in self.summary().items())
+        note = "  [RANDOM WEIGHTS: demo stand-in, not the official checkpoint]" if self.random_weights else ""
+        return f"{self.path}: {counts}{note}"
+
+    def _repr_html_(self) -> str:
+        changed = self.to_frame().query("action != 'loaded'")
+        return f"<p>{self}</p>" + changed.to_html(index=False)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict in a DETR checkpoint file, and whether it is marked as random weights.
+
+    Loads with ``weights_only=True``: a file that holds pickled Python objects is refused, since
+    unpickling a file from the internet can run arbitrary code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist. Download the official one with `{GET_IT}`, "
+                              "or pass the right path as `checkpoint`.")
+    corrupt = (f"checkpoint {path} is truncated or corrupt ({{}}). "
+               f"Delete it and download it again with `{GET_IT}`.")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle format
+        raise CheckpointError(corrupt.format(f"starts with {head!r}, not a PyTorch file"))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # the weights-only unpickler names the global it refused
+            raise CheckpointError(corrupt.format(str(e).splitlines()[0])) from None
+        raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which could run code when loaded, "
+                              f"so it is refused. Use the official file (`{GET_IT}`) or re-save the weights as a "
+                              f"plain dict of tensors. ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(corrupt.format(str(e).splitlines()[0])) from None
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(k in sd for k in _REQUIRED):
+        raise CheckpointError(f"{path} is not a DETR checkpoint: expected a dict with a 'model' state dict holding "
+                              f"{', '.join(_REQUIRED)}. Use the official file (`{GET_IT}`).")
+    return sd, bool(isinstance(obj, dict) and obj.get("random_weights", False))
+
+
+def checkpoint_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """``dec_layers``, ``num_queries`` and ``num_classes`` of a DETR state dict."""
+    layers = {int(m.group(1)) for k in state_dict if (m := _DEC_LAYER.match(k))}
+    return {"dec_layers": max(layers) + 1 if layers else 0,
+            "num_queries": state_dict["query_embed.weight"].shape[0],
+            "num_classes": state_dict["class_embed.weight"].shape[0] - 1}
+
+
+def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module,
+                     path: str = "<state dict>") -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Model surgery: the state dict ``model`` needs, built from a bigger checkpoint.
+
+    Keeps decoder layers ``0 … model.dec_layers-1`` (and the shared final decoder norm), the first
+    ``model.num_queries`` rows of ``query_embed.weight``, and takes the model's own (fresh) class head when the
+    number of classes differs. Every kept tensor is the checkpoint's, bit for bit.
+    """
+    dims = checkpoint_dims(state_dict)
+    for name, want in (("dec_layers", model.dec_layers), ("num_queries", model.num_queries)):
+        if want > dims[name]:
+            raise CheckpointError(f"{path} has {dims[name]} {name.replace('_', ' ')}, the model asks for {want}: "
+                                  f"choose {name} <= {dims[name]}.")
+    own = model.state_dict()
+    report, new = LoadReport(str(path)), {}
+    for key, target in own.items():
+        src = state_dict.get(key)
+        if src is None:
+            raise CheckpointError(f"{path} is not a DETR-R50 checkpoint: it lacks {key}. Use the official file.")
+        if src.shape == target.shape:
+            new[key], action = src, "loaded"
+        elif key == "query_embed.weight":
+            new[key], action = src[: model.num_queries].clone(), "sliced"
+        elif key.startswith("class_embed.") and dims["num_classes"] != model.num_classes:
+            new[key], action = target, "re-initialised"
+        else:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(src.shape)}, the model needs "
+                                  f"{tuple(target.shape)}; this checkpoint does not fit build_detr's architecture.")
+        report.rows.append((key, action, tuple(src.shape), tuple(target.shape)))
+    for key in state_dict.keys() - own.keys():
+        report.rows.append((key, "dropped", tuple(state_dict[key].shape), ()))
+    return new, report
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed."""
+    sd, random_weights = read_checkpoint(path)
+    new, report = adapt_state_dict(sd, model, str(path))
+    model.load_state_dict(new, strict=True)
+    report.random_weights = random_weights
+    return report
+
+
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+@torch.no_grad()
+def make_random_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """An official-layout checkpoint with RANDOM weights, marked ``random_weights=True``: the offline demo's
+    stand-in for ``detr-r50-e632da11.pth``. Reused when it already exists.
+
+    The frozen BatchNorm statistics are calibrated on noise images so activations keep a unit scale through
+    the 50 layers (an un-normalised random ResNet would blow them up by orders of magnitude).
+    """
+    from .model import build_detr  # local import: model imports nothing from here, keep it that way
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    torch.manual_seed(seed)
+    model = build_detr().eval()
+    _calibrate_frozen_bn(model.backbone[0].body, torch.randn(2, 3, 224, 224))
+    return save_atomic({"model": model.state_dict(), "random_weights": True,
+                        "note": f"random weights (seed {seed}), not the official DETR checkpoint"}, path)
+
+
+def _calibrate_frozen_bn(body: nn.Module, images: torch.Tensor) -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    def set_stats(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(set_stats) for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    try:
+        body(images)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def download_checkpoint(dest_dir: str | os.PathLike = "data/checkpoints", progress: bool = True,
+                        url: str = CHECKPOINT_URL, sha256_prefix: str = CHECKPOINT_SHA256_PREFIX) -> Path:
+    """Fetch the official checkpoint (159 MB) into ``dest_dir``: resumable, written under a temporary name and
+    renamed only once its SHA-256 starts with ``sha256_prefix``; an existing verified file is kept as is."""
+    from .download import fetch_file
+
+    return fetch_file(url, Path(dest_dir) / CHECKPOINT_NAME, sha256_prefix=sha256_prefix, progress=progress)
