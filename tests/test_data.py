@@ -1,0 +1,243 @@
+"""data.py on real COCO images: target contract, transforms keep boxes right, collate masks, bad files named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+
+from detr_nb_utils.data import (IMAGENET_MEAN, IMAGENET_STD, CocoDetection, RandomSizeCrop, build_dataset,
+                                collate_fn, make_transforms)
+
+SMALL = dict(scales=(224, 256), max_size=400, crop_resize=(200, 250), crop_size=(120, 220), val_size=256)
+
+
+@pytest.fixture(scope="module")
+def sample(coco_sample) -> tuple[Path, Path]:
+    return coco_sample / "annotations" / "instances_val2017_sample.json", coco_sample / "images"
+
+
+@pytest.fixture(scope="module")
+def raw(sample) -> CocoDetection:
+    """No transforms: uint8 images at their stored size."""
+    return CocoDetection(*sample)
+
+
+@pytest.fixture(scope="module")
+def source(sample) -> dict:
+    return json.loads(sample[0].read_text())
+
+
+def pixel_xyxy(target: dict) -> torch.Tensor:
+    h, w = target["size"].tolist()
+    return box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
+
+
+def anns_by_image(source: dict) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for a in source["annotations"]:
+        out.setdefault(a["image_id"], []).append(a)
+    return out
+
+
+def test_untransformed_targets_follow_the_contract(raw, source):
+    anns = anns_by_image(source)
+    assert len(raw) == 206
+    assert raw.stats() == {"images": 206, "boxes": 1765, "crowd_excluded": 21, "degenerate_dropped": 0,
+                           "dropped_by_transforms": 0}
+    crowd_images = {a["image_id"] for a in source["annotations"] if a["iscrowd"]}
+    crowd_indices = [i for i, image_id in enumerate(raw.ids) if image_id in crowd_images]
+    checked_crowd = 0
+    for index in sorted({*range(0, len(raw), 9), *crowd_indices[:4]}):
+        image, t = raw[index]
+        image_id = raw.ids[index]
+        info = next(im for im in source["images"] if im["id"] == image_id)
+        assert image.dtype == torch.uint8 and image.shape == (3, info["height"], info["width"])
+        assert t["boxes"].dtype == torch.float32 and t["labels"].dtype == torch.int64
+        assert t["image_id"].item() == image_id and t["image_id"].dtype == torch.int64
+        assert t["orig_size"].tolist() == t["size"].tolist() == [info["height"], info["width"]]
+        mine = [a for a in anns.get(image_id, []) if not a["iscrowd"]]
+        assert t["labels"].tolist() == [a["category_id"] for a in mine]  # original ids, crowd excluded
+        want = torch.tensor([a["bbox"] for a in mine], dtype=torch.float32).reshape(-1, 4)
+        got = box_convert(pixel_xyxy(t), "xyxy", "xywh")
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
+        checked_crowd += image_id in crowd_images
+    assert checked_crowd > 0
+
+
+def test_labels_are_original_category_ids(raw):
+    labels = set(torch.cat([torch.from_numpy(raw._targets[i][1]) for i in raw.ids]).tolist())
+    assert max(labels) > 80  # ids run to 90 with gaps: no 0..79 remapping
+    assert labels <= {c["id"] for c in raw.coco.dataset["categories"]}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_box_stays_inside_its_image(sample, split):
+    ds = build_dataset(*sample, split, **SMALL)
+    torch.manual_seed(0)
+    kept = 0
+    for draw in range(3):
+        for index in range(draw, len(ds), 5):
+            before = ds.num_dropped_by_transforms
+            image, t = ds[index]
+            n_orig = len(ds._targets[ds.ids[index]][0])
+            assert t["size"].tolist() == list(image.shape[-2:])
+            if split == "val":
+                assert min(image.shape[-2:]) == 256 or max(image.shape[-2:]) == 400
+            assert len(t["boxes"]) == len(t["labels"]) == n_orig - (ds.num_dropped_by_transforms - before)
+            b = box_convert(t["boxes"], "cxcywh", "xyxy")
+            assert ((b >= -1e-6) & (b <= 1 + 1e-6)).all(), (index, b)
+            assert (t["boxes"][:, 2:] > 0).all()
+            kept += len(b)
+    assert kept > 0
+    if split == "val":
+        assert ds.num_dropped_by_transforms == 0  # val never drops a box
+    else:
+        assert ds.num_dropped_by_transforms > 0  # crops do cut boxes away, and they are counted
+
+
+def test_random_size_crop_keeps_boxes_inside_at_paper_sizes(sample):
+    ds = CocoDetection(*sample, transforms=v2.Compose([v2.RandomShortestSize([400, 500, 600]),
+                                                       RandomSizeCrop(384, 600), v2.SanitizeBoundingBoxes()]))
+    torch.manual_seed(1)
+    for index in range(0, len(ds), 23):
+        image, t = ds[index]
+        h, w = image.shape[-2:]
+        assert 384 <= h <= 600 and 384 <= w <= 600
+        b = pixel_xyxy(t)
+        assert ((b[:, 0::2] >= 0) & (b[:, 0::2] <= w) & (b[:, 1::2] >= 0) & (b[:, 1::2] <= h)).all()
+
+
+def test_boxes_follow_a_horizontal_flip_exactly(sample, raw):
+    flipped = CocoDetection(*sample, transforms=v2.RandomHorizontalFlip(p=1.0))
+    for index in (0, 50, 120):
+        image, t = raw[index]
+        image_f, t_f = flipped[index]
+        assert torch.equal(image_f, image.flip(-1))
+        w = image.shape[-1]
+        x1, y1, x2, y2 = pixel_xyxy(t).unbind(-1)
+        hand = torch.stack([w - x2, y1, w - x1, y2], dim=-1)
+        torch.testing.assert_close(pixel_xyxy(t_f), hand, atol=1e-3, rtol=0)
+        assert torch.equal(t_f["labels"], t["labels"])
+
+
+def test_images_are_imagenet_normalised(sample, raw):
+    image, _ = raw[3]
+    short, long = sorted(image.shape[-2:])
+    ds = build_dataset(*sample, "val", val_size=short, max_size=long)  # no resize: only the normalisation
+    got, _ = ds[3]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(got, (image.float() / 255 - mean) / std, atol=1e-5, rtol=0)
+
+
+def test_val_resize_matches_detr_at_full_size(sample):
+    ds = build_dataset(*sample, "val", image_ids=[139])  # 426 x 640 -> shorter side 800, longer 1201
+    image, t = ds[0]
+    assert image.shape == (3, 800, 1201) and t["size"].tolist() == [800, 1201]
+    assert t["orig_size"].tolist() == [426, 640]
+
+
+def test_collate_pads_bottom_right_and_masks_padding(sample):
+    ds = build_dataset(*sample, "train", **SMALL)
+    items = [ds[i] for i in (0, 1, 2, 3)]
+    images, mask, targets = collate_fn(items)
+    h_max = max(im.shape[1] for im, _ in items)
+    w_max = max(im.shape[2] for im, _ in items)
+    assert images.shape == (4, 3, h_max, w_max) and mask.shape == (4, h_max, w_max) and mask.dtype == torch.bool
+    assert len({im.shape for im, _ in items}) > 1  # the test needs mixed sizes
+    for i, (image, target) in enumerate(items):
+        h, w = image.shape[-2:]
+        assert torch.equal(images[i, :, :h, :w], image)
+        assert not mask[i, :h, :w].any() and mask[i, h:, :].all() and mask[i, :, w:].all()
+        assert (images[i][:, mask[i]] == 0).all()
+        assert targets[i] is target
+
+
+def test_dataloader_with_collate(sample):
+    ds = build_dataset(*sample, "val", max_images=4, **SMALL)
+    images, mask, targets = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate_fn)))
+    assert images.shape[0] == 4 and [t["image_id"].item() for t in targets] == ds.ids[:4]
+
+
+def write_coco(folder: Path, images: list[dict], annotations: list[dict]) -> Path:
+    path = folder / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}))
+    return path
+
+
+def test_grayscale_and_cmyk_jpegs_become_rgb(tmp_path):
+    rgb = Image.new("RGB", (64, 48), (200, 30, 60))
+    rgb.convert("L").save(tmp_path / "gray.jpg")
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    images = [{"id": i + 1, "file_name": n, "height": 48, "width": 64} for i, n in enumerate(["gray.jpg", "cmyk.jpg"])]
+    ds = CocoDetection(write_coco(tmp_path, images, []), tmp_path)
+    gray, _ = ds[0]
+    cmyk, _ = ds[1]
+    assert gray.shape == cmyk.shape == (3, 48, 64)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert (cmyk[:, 24, 32].int() - torch.tensor([200, 30, 60])).abs().max() <= 3
+
+
+def test_clamping_and_degenerate_boxes_are_counted(tmp_path):
+    Image.new("RGB", (100, 80)).save(tmp_path / "a.jpg")
+    boxes = [[10, 10, 20, 20], [90, 70, 30, 30], [5, 5, 0, 10], [120, 10, 5, 5], [1, 2, 3, 4]]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "iscrowd": int(i == 4), "area": 1.0}
+            for i, b in enumerate(boxes)]
+    ds = CocoDetection(write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "height": 80, "width": 100}], anns),
+                       tmp_path)
+    _, t = ds[0]
+    torch.testing.assert_close(pixel_xyxy(t), torch.tensor([[10.0, 10, 30, 30], [90, 70, 100, 80]]))
+    assert ds.num_degenerate_dropped == 2 and ds.num_crowd_excluded == 1
+
+
+def test_verify_names_missing_corrupt_and_wrong_size_files(sample, source, tmp_path):
+    ann_file, img_dir = sample
+    ids = [im["id"] for im in source["images"][:6]]
+    for im in source["images"][:6]:
+        shutil.copy(img_dir / im["file_name"], tmp_path / im["file_name"])
+    names = [f"{i:012d}.jpg" for i in ids]
+    (tmp_path / names[1]).unlink()
+    (tmp_path / names[2]).write_bytes(b"this is not a jpeg" * 10)
+    data = (tmp_path / names[3]).read_bytes()
+    (tmp_path / names[3]).write_bytes(data[:200])  # truncated inside the headers
+    Image.new("RGB", (32, 32)).save(tmp_path / names[4])
+    ds = CocoDetection(ann_file, tmp_path, image_ids=ids)
+    with pytest.raises(ValueError) as err:
+        ds.verify(progress=False)
+    msg = str(err.value)
+    assert msg.startswith("4 of 6 images")
+    assert f"{names[1]}: missing" in msg and f"{names[2]}: corrupt" in msg and f"{names[3]}: corrupt" in msg
+    assert f"{names[4]}: 32x32" in msg and names[0] not in msg and names[5] not in msg
+    with pytest.raises(ValueError, match="4 of 6"):
+        ds.verify(decode=False, progress=False)
+    with pytest.raises(FileNotFoundError, match=names[1]):
+        ds[1]
+    with pytest.raises(ValueError, match=f"{names[2]} does not decode"):
+        ds[2]
+    with pytest.raises(ValueError, match=f"{names[4]} is 32x32"):
+        ds[4]
+    assert CocoDetection(ann_file, tmp_path, image_ids=[ids[0], ids[5]]).verify(progress=False) == 2
+
+
+def test_subset_arguments_and_bad_options(sample):
+    ds = CocoDetection(*sample, image_ids=[802, 139], max_images=1)
+    assert ds.ids == [139] and len(CocoDetection(*sample, image_ids=[802, 139])) == 2
+    with pytest.raises(ValueError, match=r"image_ids not in .*\[1\]"):
+        CocoDetection(*sample, image_ids=[1, 139])
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'val'\), got 'test'"):
+        make_transforms("test")
+    with pytest.raises(ValueError, match="scales must hold positive integers"):
+        make_transforms("train", scales=())
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        CocoDetection(sample[0], sample[1] / "nope")

@@ -1,0 +1,168 @@
+"""split.py on the real 206-image COCO sample: counts, completeness, no overlap, determinism, manifest, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+
+from detr_nb_utils.split import images_with_many_boxes, make_split, split_diversity, verify_split
+
+N_IMAGES, N_ANNS, N_CROWD = 206, 1786, 21
+
+
+@pytest.fixture(scope="module")
+def ann_file(coco_sample) -> Path:
+    return coco_sample / "annotations" / "instances_val2017_sample.json"
+
+
+@pytest.fixture(scope="module")
+def source(ann_file) -> dict:
+    return json.loads(ann_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def full_split(ann_file, tmp_path_factory):
+    """Every sample image used: 150 train + 56 val."""
+    out = tmp_path_factory.mktemp("split")
+    return out, make_split(ann_file, out, n_train=150, n_val=56, seed=42)
+
+
+def test_counts_no_overlap_and_complete_annotations(full_split, source):
+    out, manifest = full_split
+    src_anns = {}
+    for a in source["annotations"]:
+        src_anns.setdefault(a["image_id"], []).append(a)
+    sides = {side: json.loads((out / f"{side}.json").read_text()) for side in ("train", "val")}
+    ids = {side: {im["id"] for im in coco["images"]} for side, coco in sides.items()}
+    assert (len(ids["train"]), len(ids["val"])) == (150, 56)
+    assert not ids["train"] & ids["val"]
+    assert ids["train"] | ids["val"] == {im["id"] for im in source["images"]}
+    for side, coco in sides.items():
+        assert sorted(ids[side]) == manifest[side]["image_ids"]
+        want = sorted((a for i in ids[side] for a in src_anns.get(i, [])), key=lambda a: a["id"])
+        assert coco["annotations"] == want  # every annotation of its images, unchanged, original ids
+        assert coco["categories"] == source["categories"] and len(coco["categories"]) == 80
+        assert coco["info"] == source["info"] and coco["licenses"] == source["licenses"]
+    assert len(sides["train"]["annotations"]) + len(sides["val"]["annotations"]) == N_ANNS
+
+
+def test_outputs_load_in_pycocotools(full_split):
+    out, manifest = full_split
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out / "val.json"))
+    assert sorted(coco.getImgIds()) == manifest["val"]["image_ids"]
+
+
+def test_manifest_contents(full_split, ann_file, source):
+    out, manifest = full_split
+    assert json.loads((out / "split_manifest.json").read_text()) == manifest
+    assert manifest["seed"] == 42
+    assert manifest["source"]["sha256"] == hashlib.sha256(ann_file.read_bytes()).hexdigest()
+    src = manifest["source"]
+    assert (src["n_images"], src["n_annotations"], src["n_crowd"]) == (N_IMAGES, N_ANNS, N_CROWD)
+    assert src["n_boxes"] == N_ANNS - N_CROWD
+    for key in ("n_images", "n_annotations", "n_boxes", "n_crowd"):
+        assert manifest["train"][key] + manifest["val"][key] == src[key], key
+    per_cat = Counter(a["category_id"] for a in source["annotations"] if not a["iscrowd"])
+    assert {int(k): v for k, v in src["per_category_boxes"].items() if v} == dict(per_cat)
+    for c in src["per_category_boxes"]:
+        assert manifest["train"]["per_category_boxes"][c] + manifest["val"]["per_category_boxes"][c] == \
+            src["per_category_boxes"][c]
+    assert manifest["train"]["sha256"] == hashlib.sha256((out / "train.json").read_bytes()).hexdigest()
+
+
+def test_same_seed_gives_byte_identical_files(ann_file, tmp_path):
+    a = make_split(ann_file, tmp_path / "a", n_train=100, n_val=40, seed=7)
+    b = make_split(ann_file, tmp_path / "b", n_train=100, n_val=40, seed=7)
+    for name in ("train.json", "val.json", "split_manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    c = make_split(ann_file, tmp_path / "c", n_train=100, n_val=40, seed=8)
+    assert c["val"]["image_ids"] != a["val"]["image_ids"]
+    assert a == b
+    assert not list(tmp_path.glob("*/.*.tmp"))
+
+
+def test_verify_split_accepts_good_and_names_tampering(ann_file, tmp_path):
+    out = tmp_path / "s"
+    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    assert verify_split(out, ann_file)["seed"] == 1
+
+    val = json.loads((out / "val.json").read_text())
+    val["annotations"] = val["annotations"][1:]
+    (out / "val.json").write_text(json.dumps(val))
+    with pytest.raises(ValueError, match=r"val\.json.*modified") as err:
+        verify_split(out, ann_file)
+    assert "1 source annotations of its images missing" in str(err.value)
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads(ann_file.read_text()), indent=2))
+    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    with pytest.raises(ValueError, match="different annotation file"):
+        verify_split(out, other)
+
+
+def test_verify_split_catches_overlap_and_wrong_seed(ann_file, tmp_path):
+    out = tmp_path / "s"
+    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    manifest = json.loads((out / "split_manifest.json").read_text())
+    manifest["seed"] = 2
+    manifest["val"]["image_ids"][0] = manifest["train"]["image_ids"][0]
+    (out / "split_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as err:
+        verify_split(out, ann_file)
+    msg = str(err.value)
+    assert "share 1 images" in msg and "seed 2" in msg and "val.json: image ids differ" in msg
+
+
+@pytest.mark.parametrize("n_train, n_val, match", [
+    (200, 7, r"n_train \+ n_val = 200 \+ 7 = 207 .* only 206"),
+    (-1, 5, "n_train must be a non-negative integer"),
+    (10, 2.5, "n_val must be a non-negative integer"),
+])
+def test_bad_counts_are_named(ann_file, tmp_path, n_train, n_val, match):
+    with pytest.raises(ValueError, match=match):
+        make_split(ann_file, tmp_path, n_train=n_train, n_val=n_val)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_or_invalid_annotation_files(ann_file, tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(FileNotFoundError, match="nope.json.*download"):
+        make_split(missing, tmp_path / "o")
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(ann_file.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated.json is not valid JSON"):
+        make_split(truncated, tmp_path / "o")
+    not_coco = tmp_path / "not_coco.json"
+    not_coco.write_text('{"images": []}')
+    with pytest.raises(ValueError, match=r"not_coco.json is not a COCO instances file.*annotations"):
+        make_split(not_coco, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_diversity_table(full_split, source):
+    out, manifest = full_split
+    df = split_diversity(out)
+    assert len(df) == 80 and df.index.name == "category_id" and 90 in df.index
+    for side in ("source", "train", "val"):
+        assert df[f"{side}_share"].sum() == pytest.approx(1.0)
+    assert (df["train"] + df["val"] == df["source"]).all()
+    person = sum(1 for a in source["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
+    assert df.loc[1, "name"] == "person" and df.loc[1, "source"] == person
+    assert df.attrs["val_images_over_50_boxes"] == manifest["val"]["n_images_over_50_boxes"]
+
+
+def test_images_with_many_boxes_matches_pycocotools(ann_file):
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(ann_file))
+    for threshold in (10, 20, 50):
+        want = sorted(i for i in coco.getImgIds() if len(coco.getAnnIds(imgIds=i, iscrowd=False)) > threshold)
+        assert images_with_many_boxes(ann_file, threshold) == want
+    assert images_with_many_boxes(ann_file, 10)  # the sample does hold busy images
