@@ -13,6 +13,7 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,29 +108,31 @@ def checkpoint_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
             "num_classes": state_dict["class_embed.weight"].shape[0] - 1}
 
 
-def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module,
-                     path: str = "<state dict>") -> tuple[dict[str, torch.Tensor], LoadReport]:
+def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, path: str = "<state dict>",
+                     query_indices: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Model surgery: the state dict ``model`` needs, built from a bigger checkpoint.
 
-    Keeps decoder layers ``0 … model.dec_layers-1`` (and the shared final decoder norm), the first
-    ``model.num_queries`` rows of ``query_embed.weight``, and takes the model's own (fresh) class head when the
-    number of classes differs. Every kept tensor is the checkpoint's, bit for bit.
+    Keeps decoder layers ``0 … model.dec_layers-1`` (and the shared final decoder norm), the rows
+    ``query_indices`` of ``query_embed.weight`` (default: the first ``model.num_queries``, the seed's choice), and
+    takes the model's own (fresh) class head when the number of classes differs. Every kept tensor is the
+    checkpoint's, bit for bit.
     """
     dims = checkpoint_dims(state_dict)
     for name, want in (("dec_layers", model.dec_layers), ("num_queries", model.num_queries)):
         if want > dims[name]:
             raise CheckpointError(f"{path} has {dims[name]} {name.replace('_', ' ')}, the model asks for {want}: "
                                   f"choose {name} <= {dims[name]}.")
+    rows = _query_rows(query_indices, model.num_queries, dims["num_queries"])
     own = model.state_dict()
     report, new = LoadReport(str(path)), {}
     for key, target in own.items():
         src = state_dict.get(key)
         if src is None:
             raise CheckpointError(f"{path} is not a DETR-R50 checkpoint: it lacks {key}. Use the official file.")
-        if src.shape == target.shape:
+        if src.shape == target.shape and not (key == "query_embed.weight" and query_indices is not None):
             new[key], action = src, "loaded"
         elif key == "query_embed.weight":
-            new[key], action = src[: model.num_queries].clone(), "sliced"
+            new[key], action = src[rows].clone(), "sliced"
         elif key.startswith("class_embed.") and dims["num_classes"] != model.num_classes:
             new[key], action = target, "re-initialised"
         else:
@@ -141,10 +144,28 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module,
     return new, report
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed."""
+def _query_rows(query_indices: Sequence[int] | None, num_queries: int, available: int) -> torch.Tensor:
+    if query_indices is None:
+        return torch.arange(num_queries)
+    rows = torch.as_tensor(list(query_indices), dtype=torch.int64)
+    if rows.numel() != num_queries or len(set(rows.tolist())) != num_queries:
+        raise CheckpointError(f"query_indices must list {num_queries} distinct query slots (the model's num_queries), "
+                              f"got {rows.numel()} ({len(set(rows.tolist()))} distinct).")
+    if rows.min() < 0 or rows.max() >= available:
+        raise CheckpointError(f"query_indices must lie in 0..{available - 1} (the checkpoint's queries), "
+                              f"got {rows.min().item()}..{rows.max().item()}.")
+    return rows
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike,
+                    query_indices: Sequence[int] | None = None) -> LoadReport:
+    """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed.
+
+    ``query_indices``: which of the checkpoint's query embeddings to keep, in order (default: the first
+    ``model.num_queries``).
+    """
     sd, random_weights = read_checkpoint(path)
-    new, report = adapt_state_dict(sd, model, str(path))
+    new, report = adapt_state_dict(sd, model, str(path), query_indices)
     model.load_state_dict(new, strict=True)
     report.random_weights = random_weights
     return report

@@ -143,3 +143,15 @@ def test_random_checkpoint_is_labelled_and_usable(tmp_path):
     assert out["pred_boxes"].std() > 1e-3  # calibrated BatchNorm: features neither vanish nor explode
     mtime = path.stat().st_mtime_ns
     assert make_random_checkpoint(path, seed=3) == path and path.stat().st_mtime_ns == mtime  # reused
+
+
+def test_chosen_query_slots(official):
+    path, sd = official
+    model = build_detr(dec_layers=3, num_queries=4)
+    report = load_pretrained(model, path, query_indices=[90, 3, 50, 7])
+    assert report.keys("sliced") == ["query_embed.weight"]
+    assert torch.equal(model.query_embed.weight, sd["query_embed.weight"][[90, 3, 50, 7]])
+    with pytest.raises(CheckpointError, match="4 distinct"):
+        load_pretrained(model, path, query_indices=[1, 1, 2, 3])
+    with pytest.raises(CheckpointError, match=r"0\.\.99"):
+        load_pretrained(model, path, query_indices=[1, 2, 3, 100])
