@@ -1,0 +1,68 @@
+"""Where and in which number format the model runs: the device, bf16 autocast, channels_last.
+
+The fast mode (``precision="bf16"``, ``channels_last=True``) runs only the model's forward under bf16 autocast;
+its outputs are cast back to fp32 before matching, losses and post-processing. ``fp32`` is the published
+computation, untouched. Used by :mod:`detr_nb_utils.engine` and :mod:`detr_nb_utils.evaluate` (notebooks 02-05).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device when there is one, else the CPU (MPS only when asked for)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' but MPS is not available here; use device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (Intel AMX, or AVX512-BF16 as on AMD Zen 4)."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``: ``torch.bfloat16`` or ``None`` (plain fp32).
+
+    ``"auto"`` picks bf16 on CUDA GPUs that support it and on CPUs with :func:`cpu_has_fast_bf16`, else fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be one of 'fp32', 'bf16', 'auto', got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def to_float(outputs):
+    """``outputs`` (nested dicts/lists of tensors) with every floating tensor cast to fp32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(to_float(v) for v in outputs)
+    return outputs
+
+
+def model_forward(model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
+                  amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
+    """``model(images, mask)``, under autocast to ``amp_dtype`` when given, with fp32 outputs.
+
+    ``images``: ``[B,3,H,W]`` on the model's device; ``mask``: ``[B,H,W]`` bool, True on padding.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if amp_dtype is None:
+        return model(images, mask)
+    with torch.autocast(images.device.type, dtype=amp_dtype):
+        outputs = model(images, mask)
+    return to_float(outputs)

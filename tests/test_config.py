@@ -1,0 +1,96 @@
+"""RunConfig: profiles, explicit values winning, JSON round trip, and every bad value refused by name."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from detr_nb_utils.config import PROFILE_ENV, RunConfig, make_config, resolve_coco_layout
+from detr_nb_utils.train import config_from_args
+
+
+def test_study_profile_is_the_seed_recipe(monkeypatch):
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    cfg = make_config()
+    assert (cfg.profile, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_backbone) == ("study", 5, 2, 1e-4, 1e-5)
+    assert (cfg.weight_decay, cfg.clip_max_norm, cfg.dec_layers, cfg.num_queries) == (1e-4, 0.1, 6, 100)
+    assert (cfg.min_size, cfg.max_size, cfg.train_scales) == (800, 1333, tuple(range(480, 801, 32)))
+    assert (cfg.n_train, cfg.n_val, cfg.eval_batch_size) == (4000, 1000, 2)
+    assert str(cfg.run_dir) == "runs/study/dec6_q100"
+
+
+def test_environment_selects_the_profile_and_explicit_values_win(monkeypatch):
+    monkeypatch.setenv(PROFILE_ENV, "demo")
+    cfg = make_config(epochs=None, dec_layers=3, num_queries=50, lr=None)
+    assert cfg.profile == "demo" and cfg.out_dir == "runs/demo" and cfg.min_size < 800
+    assert (cfg.epochs, cfg.lr) == (make_config("demo").epochs, 1e-4)  # None means "the profile's default"
+    assert str(cfg.run_dir) == "runs/demo/dec3_q50"
+    assert make_config("study").profile == "study"  # an explicit profile beats the environment
+
+
+def test_json_round_trip(tmp_path):
+    cfg = make_config("demo", dec_layers=3, run_name="x", train_scales=(64, 96))
+    assert RunConfig.from_json(cfg.to_json(tmp_path / "c.json")) == cfg
+    assert RunConfig.from_json(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['colour'\]"):
+        RunConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_queries", 101, r"num_queries = 101 .* 1\.\.100 \(the checkpoint has 100"),
+    ("num_queries", 0, r"num_queries = 0"),
+    ("dec_layers", 7, r"dec_layers = 7 .* 1\.\.6"),
+    ("batch_size", 0, r"batch_size = 0 .* >= 1"),
+    ("lr", 0.0, r"lr = 0\.0 .* \(0\.0, inf\)"),
+    ("lr", -1e-4, r"lr = -0\.0001"),
+    ("precision", "fp16", r"precision = 'fp16' .* \('fp32', 'bf16', 'auto'\)"),
+    ("device", "gpu", r"device = 'gpu' .* 'cuda:N'"),
+    ("device", "cuda:x", r"device = 'cuda:x'"),
+    ("epochs", 2.5, r"epochs = 2\.5 .* integer"),
+    ("profile", "fast", r"profile = 'fast' .* \['demo', 'study'\]"),
+    ("max_size", 100, r"max_size = 100 .* 800\.\.8192"),
+    ("train_scales", (), r"train_scales = \(\)"),
+    ("train_scales", (2000,), r"train_scales = \(2000,\) .* 32\.\.max_size"),
+    ("dropout", 1.0, r"dropout = 1\.0"),
+    ("channels_last", "yes", r"channels_last = 'yes' .* True or False"),
+    ("run_name", "../x", r"run_name = '\.\./x'"),
+    ("hidden_dim", 128, r"hidden_dim = 128 .* 256 to load the checkpoint"),
+    ("lr_drop", 0, r"lr_drop = 0 .* or None"),
+])
+def test_bad_values_are_refused_with_the_field_and_the_allowed_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**{field: value})
+
+
+def test_without_a_checkpoint_the_architecture_is_free():
+    cfg = dataclasses.replace(make_config("demo"), checkpoint=None, hidden_dim=64, nheads=4)
+    assert cfg.hidden_dim == 64
+    with pytest.raises(ValueError, match=r"hidden_dim = 66 .* divisible by nheads \(4\)"):
+        dataclasses.replace(cfg, hidden_dim=66)
+
+
+def test_unknown_make_config_parameter_is_named():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
+        make_config(epoch=3)
+
+
+def test_cli_overrides_are_typed(tmp_path):
+    path = tmp_path / "run.json"
+    make_config("demo").to_json(path)
+    cfg = config_from_args(["--config", str(path), "--set", "epochs=3", "--set", "lr_drop=none",
+                            "--set", "train_scales=64,96", "--set", "progress=false", "--set", "lr=2e-4"])
+    assert (cfg.epochs, cfg.lr_drop, cfg.train_scales, cfg.progress, cfg.lr) == (3, None, (64, 96), False, 2e-4)
+    with pytest.raises(ValueError, match="--set epochs=three"):
+        config_from_args(["--config", str(path), "--set", "epochs=three"])
+
+
+def test_resolve_coco_layout_finds_each_layout_and_lists_what_it_tried(tmp_path):
+    for images, ann in (("val2017", "instances_val2017.json"), ("images", "instances_val2017_sample.json"),
+                        ("images", "instances.json")):
+        root = tmp_path / ann
+        (root / images).mkdir(parents=True)
+        (root / "annotations").mkdir()
+        (root / "annotations" / ann).write_text("{}")
+        assert resolve_coco_layout(root) == (root / images, root / "annotations" / ann)
+    with pytest.raises(FileNotFoundError, match=r"val2017/ \+ .*instances_val2017_sample\.json.*instances\.json"):
+        resolve_coco_layout(tmp_path / "nothing")

@@ -1,0 +1,99 @@
+"""The fine-tuning engine on a tiny DETR and a few synthetic images: it learns, it resumes exactly, it stops on a
+non-finite loss without touching the last good checkpoint, and a run folder reads back."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from detr_nb_utils import engine, runs
+from detr_nb_utils.config import RunConfig, make_config
+from detr_nb_utils.data import build_dataset, collate_fn
+from detr_nb_utils.synthetic import make_synthetic_coco
+
+# a DETR small enough for CI: the ResNet-50 stays (build_detr has no other backbone) but is frozen
+# (lr_backbone=0, as published), the transformer shrinks
+TINY = dict(checkpoint=None, enc_layers=1, dec_layers=2, hidden_dim=64, nheads=4, dim_feedforward=128, num_queries=10,
+            lr_backbone=0.0)
+TIMES = ("train_time_s", "eval_time_s", "wall_time_s")
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory) -> RunConfig:
+    root = tmp_path_factory.mktemp("engine")
+    make_synthetic_coco(root / "coco", n_images=8, seed=0, image_size=(64, 96))
+    cfg = make_config("demo", data_root=str(root / "coco"), split_dir=str(root / "split"), out_dir=str(root / "runs"),
+                      n_train=4, n_val=3, min_size=64, max_size=96, train_scales=(64,), epochs=2, precision="fp32",
+                      progress=False, num_workers=0)
+    return dataclasses.replace(cfg, **TINY)
+
+
+def test_tiny_model_overfits_two_images(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, lr=1e-3, dropout=0.0)
+    data = engine.prepare_data(cfg)
+    images = build_dataset(data.train_file, data.image_dir, "val", val_size=64, max_size=96)  # no augmentation
+    two = torch.utils.data.Subset(images, [i for i in range(len(images)) if len(images[i][1]["labels"])][:2])
+    loader = DataLoader(two, batch_size=2, collate_fn=collate_fn)
+    engine.seed_everything(0)
+    model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
+    optimizer = engine.build_optimizer(model, cfg)
+    losses = [engine.train_one_epoch(model, criterion, loader, optimizer, "cpu", e, cfg)["loss"] for e in range(40)]
+    assert losses[-1] < 0.5 * losses[0], f"loss went {losses[0]:.2f} -> {losses[-1]:.2f}"
+
+
+def test_optimizer_groups_follow_the_published_split(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, lr_backbone=1e-5)
+    model, _, _ = engine.build_model(cfg, torch.device("cpu"))
+    groups = engine.build_optimizer(model, cfg).param_groups
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    by_id = {id(p): n for n, p in trainable.items()}
+    assert [g["lr"] for g in groups] == [cfg.lr, cfg.lr_backbone]
+    assert all(not by_id[id(p)].startswith("backbone") for p in groups[0]["params"])
+    assert all(by_id[id(p)].startswith("backbone.0.body.layer") for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(trainable)  # frozen stem and layer1 left out
+    frozen, _, _ = engine.build_model(dataclasses.replace(cfg, lr_backbone=0.0), torch.device("cpu"))
+    assert engine.build_optimizer(frozen, cfg).param_groups[1]["params"] == []
+
+
+def _metrics(run_dir):
+    lines = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in TIMES} for line in lines]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers_and_nan_keeps_last_checkpoint(tiny_cfg, monkeypatch):
+    straight = engine.run_experiment(dataclasses.replace(tiny_cfg, run_name="straight"))
+    assert straight.complete and list(straight.metrics.index) == [0, 1, 2]
+
+    first = dataclasses.replace(tiny_cfg, run_name="resumed", epochs=1)
+    engine.run_experiment(first)
+    last = first.run_dir / runs.LAST
+    saved = last.read_bytes()
+    real_total = engine.weighted_total
+    monkeypatch.setattr(engine, "weighted_total", lambda d, w: real_total(d, w) * float("nan"))
+    with pytest.raises(engine.NonFiniteLossError, match="epoch 2, step 0"):
+        engine.run_experiment(dataclasses.replace(first, epochs=2))
+    assert last.read_bytes() == saved and [m["epoch"] for m in _metrics(first.run_dir)] == [0, 1]
+
+    monkeypatch.undo()
+    resumed = engine.run_experiment(dataclasses.replace(first, epochs=2))
+    assert _metrics(resumed.run_dir) == _metrics(straight.run_dir)
+    a, b = runs.load_last(straight.run_dir), runs.load_last(resumed.run_dir)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, run_name="readback", epochs=1)
+    record = engine.run_experiment(cfg)
+    assert {p.name for p in cfg.run_dir.iterdir()} == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY,
+                                                      runs.LAST, runs.BEST}
+    loaded = runs.load_run(cfg.run_dir)
+    assert loaded.config == cfg and loaded.complete and loaded.best_epoch_ap == record.best_epoch_ap
+    assert {"val_AP", "val_AP_layer_0", "val_loss_total", "val_loss_final", "train_loss"} <= set(loaded.metrics)
+    assert list(loaded.per_category_ap.index) == [0, 1]
+    best = torch.load(cfg.run_dir / runs.BEST, weights_only=True)
+    assert best["epoch"] == loaded.best_epoch_ap
+    with pytest.raises(runs.RunConfigMismatch, match=r"lr: 0\.0001 in the folder, 0\.0002 now"):
+        engine.run_experiment(dataclasses.replace(cfg, lr=2e-4))

@@ -1,0 +1,125 @@
+"""COCO evaluation: the published post-processing and COCOeval, checked on real COCO annotations."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader
+from torchvision.ops import box_convert
+
+from detr_nb_utils.data import build_dataset, collate_fn
+from detr_nb_utils.evaluate import STATS, coco_evaluate, evaluate, postprocess
+from detr_nb_utils.loss import SetCriterion
+from detr_nb_utils.model import build_detr
+
+SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "coco_val2017_sample"
+NO_OBJECT = 91
+
+
+@pytest.fixture(scope="module")
+def sample_gt() -> COCO:
+    ann = SAMPLE / "annotations" / "instances_val2017_sample.json"
+    if not ann.is_file():
+        pytest.skip(f"the shared COCO sample is missing ({ann}); it ships at ../shared/coco_val2017_sample")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann))
+
+
+def gt_as_outputs(coco: COCO, img_ids: list[int], label_map=None) -> tuple[dict, torch.Tensor]:
+    """Fake DETR outputs that predict each image's non-crowd ground truth: one query per box with a large logit
+    on its category id (``label_map`` changes it), plus two spare queries that say "no object"."""
+    anns = [[a for a in coco.imgToAnns[i] if not a["iscrowd"]] for i in img_ids]
+    q = max(len(a) for a in anns) + 2
+    logits = torch.zeros(len(img_ids), q, NO_OBJECT + 1)
+    logits[..., NO_OBJECT] = 10.0
+    boxes = torch.full((len(img_ids), q, 4), 0.5)
+    for b, (image_id, image_anns) in enumerate(zip(img_ids, anns)):
+        h, w = coco.imgs[image_id]["height"], coco.imgs[image_id]["width"]
+        for j, a in enumerate(image_anns):
+            logits[b, j, NO_OBJECT] = 0.0
+            logits[b, j, label_map(a["category_id"]) if label_map else a["category_id"]] = 10.0
+            xywh = torch.tensor(a["bbox"], dtype=torch.float64)
+            boxes[b, j] = (box_convert(xywh[None], "xywh", "cxcywh")[0] / torch.tensor([w, h, w, h])).float()
+    sizes = torch.tensor([[coco.imgs[i]["height"], coco.imgs[i]["width"]] for i in img_ids])
+    return {"pred_logits": logits, "pred_boxes": boxes}, sizes
+
+
+def detections_for(coco: COCO, label_map=None, batch: int = 16) -> dict[int, dict]:
+    ids = sorted(coco.getImgIds())
+    dets = {}
+    for start in range(0, len(ids), batch):
+        chunk = ids[start:start + batch]
+        outputs, sizes = gt_as_outputs(coco, chunk, label_map)
+        dets.update(zip(chunk, postprocess(outputs, sizes)))
+    return dets
+
+
+def test_ground_truth_through_postprocess_scores_ap_1(sample_gt):
+    m = coco_evaluate(sample_gt, detections_for(sample_gt))
+    assert set(STATS) <= set(m)
+    for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+        assert m[k] == pytest.approx(1.0, abs=1e-6), k
+    present = {sample_gt.cats[a["category_id"]]["name"] for a in sample_gt.anns.values() if not a["iscrowd"]}
+    assert {k for k, v in m["per_category_AP"].items() if not math.isnan(v)} == present
+    assert all(m["per_category_AP"][k] == pytest.approx(1.0) for k in present)
+
+
+def test_category_id_shift_scores_about_zero(sample_gt):
+    cat_ids = sorted(sample_gt.getCatIds())
+    shifted = {c: cat_ids[(i + 1) % len(cat_ids)] for i, c in enumerate(cat_ids)}
+    m = coco_evaluate(sample_gt, detections_for(sample_gt, label_map=shifted.get))
+    assert m["AP"] < 0.02
+
+
+def test_postprocess_never_predicts_no_object_and_scales_to_original_size():
+    logits = torch.zeros(1, 2, NO_OBJECT + 1)
+    logits[0, :, NO_OBJECT] = 5.0  # "no object" wins the softmax ...
+    logits[0, 0, 17] = 1.0  # ... but the best real class is reported
+    logits[0, 1, 90] = 2.0
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.1, 0.2, 0.2, 0.2]]])
+    (det,) = postprocess({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))  # h=100, w=200
+    assert det["labels"].tolist() == [17, 90]
+    prob = logits.softmax(-1)[0]
+    assert torch.allclose(det["scores"], torch.stack([prob[0, 17], prob[1, 90]]))
+    assert torch.allclose(det["boxes"], torch.tensor([[80.0, 30.0, 120.0, 70.0], [0.0, 10.0, 40.0, 30.0]]))
+
+
+def test_image_without_detections_counts_its_ground_truth_as_missed(sample_gt):
+    dets = detections_for(sample_gt)
+    ids = sorted(dets)
+    full = coco_evaluate(sample_gt, dets, per_category=False)["AR100"]
+    with_box = next(i for i in ids if sample_gt.imgToAnns[i])
+    dets[with_box] = {k: v[:0] for k, v in dets[with_box].items()}
+    assert coco_evaluate(sample_gt, dets, ids, per_category=False)["AR100"] < full
+    with pytest.raises(ValueError, match="no images"):
+        coco_evaluate(sample_gt, {})
+
+
+@pytest.fixture(scope="module")
+def synthetic_val(tmp_path_factory):
+    from detr_nb_utils.synthetic import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path_factory.mktemp("syn") / "coco", n_images=5, seed=1, image_size=(64, 96))
+    return build_dataset(paths.annotations, paths.images, "val", val_size=64, max_size=96)
+
+
+def test_evaluate_reports_ap_per_layer_and_consistent_losses(synthetic_val):
+    torch.manual_seed(0)
+    model = build_detr(enc_layers=1, dec_layers=3, hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=7)
+    criterion = SetCriterion(dec_layers=3)
+    loader = DataLoader(synthetic_val, batch_size=2, collate_fn=collate_fn)  # 5 images: the last batch has one
+    m = evaluate(model, criterion, loader, synthetic_val.coco, "cpu")
+    assert m["num_images"] == 5
+    assert all(0 <= m[f"AP_layer_{i}"] <= 1 for i in range(3)) and m["AP_layer_2"] == m["AP"]
+    terms = [m[k + s] * w for k, w in (("loss_ce", 1), ("loss_bbox", 5), ("loss_giou", 2)) for s in ("", "_0", "_1")]
+    assert m["loss_total"] == pytest.approx(sum(terms))
+    assert m["loss_layer_mean"] == pytest.approx(m["loss_total"] / 3)
+    assert m["loss_final"] == pytest.approx(m["loss_ce"] + 5 * m["loss_bbox"] + 2 * m["loss_giou"])
+    empty = DataLoader(torch.utils.data.Subset(synthetic_val, []), batch_size=2, collate_fn=collate_fn)
+    with pytest.raises(ValueError, match="validation set is empty"):
+        evaluate(model, criterion, empty, synthetic_val.coco, "cpu")
