@@ -4,7 +4,7 @@ For each size S (the largest train scale = the val shorter side; S=800 is DETR's
 every length by S/800), each split and each worker count, one full pass of a DataLoader (batch 2, collate_fn).
 Prints a table and appends its rows to ``benchmarks/RESULTS.md`` under "## Data loader throughput".
 
-    .venv/bin/python benchmarks/bench_loader.py --sizes 800 256 --workers 0 2
+    .venv/bin/python benchmarks/bench_loader.py --sizes 800 256 --workers 0 2 [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO / "../shared/coco_val2017_sample").resolve()
 HEADING = "## Data loader throughput"
 COLUMNS = ["date", "cpu", "cores", "torch", "torch threads", "split", "size", "workers", "images", "seconds",
-           "images/s"]
+           "images/s", "load (1 min)"]
 
 
 def transform_kwargs(size: int) -> dict:
@@ -64,7 +64,8 @@ def append_rows(path: Path, rows: list[list[str]]) -> None:
     if HEADING not in text.splitlines():
         header = [f"| {' | '.join(COLUMNS)} |", "|" + "---|" * len(COLUMNS)]
         note = ("Images/s decoded + transformed on the 206 real COCO val2017 sample images "
-                "(`benchmarks/bench_loader.py`); size = largest train scale = val shorter side.")
+                "(`benchmarks/bench_loader.py`); size = largest train scale = val shorter side; batch 2; "
+                "worker start-up included; load = the machine's 1-minute load average just before the run.")
         path.write_text(text.rstrip("\n") + f"\n\n{HEADING}\n\n{note}\n\n" + "\n".join(header + lines) + "\n")
         return
     all_lines = text.splitlines()
@@ -82,20 +83,27 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     parser.add_argument("--max-images", type=int, default=None, help="fewer images for a quick look")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads in the main process (workers always use 1); default: torch's")
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if not SAMPLE.is_dir():
         raise SystemExit(f"needs {SAMPLE} (the 206-image COCO sample)")
     machine = [datetime.date.today().isoformat(), cpu_model(), str(os.cpu_count()), torch.__version__,
                str(torch.get_num_threads())]
     rows = []
-    print(f"{'split':>5} {'size':>5} {'workers':>7} {'images':>6} {'seconds':>8} {'images/s':>9}")
+    print(f"{'split':>5} {'size':>5} {'workers':>7} {'images':>6} {'seconds':>8} {'images/s':>9} {'load':>5}")
     for size in args.sizes:
         for split in args.splits:
             for workers in args.workers:
+                load = os.getloadavg()[0]  # other jobs on a shared machine slow every number down
                 n, seconds = measure(split, size, workers, args.max_images)
-                print(f"{split:>5} {size:>5} {workers:>7} {n:>6} {seconds:>8.2f} {n / seconds:>9.1f}", flush=True)
-                rows.append(machine + [split, str(size), str(workers), str(n), f"{seconds:.2f}", f"{n / seconds:.1f}"])
+                print(f"{split:>5} {size:>5} {workers:>7} {n:>6} {seconds:>8.2f} {n / seconds:>9.1f} {load:>5.1f}",
+                      flush=True)
+                rows.append(machine + [split, str(size), str(workers), str(n), f"{seconds:.2f}", f"{n / seconds:.1f}",
+                                       f"{load:.1f}"])
     if not args.no_append:
         append_rows(args.results, rows)
         print(f"appended {len(rows)} rows to {args.results}")
