@@ -17,17 +17,13 @@ from detr_nb_utils.evaluate import STATS, coco_evaluate, evaluate, postprocess
 from detr_nb_utils.loss import SetCriterion
 from detr_nb_utils.model import build_detr
 
-SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "coco_val2017_sample"
 NO_OBJECT = 91
 
 
 @pytest.fixture(scope="module")
-def sample_gt() -> COCO:
-    ann = SAMPLE / "annotations" / "instances_val2017_sample.json"
-    if not ann.is_file():
-        pytest.skip(f"the shared COCO sample is missing ({ann}); it ships at ../shared/coco_val2017_sample")
+def sample_gt(coco_sample: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann))
+        return COCO(str(coco_sample / "annotations" / "instances_val2017_sample.json"))
 
 
 def gt_as_outputs(coco: COCO, img_ids: list[int], label_map=None) -> tuple[dict, torch.Tensor]:
