@@ -7,8 +7,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNEL := $(VENV)/.kernel
+NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
+PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup test demo study clean-demo
+.PHONY: setup kernel test demo study clean-demo
 
 setup: $(STAMP)
 
@@ -18,6 +21,35 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: setup
-	$(PY) -m pytest -q tests
+# the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name)
+kernel: $(KERNEL)
 
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (detr-mini-coco)"
+	touch $(KERNEL)
+
+test: setup kernel
+	$(PY) -m pytest -q tests
+	DETR_NB_PROFILE=demo $(PY) -m pytest -q --nbval-lax notebooks/
+
+# $(call run-notebooks,PROFILE): the six notebooks in order; executed copies in runs/PROFILE/notebooks/,
+# figures and tables into report/
+define run-notebooks
+	mkdir -p runs/$(1)/notebooks
+	for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb ($(1) profile)"; \
+	  $(PAPERMILL) notebooks/$$nb.ipynb runs/$(1)/notebooks/$$nb.ipynb -p profile $(1) -p report_dir report \
+	    || exit 1; \
+	done
+endef
+
+demo: setup kernel
+	$(call run-notebooks,demo)
+
+study: setup kernel
+	$(PY) -m detr_nb_utils.download coco --root data/coco
+	$(PY) -m detr_nb_utils.download checkpoint --dest data/checkpoints
+	$(call run-notebooks,study)
+
+clean-demo:
+	rm -rf runs/demo data/synthetic

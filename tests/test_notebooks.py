@@ -1,0 +1,168 @@
+"""The six notebooks: their committed form (thin, parameterised, no outputs, kernel python3, up to date with
+notebooks/build_notebooks.py) and, on the real COCO sample, a headless papermill run of 01, 03 and 06."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from detr_nb_utils.config import make_config
+from detr_nb_utils.runs import BEST, CONFIG, HISTORY, LAST, MANIFEST, METRICS, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+NAMES = ["01_data_split", "02_checkpoint_inspection", "03_baseline", "04_shallow_decoder", "05_reduced_queries",
+         "06_analysis"]
+MAX_FUNCTION_LINES = 10
+
+
+def _load(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _parameters(nb) -> dict:
+    """The ``parameters`` cell's names and values; fails unless every statement is ``name = <literal>``."""
+    values = {}
+    for node in ast.parse(_code(nb)[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+            f"parameters cell: {ast.unparse(node)!r} is not a plain assignment"
+        values[node.targets[0].id] = ast.literal_eval(node.value)  # raises unless a plain value
+    return values
+
+
+def test_notebooks_are_what_the_generator_writes():
+    spec = importlib.util.spec_from_file_location("build_notebooks", NB_DIR / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(module.NOTEBOOKS) == NAMES
+    assert module.main(["--check"]) == 0, "run `python notebooks/build_notebooks.py` and commit the notebooks"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_form(name):
+    nb = _load(name)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "**Question.**" in nb.cells[0].source
+    for cell in _code(nb):
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs committed"
+    assert _code(nb)[0].metadata.get("tags") == ["parameters"]
+    assert all("parameters" not in c.metadata.get("tags", []) for c in _code(nb)[1:])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_are_plain_values_and_all_used(name):
+    nb = _load(name)
+    params = _parameters(nb)
+    assert {"profile", "report_dir", "progress"} <= set(params)
+    assert params["profile"] is None, "the profile comes from DETR_NB_PROFILE unless passed"
+    rest = "\n".join(c.source for c in _code(nb)[1:])
+    unused = [p for p in params if p not in rest]
+    assert not unused, f"{name}: parameters never used: {unused}"
+    assert "make_config(" in _code(nb)[1].source, "the cell after parameters builds the config"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cells_are_thin_and_import_by_name(name):
+    for cell in _code(_load(name)):
+        src = cell.source
+        assert "import *" not in src and "sys.path" not in src and "%run" not in src
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= MAX_FUNCTION_LINES, f"{name}: {node.name} is {length} lines; move it to the package"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("profile", ["study", "demo"])
+def test_default_parameters_build_a_valid_config(name, profile):
+    """The parameters cell as committed, then the config cell, for each profile: a validated config."""
+    nb, scope = _load(name), {}
+    exec(_code(nb)[0].source, scope)
+    scope["profile"] = profile
+    exec(_code(nb)[1].source, scope)
+    cfg = scope["cfg"]
+    assert cfg.profile == profile and cfg.progress is False  # headless here: no widgets
+    if "epochs" in scope:  # None parameters mean the profile's values: the study runs the seed's recipe
+        default = make_config(profile)
+        assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_backbone) == \
+               (default.epochs, default.batch_size, default.lr, default.lr_backbone)
+
+
+def test_training_notebooks_default_to_their_variant():
+    want = {"03_baseline": (6, 100), "04_shallow_decoder": (3, 100), "05_reduced_queries": (3, 50)}
+    for name, (layers, queries) in want.items():
+        params = _parameters(_load(name))
+        assert (params["dec_layers"], params["num_queries"]) == (layers, queries)
+        assert params["epochs"] is None and params["lr"] is None  # the seed's recipe comes from the profile
+
+
+# ---- the notebooks on real COCO images (../shared/coco_val2017_sample) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_sample_run(coco_sample, tmp_path_factory):
+    """01, 03 and 06 executed by papermill in the study profile on a copy of the sample: a 4/2 split, one epoch
+    at 128 px, a random-weight checkpoint in the official layout."""
+    papermill = pytest.importorskip("papermill")
+    from detr_nb_utils.checkpoint import make_random_checkpoint
+
+    tmp = tmp_path_factory.mktemp("real_sample")
+    shutil.copytree(coco_sample, tmp / "coco", ignore=shutil.ignore_patterns("provenance.tsv", "SOURCES.md"))
+    common = {"profile": "study", "data_root": str(tmp / "coco"), "split_dir": str(tmp / "split"),
+              "report_dir": str(tmp / "report")}  # progress left to the policy: off when headless
+    split = {"n_train": 4, "n_val": 2}
+    train = {"checkpoint": str(make_random_checkpoint(tmp / "random.pth")), "out_dir": str(tmp / "runs"),
+             "epochs": 1, "batch_size": 2, "min_size": 128, "max_size": 192, "train_scales": [96, 128],
+             "num_workers": 0, "device": "cpu"}
+    runs = {
+        "01_data_split": {**common, **split},
+        "03_baseline": {**common, **split, **train},
+        "06_analysis": {k: v for k, v in {**common, **train}.items() if k in ("profile", "out_dir", "report_dir")},
+    }
+    for name, params in runs.items():
+        papermill.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(tmp / f"{name}.ipynb"), parameters=params,
+                                   kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    return tmp
+
+
+def test_real_sample_run_folder_is_complete(real_sample_run):
+    run_dir = real_sample_run / "runs" / "dec6_q100"
+    for f in (CONFIG, MANIFEST, METRICS, HISTORY, LAST, BEST):
+        assert (run_dir / f).is_file(), f"{f} missing from the run folder"
+    record = load_run(run_dir)
+    assert record.complete and list(record.metrics.index) == [0, 1]
+    assert record.config.data_root == str(real_sample_run / "coco") and record.config.profile == "study"
+    assert record.split_manifest["n_train"] == 4 and record.split_manifest["n_val"] == 2
+    assert record.metrics["val_AP"].notna().all() and record.metrics["random_weights"].all()
+
+
+def test_real_sample_exports_and_takeaways(real_sample_run):
+    report = real_sample_run / "report"
+    for fig in ("01_category_distribution", "01_objects_per_image", "03_dec6_q100_loss_curves",
+                "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer"):
+        assert (report / "figures" / f"{fig}.png").stat().st_size > 0 and (report / "figures" / f"{fig}.pdf").is_file()
+    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_seed_table"):
+        assert (report / "tables" / f"{table}.csv").is_file() and (report / "tables" / f"{table}.md").is_file()
+    assert "2 validation images" in (report / "tables" / "01_takeaway.md").read_text()
+    conclusion = (report / "tables" / "06_conclusion.md").read_text()
+    assert "dec3_q100" in conclusion and "dec3_q50" in conclusion  # says which runs are missing
+
+
+def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):
+    for name in ("01_data_split", "03_baseline"):
+        text = (real_sample_run / f"{name}.ipynb").read_text()
+        assert "application/vnd.jupyter.widget-view+json" not in text
+        outputs = [o for c in json.loads(text)["cells"] for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"]
+        assert not [o for o in outputs if o.get("name") == "stderr" and "IProgress" in o.get("text", "")]

@@ -1,0 +1,115 @@
+"""report.py and viz.py: tables and figures are written where the report expects them, the conclusion's numbers
+and rankings come from the run files (and say so when the seed's ranking and AP's disagree), the progress policy."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from detr_nb_utils.config import make_config
+from detr_nb_utils.notebook import progress_policy, report_dir_for
+from detr_nb_utils.report import (DEMO_NOTE, ap_per_layer, comparison_table, conclusion, markdown_table,
+                                  parameter_counts, save_table, seed_table)
+from detr_nb_utils.runs import RunRecord
+from detr_nb_utils.viz import plot_ap_per_layer, plot_loss_curves, save_fig
+
+matplotlib.use("Agg")
+
+
+def _record(name: str, layers: int, queries: int, total: list[float], final: list[float], ap: list[float],
+            random_weights: bool = False) -> RunRecord:
+    """A run folder read back, made up: per epoch 0..n the val losses and AP (fractions), AP per layer."""
+    epochs = range(len(total))
+    m = pd.DataFrame({"val_loss_total": total, "val_loss_final": final,
+                      "val_loss_layer_mean": [t / layers for t in total], "random_weights": random_weights},
+                     index=pd.Index(epochs, name="epoch"))
+    for stat in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        m[f"val_{stat}"] = ap
+    for layer in range(layers):
+        m[f"val_AP_layer_{layer}"] = [a * (layer + 1) / layers for a in ap]
+    cfg = make_config("study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1)
+    best_ap = max(epochs, key=lambda e: (ap[e], -e))
+    return RunRecord(run_dir=Path("runs") / name, config=cfg, metrics=m, per_category_ap=pd.DataFrame(),
+                     best_epoch_ap=best_ap, best_epoch_loss=min(epochs, key=lambda e: total[e]),
+                     split_manifest={}, complete=True)
+
+
+@pytest.fixture
+def records() -> dict[str, RunRecord]:
+    """The seed's situation: the 3-layer totals are lower by construction, while the 6-layer model has the best AP."""
+    return {"dec6_q100": _record("dec6_q100", 6, 100, [75.0, 71.3, 72.0], [11.0, 10.5, 10.6], [0.40, 0.43, 0.42]),
+            "dec3_q100": _record("dec3_q100", 3, 100, [54.0, 52.5, 53.0], [12.0, 11.0, 11.5], [0.38, 0.41, 0.40]),
+            "dec3_q50": _record("dec3_q50", 3, 50, [53.0, 51.45, 52.0], [12.2, 11.2, 11.4], [0.37, 0.40, 0.39])}
+
+
+def test_conclusion_computes_rankings_and_flags_the_disagreement(records):
+    text = conclusion(records)
+    assert "lowest total validation loss: dec3_q50 (51.450) < dec3_q100 (52.500) < dec6_q100 (71.300)" in text
+    assert "By COCO AP (best epoch): dec6_q100 (43.0) > dec3_q100 (41.0) > dec3_q50 (40.0)" in text
+    assert "DISAGREE" in text and "total loss puts dec3_q50 first, AP puts dec6_q100 first" in text
+    assert "The seed reported dec3_q50 (51.45) < dec3_q100 (52.50) < dec6_q100 (71.30)" in text
+    assert f"(6 against 3): dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss " \
+           f"{10.5 / 11.0:.2f}x" in text
+    assert "dec6_q100 +3.0" in text  # AP gained over epoch 0, in points
+    assert DEMO_NOTE not in text
+
+
+def test_conclusion_agreement_ties_demo_and_missing(records):
+    flat = {n: _record(n, r.config.dec_layers, r.config.num_queries, [50.0, 40.0], [9.0, 8.0], [0.0, 0.0], True)
+            for n, r in records.items()}
+    text = conclusion(flat, missing=["dec9_q1"])
+    assert text.startswith(DEMO_NOTE) and "Missing run folders (not compared): dec9_q1." in text
+    assert "dec6_q100 (0.0) = dec3_q100 (0.0) = dec3_q50 (0.0)" in text  # ties are ties, not a ranking
+    assert "AP does not separate the runs" in text and "DISAGREE" not in text
+    one = conclusion({"dec6_q100": records["dec6_q100"]}, missing=["dec3_q100"])
+    assert "Fewer than two runs" in one and "dec3_q100" in one
+
+
+def test_tables_from_runs(records, tmp_path):
+    seed = seed_table(records)
+    assert seed.loc["dec3_q50", "seed reported"] == 51.45 and seed.loc["dec6_q100", "best AP"] == pytest.approx(43.0)
+    comp = comparison_table(records)
+    assert comp.loc[("dec6_q100", "epoch 0"), "AP"] == pytest.approx(40.0)
+    assert comp.loc[("dec6_q100", "lowest total loss (seed)"), "epoch"] == 1
+    assert comp.loc[("dec3_q50", "highest AP"), "loss_final"] == 11.2
+    layers = ap_per_layer(records)
+    assert list(layers.columns) == [1, 2, 3, 4, 5, 6] and math.isnan(layers.loc["dec3_q50", 4])
+    assert layers.loc["dec6_q100", 6] == pytest.approx(0.43)
+    save_table(comp, "comparison", tmp_path)
+    md = (tmp_path / "tables" / "comparison.md").read_text().splitlines()
+    assert md[0].startswith("| run | at | layers |") and len(md) == 2 + len(comp)
+    assert pd.read_csv(tmp_path / "tables" / "comparison.csv", index_col=[0, 1]).shape == comp.shape
+
+
+def test_markdown_table_escapes_and_blanks():
+    text = markdown_table(pd.DataFrame({"a|b": [1.23456, math.nan]}, index=pd.Index(["x", "y"], name="k")), ".2f")
+    assert text.splitlines() == ["| k | a\\|b |", "| --- | --- |", "| x | 1.23 |", "| y |  |"]
+
+
+def test_parameter_counts_match_the_reference():
+    params = parameter_counts()
+    assert params.loc["total"].tolist() == [41_524_768, 36_788_512, 36_775_712]  # ../shared/reference/README.md
+
+
+def test_save_fig_writes_png_and_pdf(records, tmp_path):
+    save_fig(plot_loss_curves({n: r.metrics for n, r in records.items()}), "loss", tmp_path)
+    save_fig(plot_ap_per_layer(ap_per_layer(records)), "layers", tmp_path)
+    for name in ("loss", "layers"):
+        assert (tmp_path / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_progress_policy(monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert progress_policy(None) is False and progress_policy(True) is True
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/03_baseline.ipynb")  # what a Jupyter server sets
+    assert progress_policy(None) is True and progress_policy(False) is False
+
+
+def test_demo_figures_stay_out_of_the_report_unless_asked():
+    assert report_dir_for(make_config("study"), None) == Path("report")
+    assert report_dir_for(make_config("demo"), None) == Path("runs/demo/report")
+    assert report_dir_for(make_config("demo"), "report") == Path("report")
