@@ -132,12 +132,13 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
 
 @dataclass(frozen=True)
 class DataSetup:
-    """Where a run's data lives: the image folder and the split's files."""
+    """Where a run's data lives: the image folder, the split's files, and the instances file it was made from."""
 
     image_dir: Path
     train_file: Path
     val_file: Path
     manifest_file: Path
+    annotation_file: Path
 
 
 def _source_files(cfg: RunConfig) -> tuple[Path, Path]:
@@ -166,8 +167,8 @@ def _prepare_data(cfg: RunConfig) -> DataSetup:
         raise ValueError(f"the split in {split_dir} was made with {found} from {m['source']['file']}, the config asks "
                          f"for {wanted} from {ann}; choose another split_dir or delete {split_dir}")
     if cfg.profile == "demo" and cfg.checkpoint and not Path(cfg.checkpoint).is_file():
-        make_random_checkpoint(cfg.checkpoint, seed=cfg.seed)
-    return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST)
+        make_random_checkpoint(cfg.checkpoint, seed=0)
+    return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST, ann)
 
 
 def prepare_data(cfg: RunConfig) -> DataSetup:
@@ -234,8 +235,8 @@ def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant) on the val split,
     without training or a run folder. ``random_weights`` says whether it is the demo's random stand-in."""
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
     data = prepare_data(cfg)
+    seed_everything(cfg.seed)
     model, criterion, report = build_model(cfg, device)
     metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device)
     return {**metrics, "random_weights": bool(report is not None and report.random_weights)}

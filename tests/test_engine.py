@@ -44,6 +44,21 @@ def test_tiny_model_overfits_two_images(tiny_cfg):
     assert losses[-1] < 0.5 * losses[0], f"loss went {losses[0]:.2f} -> {losses[-1]:.2f}"
 
 
+def test_bf16_fast_mode_trains_with_fp32_outputs(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, precision="bf16", channels_last=True)
+    data = engine.prepare_data(cfg)
+    dataset = build_dataset(data.train_file, data.image_dir, "train", **engine.transform_kwargs(cfg, "train"))
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_fn, drop_last=True)
+    model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
+    images, mask, _ = next(iter(loader))
+    outputs = engine.model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+    assert outputs["pred_logits"].dtype == outputs["aux_outputs"][0]["pred_boxes"].dtype == torch.float32
+    before = model.class_embed.weight.detach().clone()
+    metrics = engine.train_one_epoch(model, criterion, loader, engine.build_optimizer(model, cfg), "cpu", 1, cfg)
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert not torch.equal(before, model.class_embed.weight)
+
+
 def test_optimizer_groups_follow_the_published_split(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, lr_backbone=1e-5)
     model, _, _ = engine.build_model(cfg, torch.device("cpu"))
