@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from .config import RunConfig, resolve_coco_layout
+from .config import RunConfig
 from .precision import resolve_device
 from .viz import set_stamp
 
@@ -57,16 +57,3 @@ def setup(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch.device, 
         print(DEMO_WARNING)
     return device, report_dir_for(cfg, report_dir)
 
-
-def source_files(cfg: RunConfig) -> tuple[Path, Path]:
-    """The image folder and the COCO instances file that the split is made from (``cfg.image_dir`` and
-    ``cfg.annotation_file`` when set, else the layout found under ``cfg.data_root``). In the demo profile the
-    engine makes the synthetic data first, when it is missing."""
-    if cfg.image_dir and cfg.annotation_file:
-        return Path(cfg.image_dir), Path(cfg.annotation_file)
-    if cfg.profile == "demo":
-        from .engine import prepare_data  # makes the synthetic data exactly as the runs will use it
-
-        prepare_data(cfg)
-    image_dir, ann = resolve_coco_layout(cfg.data_root)
-    return Path(cfg.image_dir or image_dir), Path(cfg.annotation_file or ann)

@@ -74,11 +74,10 @@ NB01 = [
     config_cell(["data_root", "split_dir", "n_train", "n_val", "split_seed"]),
     SETUP_MD,
     code("""\
-        from pathlib import Path
-
         from detr_nb_utils.coco_categories import COCO_NAMES
         from detr_nb_utils.data import CocoDetection
-        from detr_nb_utils.notebook import setup, source_files
+        from detr_nb_utils.engine import prepare_data
+        from detr_nb_utils.notebook import setup
         from detr_nb_utils.report import objects_per_image, save_table, save_takeaway, split_summary, split_takeaway
         from detr_nb_utils.split import CROWDED_THRESHOLD, make_split, split_diversity, verify_split
         from detr_nb_utils.viz import gt_panels, plot_category_distribution, plot_detections, plot_objects_per_image
@@ -87,22 +86,25 @@ NB01 = [
         device, report_dir = setup(cfg, report_dir)"""),
     md("""\
         ## 1. The source
-        The split is cut from one COCO instances file. In the demo profile a small synthetic COCO-format dataset
-        (coloured shapes labelled with real COCO category ids) is generated the first time."""),
+        The split is cut from one COCO instances file. `prepare_data` (the same call notebooks 03-05 make) finds it,
+        and makes what is missing: in the demo profile a small synthetic COCO-format dataset (coloured shapes
+        labelled with real COCO category ids), and the split itself."""),
     code("""\
-        image_dir, ann_file = source_files(cfg)
-        image_dir, ann_file"""),
+        data = prepare_data(cfg)
+        data.image_dir, data.annotation_file"""),
     md("""\
         ## 2. The split and its manifest
         `make_split` permutes the image ids with `numpy.random.default_rng(split_seed)`: the first `n_train` go to
         train, the next `n_val` to val. Each side keeps all annotations of its images. The manifest records the seed,
-        the ids and the SHA-256 of every file, so the same seed and source give byte-identical files."""),
+        the ids and the SHA-256 of every file, so the same seed and source give byte-identical files: writing the
+        split again here changes nothing that `prepare_data` wrote."""),
     code("""\
-        manifest = make_split(ann_file, cfg.split_dir, n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.split_seed)
+        manifest = make_split(data.annotation_file, cfg.split_dir, n_train=cfg.n_train, n_val=cfg.n_val,
+                              seed=cfg.split_seed)
         {k: manifest[k] for k in ("seed", "rng", "n_train", "n_val")}"""),
     md("`verify_split` re-reads everything and raises, listing every problem, if a file was changed afterwards."),
     code("""\
-        verify_split(cfg.split_dir, ann_file)["source"]["sha256"]"""),
+        verify_split(cfg.split_dir, data.annotation_file)["source"]["sha256"]"""),
     code("""\
         summary = split_summary(manifest)
         save_table(summary, "01_split_summary", report_dir)
@@ -132,7 +134,7 @@ NB01 = [
         crowded"""),
     md("The most crowded validation images, with their ground-truth boxes:"),
     code("""\
-        val_images = CocoDetection(Path(cfg.split_dir) / "val.json", image_dir)
+        val_images = CocoDetection(data.val_file, data.image_dir)
         most = counts.query("side == 'val'").nlargest(3, "boxes")["image_id"]
         images, panels = gt_panels(val_images, [val_images.ids.index(i) for i in most])
         fig = plot_detections(images, panels, COCO_NAMES, title="Most crowded val images (ground truth)")
@@ -292,7 +294,7 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
         code("""\
             from detr_nb_utils.data import CocoDetection
             from detr_nb_utils.engine import prepare_data, run_experiment
-            from detr_nb_utils.notebook import setup, source_files
+            from detr_nb_utils.notebook import setup
             from detr_nb_utils.report import run_table, run_takeaway, save_table, save_takeaway, with_train_views
             from detr_nb_utils.split import verify_split
             from detr_nb_utils.viz import plot_ap_curves, plot_loss_curves, save_fig
@@ -304,8 +306,7 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             training start."""),
         code("""\
             data = prepare_data(cfg)
-            image_dir, ann_file = source_files(cfg)
-            verify_split(cfg.split_dir, ann_file)["seed"]"""),
+            verify_split(cfg.split_dir, data.annotation_file)["seed"]"""),
         code("""\
             for split_file in (data.train_file, data.val_file):
                 found = CocoDetection(split_file, data.image_dir).verify(decode=False, progress=cfg.progress)
