@@ -74,6 +74,29 @@ def _load_results(coco_gt: COCO, results: np.ndarray) -> COCO:
     return coco_dt
 
 
+def _cocoeval(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int], all_areas: bool = True,
+              verbose: bool = False) -> COCOeval:
+    """An evaluated and accumulated ``COCOeval``; ``all_areas=False`` scores only the "all" area range (enough for
+    AP and AP50, and about 3x faster), without ``summarize``."""
+    if not img_ids:
+        raise ValueError("coco_evaluate: no images to evaluate (empty detections and img_ids)")
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco_gt, _load_results(coco_gt, _results_array(detections)), iouType="bbox")
+        ev.params.imgIds = img_ids
+        if not all_areas:
+            ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+        ev.evaluate()
+        ev.accumulate()
+        if all_areas:
+            ev.summarize()
+    return ev
+
+
+def _mean_precision(p: np.ndarray) -> float:
+    """COCO's average of the precision values that exist (-1 marks none), NaN when none does."""
+    return float(p[p > -1].mean()) if (p > -1).any() else math.nan
+
+
 def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int] | None = None,
                   per_category: bool = True, verbose: bool = False) -> dict:
     """COCO bbox metrics of ``detections`` (image id -> :func:`postprocess` output) against ``coco_gt``.
@@ -84,26 +107,20 @@ def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]
     categories absent from those images), ready for ``pandas.Series``. COCOeval's printing is silenced unless
     ``verbose``.
     """
-    img_ids = sorted(detections) if img_ids is None else sorted(img_ids)
-    if not img_ids:
-        raise ValueError("coco_evaluate: no images to evaluate (empty detections and img_ids)")
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        coco_dt = _load_results(coco_gt, _results_array(detections))
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.imgIds = img_ids
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev = _cocoeval(coco_gt, detections, sorted(detections) if img_ids is None else sorted(img_ids), verbose=verbose)
     out = {k: (float(v) if v >= 0 else math.nan) for k, v in zip(STATS, ev.stats)}
     if per_category:
-        precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, category) at area all, 100 dets
-        out["per_category_AP"] = {}
-        for k, cat_id in enumerate(ev.params.catIds):
-            p = precision[:, :, k]
-            out["per_category_AP"][coco_gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() \
-                else math.nan
+        precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, category) at area all, 100 detections
+        out["per_category_AP"] = {coco_gt.cats[c]["name"]: _mean_precision(precision[:, :, k])
+                                  for k, c in enumerate(ev.params.catIds)}
     return out
+
+
+def coco_ap(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]) -> tuple[float, float]:
+    """``(AP, AP50)`` of ``detections`` only, as :func:`coco_evaluate` computes them but faster (for every
+    decoder layer)."""
+    precision = _cocoeval(coco_gt, detections, sorted(img_ids), all_areas=False).eval["precision"][..., 0, -1]
+    return _mean_precision(precision), _mean_precision(precision[0])  # iouThrs[0] is 0.5
 
 
 def _is_dist() -> bool:
@@ -129,8 +146,7 @@ def _layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int]) -> dict:
     """``AP_layer_l``, ``AP50_layer_l`` for decoder layers ``l = 0 … L-2`` (the last layer is the final AP)."""
     out = {}
     for layer, d in enumerate(dets[:-1]):
-        m = coco_evaluate(coco_gt, d, img_ids, per_category=False)
-        out[f"AP_layer_{layer}"], out[f"AP50_layer_{layer}"] = m["AP"], m["AP50"]
+        out[f"AP_layer_{layer}"], out[f"AP50_layer_{layer}"] = coco_ap(coco_gt, d, img_ids)
     return out
 
 

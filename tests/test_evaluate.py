@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
 from detr_nb_utils.data import build_dataset, collate_fn
-from detr_nb_utils.evaluate import STATS, coco_evaluate, evaluate, postprocess
+from detr_nb_utils.evaluate import STATS, coco_ap, coco_evaluate, evaluate, postprocess
 from detr_nb_utils.loss import SetCriterion
 from detr_nb_utils.model import build_detr
 
@@ -70,6 +70,15 @@ def test_category_id_shift_scores_about_zero(sample_gt):
     shifted = {c: cat_ids[(i + 1) % len(cat_ids)] for i, c in enumerate(cat_ids)}
     m = coco_evaluate(sample_gt, detections_for(sample_gt, label_map=shifted.get))
     assert m["AP"] < 0.02
+
+
+def test_fast_per_layer_ap_equals_the_full_evaluation(sample_gt):
+    cat_ids = sorted(sample_gt.getCatIds())
+    half_wrong = {c: cat_ids[(i + 1) % len(cat_ids)] if i % 2 else c for i, c in enumerate(cat_ids)}
+    dets = detections_for(sample_gt, label_map=half_wrong.get)
+    full = coco_evaluate(sample_gt, dets, per_category=False)
+    assert 0.2 < full["AP"] < 0.8
+    assert coco_ap(sample_gt, dets, sorted(dets)) == pytest.approx((full["AP"], full["AP50"]), abs=1e-12)
 
 
 def test_postprocess_never_predicts_no_object_and_scales_to_original_size():
