@@ -104,7 +104,8 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
     model.train()
     criterion.train()
     sums, keys, steps = None, None, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    show = cfg.progress and _rank_world()[0] == 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False, dynamic_ncols=True)
     for images, mask, targets in bar:
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = [{k: t[k].to(device, non_blocking=True) for k in ("labels", "boxes")} for t in targets]
@@ -120,7 +121,7 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
         optimizer.step()
         sums, keys, steps = (values if sums is None else sums + values), ["loss", *loss_dict], steps + 1
-        if cfg.progress:
+        if show:
             bar.set_postfix(loss=f"{float(sums[0]) / steps:.3f}")
     if steps == 0:
         raise ValueError(f"no training step in epoch {epoch}: {len(loader.dataset)} training images for batch_size "
@@ -228,7 +229,7 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     return evaluate(model, criterion, loader, coco, device, resolve_amp_dtype(cfg.precision, device),
-                    cfg.channels_last, progress=cfg.progress)
+                    cfg.channels_last, progress=cfg.progress and _rank_world()[0] == 0)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:

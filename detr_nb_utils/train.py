@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        last = record.metrics.iloc[-1]
-        print(f"{record.run_dir}: {int(record.metrics.index[-1])} epochs, final val AP {last.get('val_AP'):.4f}; "
-              f"best AP at epoch {record.best_epoch_ap}, best total val loss at epoch {record.best_epoch_loss}")
+        best = record.best_epoch_ap
+        ap = f"{record.metrics.loc[best, 'val_AP']:.4f} at epoch {best}" if best is not None else "n/a"
+        print(f"{record.run_dir}: {int(record.metrics.index[-1])} epochs finished; best val AP {ap}; "
+              f"best total val loss at epoch {record.best_epoch_loss}")
 
 
 if __name__ == "__main__":
