@@ -11,7 +11,6 @@ import argparse
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
+
+from . import atomic
 
 CHECKPOINT_NAME = "detr-r50-e632da11.pth"
 CHECKPOINT_URL = f"https://dl.fbaipublicfiles.com/detr/{CHECKPOINT_NAME}"
@@ -171,21 +172,6 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike,
     return report
 
 
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 @torch.no_grad()
 def make_random_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     """An official-layout checkpoint with RANDOM weights, marked ``random_weights=True``: the offline demo's
@@ -199,10 +185,11 @@ def make_random_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    torch.manual_seed(seed)
-    model = build_detr().eval()
-    _calibrate_frozen_bn(model.backbone[0].body, torch.randn(2, 3, 224, 224))
-    return save_atomic({"model": model.state_dict(), "random_weights": True,
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = build_detr().eval()
+        _calibrate_frozen_bn(model.backbone[0].body, torch.randn(2, 3, 224, 224))
+    return atomic.torch_save({"model": model.state_dict(), "random_weights": True,
                         "note": f"random weights (seed {seed}), not the official DETR checkpoint"}, path)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import save_atomic
+from . import atomic
 from .config import RunConfig
 
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
@@ -33,12 +33,6 @@ RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device")
 
 class RunConfigMismatch(ValueError):
     """A run folder holds a run made with a different configuration."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def config_diff(old: RunConfig, new: RunConfig) -> list[tuple[str, object, object]]:
@@ -64,7 +58,7 @@ def prepare_run_dir(cfg: RunConfig, manifest_file: Path) -> Path:
     if (run_dir / MANIFEST).is_file() and (run_dir / MANIFEST).read_bytes() != Path(manifest_file).read_bytes():
         raise RunConfigMismatch(f"{run_dir} was trained on another split than {manifest_file}. Choose a new "
                                 f"run_name, or delete {run_dir} to start over.")
-    write_text_atomic(run_dir / CONFIG, cfg.to_json())
+    atomic.write_text(run_dir / CONFIG, cfg.to_json())
     shutil.copyfile(manifest_file, run_dir / f".{MANIFEST}.tmp")
     (run_dir / f".{MANIFEST}.tmp").replace(run_dir / MANIFEST)
     return run_dir
@@ -95,14 +89,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_last(run_dir: Path, model, optimizer, scheduler, epoch: int, history: list[dict], cfg: RunConfig) -> None:
-    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    atomic.torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
                  "config": cfg.to_dict(), "history": history}, run_dir / LAST)
 
 
 def save_best(run_dir: Path, model, epoch: int, metrics: dict, cfg: RunConfig) -> None:
     """The weights of the best-AP epoch in the official layout (``model`` key), loadable by ``load_pretrained``."""
-    save_atomic({"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
+    atomic.torch_save({"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
                  "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}, run_dir / BEST)
 
 
@@ -122,9 +116,9 @@ def _json_safe(value):
 
 def write_logs(run_dir: Path, history: list[dict]) -> None:
     """Rewrite ``metrics.jsonl`` and ``history.csv`` from the history (NaN written as null)."""
-    write_text_atomic(run_dir / METRICS, "".join(json.dumps(_json_safe(h)) + "\n" for h in history))
+    atomic.write_text(run_dir / METRICS, "".join(json.dumps(_json_safe(h)) + "\n" for h in history))
     table = pd.DataFrame([{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history])
-    write_text_atomic(run_dir / HISTORY, table.to_csv(index=False))
+    atomic.write_text(run_dir / HISTORY, table.to_csv(index=False))
 
 
 def best_epoch(history: list[dict], key: str, mode: str) -> int | None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from . import atomic
 
 MANIFEST = "split_manifest.json"
 SIDES = ("train", "val")
@@ -106,12 +107,6 @@ def _dumps(obj: Any, indent: int | None) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=indent, separators=seps, ensure_ascii=False) + "\n").encode()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def make_split(annotation_file: Path | str, out_dir: Path | str, n_train: int = 4000, n_val: int = 1000,
                seed: int = 42) -> dict[str, Any]:
     """Split a COCO instances file into ``train.json`` / ``val.json`` in ``out_dir``; return the manifest.
@@ -134,10 +129,10 @@ def make_split(annotation_file: Path | str, out_dir: Path | str, n_train: int = 
     for side, ids in zip(SIDES, (train_ids, val_ids)):
         part = _subset(coco, ids)
         data = _dumps(part, indent=None)
-        _write_atomic(out_dir / f"{side}.json", data)
+        atomic.write_bytes(out_dir / f"{side}.json", data)
         manifest[side] = {"file": f"{side}.json", "sha256": hashlib.sha256(data).hexdigest(),
                           "image_ids": ids, **_stats(part)}
-    _write_atomic(out_dir / MANIFEST, _dumps(manifest, indent=1))
+    atomic.write_bytes(out_dir / MANIFEST, _dumps(manifest, indent=1))
     return manifest
 
 
