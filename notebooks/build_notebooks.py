@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from textwrap import dedent
+from textwrap import dedent, fill
 
 import nbformat
 
@@ -38,14 +38,16 @@ def header(nb: str, title: str, question: str, intro: str) -> list[tuple[str, st
 
 
 def config_cell(names: list[str]) -> tuple[str, str]:
-    args = "".join(f"    {n}={n},\n" for n in names)
+    """``cfg = make_config(...)`` passing every parameter of the same name (None: the profile's default)."""
+    args = fill(" ".join(f"{n}={n}," for n in ["profile", *names]), width=108, initial_indent="    ",
+                subsequent_indent="    ")
     return code(f"""\
 from detr_nb_utils.config import make_config
 from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
-    profile=profile,
-{args}    progress=progress_policy(progress),
+{args}
+    progress=progress_policy(progress),
 )""")
 
 
@@ -193,7 +195,7 @@ NB02 = [
     code("""\
         data = prepare_data(cfg)  # the split; in the demo also the synthetic data and the random-weight checkpoint
         model, criterion, load_report = build_model(cfg, device)
-        load_report"""),
+        print(load_report)"""),
     md("## 2. Keys and shapes\nOne row per state-dict entry, in the published order:"),
     code("""\
         keys = load_report.to_frame()
