@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.patheffects import withStroke
 from matplotlib.ticker import MaxNLocator
 from torchvision.ops import box_convert
 
@@ -44,8 +45,8 @@ def save_fig(fig: Figure, name: str, report_dir: str | Path = "report", dpi: int
     ``make demo`` / ``make study``. Used by notebooks 01-06.
     """
     if _stamp:
-        fig.text(0.5, 0.5, _stamp, fontsize=22, color="crimson", alpha=0.25, rotation=15, ha="center",
-                 va="center", wrap=True)
+        fig.text(0.5, 0.5, _stamp, fontsize=min(22, 5.5 * fig.get_figheight()), color="crimson", alpha=0.35,
+                 rotation=15, ha="center", va="center", wrap=True)
     folder = Path(report_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     fig.savefig(folder / f"{name}.png", dpi=dpi, bbox_inches="tight")
@@ -185,7 +186,7 @@ def _gt_pixels(target: dict) -> torch.Tensor:
 def gt_panels(dataset: CocoDetection, indices: Sequence[int]) -> tuple[list[torch.Tensor], list[dict]]:
     """Original images and their ground truth, ready for :func:`plot_detections`."""
     targets = [dataset[i][1] for i in indices]
-    panels = [{"title": f"image {int(t['image_id'])}: {len(t['labels'])} objects", "gt_boxes": _gt_pixels(t)}
+    panels = [{"title": f"image {int(t['image_id'])}: {len(t['labels'])} object(s)", "gt_boxes": _gt_pixels(t)}
               for t in targets]
     return [dataset.read_image(i) for i in indices], panels
 
@@ -209,7 +210,8 @@ def predict_panels(model: torch.nn.Module, dataset: CocoDetection, indices: Sequ
 def _draw_boxes(ax, boxes: torch.Tensor, labels: Sequence[str], colour, dashed: bool = False) -> None:
     """Draw ``boxes`` ``[n,4]`` (x0, y0, x1, y1 pixels) with their text labels on ``ax``."""
     for (x0, y0, x1, y1), text in zip(boxes.tolist(), labels):
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colour, ls="--" if dashed else "-"))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colour, ls="--" if dashed else "-",
+                               path_effects=[withStroke(linewidth=2.5, foreground="black")]))
         if text:
             ax.text(x0, y0, text, fontsize=7, color="white", va="bottom",
                     bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "lw": 0})
