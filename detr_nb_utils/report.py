@@ -223,7 +223,8 @@ def comparison_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     for r in records.values():
         rows += [_row(r, 0, "epoch 0"), _row(r, r.best_epoch_loss, "lowest total loss (seed)"),
                  _row(r, r.best_epoch_ap, "highest AP")]
-    return pd.DataFrame(rows).set_index(["run", "at"])
+    columns = ["run", "layers", "queries", "at", "epoch", *LOSS_VIEWS, *AP_STATS]
+    return pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
 
 
 def seed_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
@@ -234,7 +235,8 @@ def seed_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
         rows[name] = {"seed reported": SEED_REPORTED_LOSS.get(name, math.nan),
                       "best total loss": m["val_loss_total"].min(), "best final-layer loss": m["val_loss_final"].min(),
                       "best per-layer mean": m["val_loss_layer_mean"].min(), "best AP": 100 * m["val_AP"].max()}
-    return pd.DataFrame(rows).T.rename_axis("run")
+    columns = ["seed reported", "best total loss", "best final-layer loss", "best per-layer mean", "best AP"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("run")
 
 
 def ap_per_layer(records: Mapping[str, RunRecord], epoch: str | int = "best") -> pd.DataFrame:

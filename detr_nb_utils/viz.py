@@ -74,7 +74,8 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
             ax.plot(df.index, df[f"val_{col}"], "o-", color=colour, label=name)
             if f"train_{col}" in df:
                 ax.plot(df.index, df[f"train_{col}"], "--", color=colour, alpha=0.6, label=f"{name} (train)")
-    axes[0].legend(fontsize=8)
+    if metrics:
+        axes[0].legend(fontsize=8)
     return fig
 
 
@@ -86,7 +87,8 @@ def plot_ap_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
             ax.plot(df.index, 100 * df[f"val_{col}"], "o-", color=colour, label=name)
     for ax in axes:
         ax.set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
+    if metrics:
+        axes[0].legend(fontsize=8)
     return fig
 
 
@@ -103,7 +105,8 @@ def plot_ap_per_layer(table: pd.DataFrame) -> Figure:
     ax.set_xticks(list(table.columns))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(table):
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -435,7 +435,8 @@ NB06 = [
         save_fig(fig, "06_ap_per_layer", report_dir)"""),
     md("## 6. Parameters"),
     code("""\
-        params = parameter_counts({n: (r.config.dec_layers, r.config.num_queries) for n, r in records.items()})
+        found = {n: (r.config.dec_layers, r.config.num_queries) for n, r in records.items()}
+        params = parameter_counts(found or VARIANTS)
         save_table(params, "06_parameter_counts", report_dir)
         fig = plot_parameter_counts(params)
         save_fig(fig, "06_parameter_counts", report_dir)"""),
