@@ -12,6 +12,7 @@ official-layout checkpoint with *random* weights, both generated on first use, t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,11 @@ class RunConfig:
     to ``min_size`` with the longer side at most ``max_size``; training picks the shorter side from
     ``train_scales``. ``eval_batch_size`` matters for AP because images of a batch are padded to the largest
     one; the published numbers use 2. ``precision="auto"``: bf16 autocast on CUDA and on CPUs with native bf16
-    (AMX or AVX512-BF16), else fp32. ``run_name`` ``None``: ``dec{dec_layers}_q{num_queries}``.
+    (AMX or AVX512-BF16), else fp32. ``query_indices``: which of the checkpoint's 100 query embeddings the model
+    keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from :func:`detr_nb_utils.queries.select_queries`);
+    ``None`` is the seed's choice, the first ``num_queries``, and a tuple naming exactly those is stored as ``None``.
+    ``run_name`` ``None``: ``dec{dec_layers}_q{num_queries}``, with ``_idx`` and a hash of ``query_indices``
+    appended when they are set, so runs keeping different query slots never share a folder.
     """
 
     profile: str = "study"
@@ -56,6 +61,7 @@ class RunConfig:
     checkpoint: str | None = "data/checkpoints/detr-r50-e632da11.pth"
     num_classes: int = 91
     num_queries: int = 100
+    query_indices: tuple[int, ...] | None = None
     dec_layers: int = 6
     enc_layers: int = 6
     hidden_dim: int = 256
@@ -86,17 +92,24 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):  # JSON gives lists and ints where tuples and floats are meant
             value = getattr(self, f.name)
-            if f.name == "train_scales" and isinstance(value, list):
+            if f.name in ("train_scales", "query_indices") and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
             elif f.type.startswith("float") and type(value) is int:
                 object.__setattr__(self, f.name, float(value))
         for check in _CHECKS:
             check(self)
+        if self.query_indices == tuple(range(self.num_queries)):  # the default choice, spelled out
+            object.__setattr__(self, "query_indices", None)
 
     @property
     def run_dir(self) -> Path:
         """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.runs`)."""
-        return Path(self.out_dir) / (self.run_name or f"dec{self.dec_layers}_q{self.num_queries}")
+        if self.run_name:
+            return Path(self.out_dir) / self.run_name
+        name = f"dec{self.dec_layers}_q{self.num_queries}"
+        if self.query_indices is not None:
+            name += "_idx" + hashlib.sha256(",".join(map(str, self.query_indices)).encode()).hexdigest()[:8]
+        return Path(self.out_dir) / name
 
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
@@ -184,11 +197,35 @@ def _check_model(cfg: RunConfig) -> None:
     _int(cfg, "dim_feedforward", 1)
     _float(cfg, "dropout", 0.0, 1.0, high_open=True)
     _float(cfg, "eos_coef", 0.0, 1.0, low_open=True)
+    _check_query_indices(cfg)
     if cfg.checkpoint is not None:
         for name, want in CHECKPOINT_SHAPE.items():
             if getattr(cfg, name) != want:
                 _fail(name, getattr(cfg, name), f"{want} to load the checkpoint {cfg.checkpoint} "
                                                 f"(set checkpoint=None to train from random weights)")
+
+
+def _check_query_indices(cfg: RunConfig) -> None:
+    v = cfg.query_indices
+    if v is None:
+        return
+    ints = isinstance(v, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if not ints:
+        why = "it is not a tuple of integers"
+    elif len(v) != cfg.num_queries:
+        why = f"it lists {len(v)} slots"
+    elif len(set(v)) != len(v):
+        why = f"it repeats slot(s) {sorted({i for i in v if v.count(i) > 1})}"
+    elif not all(0 <= i < MAX_QUERIES for i in v):
+        why = f"slot(s) {[i for i in v if not 0 <= i < MAX_QUERIES]} are out of range"
+    elif cfg.checkpoint is None:
+        why = "checkpoint is None, so there are no checkpoint queries to choose from"
+    else:
+        return
+    shown = repr(v) if not isinstance(v, tuple) or len(v) <= 6 else f"({v[0]!r}, {v[1]!r}, {v[2]!r}, ..., {v[-1]!r})"
+    raise ValueError(f"RunConfig.query_indices = {shown} is invalid ({why}): must be None or a tuple of "
+                     f"num_queries ({cfg.num_queries}) distinct integers in 0..{MAX_QUERIES - 1} (the checkpoint's "
+                     f"query slots), with a checkpoint")
 
 
 def _check_optim(cfg: RunConfig) -> None:

@@ -209,14 +209,15 @@ def build_loader(cfg: RunConfig, data: DataSetup, split: str, device: torch.devi
 def build_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, SetCriterion, LoadReport | None]:
     """The variant ``cfg`` asks for with ``cfg.checkpoint`` loaded (None: random init), and its criterion.
 
-    ``lr_backbone == 0`` freezes the whole backbone, as the published ``train_backbone = lr_backbone > 0``.
+    ``lr_backbone == 0`` freezes the whole backbone, as the published ``train_backbone = lr_backbone > 0``;
+    ``cfg.query_indices`` chooses which of the checkpoint's query embeddings the model keeps.
     """
     model = build_detr(num_classes=cfg.num_classes, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers,
                        enc_layers=cfg.enc_layers, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
                        dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout)
     if cfg.lr_backbone == 0:
         model.backbone.requires_grad_(False)
-    report = load_pretrained(model, cfg.checkpoint) if cfg.checkpoint is not None else None
+    report = None if cfg.checkpoint is None else load_pretrained(model, cfg.checkpoint, cfg.query_indices)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
