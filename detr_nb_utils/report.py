@@ -74,11 +74,19 @@ def _ranked(values: Mapping[str, float], higher_is_better: bool, fmt: str) -> st
     return " ".join(text)
 
 
-def _discordant(loss: Mapping[str, float], ap: Mapping[str, float]) -> list[tuple[str, str]]:
-    """Pairs ``(a, b)`` where the loss (lower is better, compared at 3 decimals) puts ``a`` above ``b`` and AP
-    (compared at 1 decimal, in percent) puts ``b`` above ``a``."""
-    loss, ap = {k: round(v, 3) for k, v in loss.items()}, {k: round(v, 1) for k, v in ap.items()}
-    return [(a, b) for a in loss for b in loss if loss[a] < loss[b] and ap[b] > ap[a]]
+def _discordant(first: pd.Series, second: pd.Series) -> list[tuple[str, str]]:
+    """Pairs ``(a, b)`` that ``first`` ranks ``a`` above ``b`` and ``second`` ranks ``b`` above ``a`` (both: higher
+    is better; round them to the precision that is printed, so ties are ties)."""
+    return [(a, b) for a in first.index for b in first.index if first[a] > first[b] and second[b] > second[a]]
+
+
+def _agreement(name: str, first: pd.Series, other: str, second: pd.Series) -> str:
+    """One sentence: do the rankings by ``first`` and ``second`` (higher is better) order every pair alike?"""
+    flips = _discordant(first, second)
+    if not flips:
+        return f"The rankings by {name} and by {other} agree (no pair of runs is ordered the other way round)."
+    return (f"The rankings by {name} and by {other} DISAGREE: "
+            + "; ".join(f"{name} puts {a} above {b}, {other} puts {b} above {a}" for a, b in flips) + ".")
 
 
 # ---- 01: the split -----------------------------------------------------------------------------------------
@@ -280,15 +288,12 @@ def conclusion(records: Mapping[str, RunRecord], missing: Iterable[str] = ()) ->
     lines.append(f"By final-layer loss: {_ranked(seed['best final-layer loss'], False, '.3f')}; by per-layer mean "
                  f"loss: {_ranked(seed['best per-layer mean'], False, '.3f')}.")
     lines.append(f"By COCO AP (best epoch): {_ranked(ap, True, '.1f')}.")
-    flips = _discordant(total, ap)
+    lines.append(_agreement("total loss", -total.round(3), "final-layer loss",
+                            -seed["best final-layer loss"].round(3)))
     if ap.round(1).nunique() == 1:
         lines.append("AP does not separate the runs, so it can neither confirm nor contradict the total loss.")
-    elif flips:
-        lines.append("The ranking by total loss and the ranking by AP DISAGREE: "
-                     + "; ".join(f"total loss puts {a} above {b}, AP puts {b} above {a}" for a, b in flips) + ".")
     else:
-        lines.append("The ranking by total loss and the ranking by AP agree (no pair of runs is ordered the "
-                     "other way round).")
+        lines.append(_agreement("total loss", -total.round(3), "AP", ap.round(1)))
     lines += _depth_effect(records, seed)
     gains = {n: 100 * (r.metrics["val_AP"].max() - r.metrics.loc[0, "val_AP"]) for n, r in records.items()}
     lines.append("AP gained by fine-tuning over epoch 0 (points): "

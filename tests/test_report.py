@@ -49,8 +49,10 @@ def test_conclusion_computes_rankings_and_flags_the_disagreement(records):
     text = conclusion(records)
     assert "lowest total validation loss: dec3_q50 (51.450) < dec3_q100 (52.500) < dec6_q100 (71.300)" in text
     assert "By COCO AP (best epoch): dec6_q100 (43.0) > dec3_q100 (41.0) > dec3_q50 (40.0)" in text
-    assert "DISAGREE: total loss puts dec3_q100 above dec6_q100, AP puts dec6_q100 above dec3_q100; " \
-           "total loss puts dec3_q50 above dec6_q100" in text
+    assert "The rankings by total loss and by AP DISAGREE: total loss puts dec3_q100 above dec6_q100, AP puts " \
+           "dec6_q100 above dec3_q100; total loss puts dec3_q50 above dec6_q100" in text
+    assert "by total loss and by final-layer loss DISAGREE: total loss puts dec3_q100 above dec6_q100, " \
+           "final-layer loss puts dec6_q100 above dec3_q100" in text
     assert "dec3_q50 above dec3_q100" in text  # 51.45 < 52.5 in total loss, 40.0 < 41.0 in AP
     assert "The seed reported dec3_q50 (51.45) < dec3_q100 (52.50) < dec6_q100 (71.30)" in text
     assert f"(6 against 3): dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss " \
@@ -68,7 +70,7 @@ def test_conclusion_agreement_ties_demo_and_missing(records):
     assert "AP does not separate the runs" in text and "DISAGREE" not in text
     same = {n: _record(n, 3, 100, [t, t - 1], [9.0, 8.0], [a, a + 0.01]) for n, t, a in
             (("a", 50.0, 0.30), ("b", 51.0, 0.20), ("c", 52.0, 0.20))}
-    assert "agree (no pair of runs is ordered the other way round)" in conclusion(same)
+    assert "The rankings by total loss and by AP agree (no pair of runs" in conclusion(same)
     one = conclusion({"dec6_q100": records["dec6_q100"]}, missing=["dec3_q100"])
     assert "Fewer than two runs" in one and "dec3_q100" in one
 
