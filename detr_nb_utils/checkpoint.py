@@ -63,6 +63,8 @@ class LoadReport:
         note = "  [RANDOM WEIGHTS: demo stand-in, not the official checkpoint]" if self.random_weights else ""
         return f"{self.path}: {counts}{note}"
 
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         changed = self.to_frame().query("action != 'loaded'")
         return f"<p>{self}</p>" + changed.to_html(index=False)
@@ -140,7 +142,7 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, path
             raise CheckpointError(f"{path}: {key} has shape {tuple(src.shape)}, the model needs "
                                   f"{tuple(target.shape)}; this checkpoint does not fit build_detr's architecture.")
         report.rows.append((key, action, tuple(src.shape), tuple(target.shape)))
-    for key in state_dict.keys() - own.keys():
+    for key in sorted(state_dict.keys() - own.keys(), key=list(state_dict).index):
         report.rows.append((key, "dropped", tuple(state_dict[key].shape), ()))
     return new, report
 

@@ -310,13 +310,12 @@ class _Experiment:
                              "random_weights": self.random_weights, **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
         run_dir = cfg.run_dir
-        if runs.best_epoch(self.history, "val_AP", "max") == epoch and evaluate_now:
+        if epoch >= 1 and evaluate_now and runs.best_epoch(self.history, "val_AP", "max") == epoch:
             runs.save_best(run_dir, self.model, epoch, val, cfg)
         runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
         runs.write_logs(run_dir, self.history)
-        if cfg.progress:
-            h = self.history[-1]
-            tqdm.write(f"epoch {epoch}: train loss {h.get('train_loss', float('nan')):.3f}, val loss "
+        h = self.history[-1]  # one line per epoch, also in headless logs
+        tqdm.write(f"epoch {epoch}: train loss {h.get('train_loss', float('nan')):.3f}, val loss "
                        f"{h.get('val_loss_total', float('nan')):.3f}, val AP {h.get('val_AP', float('nan')):.3f} "
                        f"({h['wall_time_s']:.0f} s)")
 

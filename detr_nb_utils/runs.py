@@ -122,8 +122,14 @@ def write_logs(run_dir: Path, history: list[dict]) -> None:
 
 
 def best_epoch(history: list[dict], key: str, mode: str) -> int | None:
-    """Epoch of the best finite ``key`` (``mode`` "max" or "min"); the earliest on ties; None if none."""
+    """Fine-tuned epoch (>= 1) of the best finite ``key`` (``mode`` "max" or "min"); the earliest on ties.
+
+    Epoch 0, the checkpoint before any training, is the zero-shot baseline and is reported on its own; it is
+    the answer only while no trained epoch has been evaluated. None if no epoch has ``key``.
+    """
     scored = [(h[key], h["epoch"]) for h in history if isinstance(h.get(key), float) and math.isfinite(h[key])]
+    if any(e >= 1 for _, e in scored):
+        scored = [(s, e) for s, e in scored if e >= 1]
     if not scored:
         return None
     best = max(s for s, _ in scored) if mode == "max" else min(s for s, _ in scored)
