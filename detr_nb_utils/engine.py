@@ -230,12 +230,13 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     return evaluate(model, criterion, loader, coco, device, resolve_amp_dtype(cfg.precision, device),
-                    cfg.channels_last, progress=cfg.progress and _rank_world()[0] == 0)
+                    cfg.channels_last, progress=cfg.progress and _rank_world()[0] == 0, keep_detections=True)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
-    """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant) on the val split,
-    without training or a run folder. ``random_weights`` says whether it is the demo's random stand-in."""
+    """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
+    ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
+    is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap)."""
     device = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
@@ -303,6 +304,8 @@ class _Experiment:
         self.epoch = epoch
         if self.rank != 0:
             return
+        if "detections" in val:
+            runs.save_detections(cfg.run_dir, epoch, val.pop("detections"))
         lrs = [train.pop(k, g["lr"]) for k, g in zip(("lr", "lr_backbone"), self.optimizer.param_groups)]
         eval_time = time.perf_counter() - start
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,

@@ -64,6 +64,15 @@ def _results_array(detections: dict[int, dict]) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 7))
 
 
+def detection_arrays(detections: dict[int, dict]) -> dict[str, np.ndarray]:
+    """Detections (image id -> :func:`postprocess` output) as flat arrays, the run folder's compact form:
+    ``image_id`` int64 [N], ``category_id`` int64 [N], ``score`` float32 [N], ``bbox`` float32 [N,4] (x, y, w, h in
+    pixels). :mod:`detr_nb_utils.stats` bootstraps AP from them."""
+    r = _results_array(detections)
+    return {"image_id": r[:, 0].astype(np.int64), "category_id": r[:, 6].astype(np.int64),
+            "score": r[:, 5].astype(np.float32), "bbox": r[:, 1:5].astype(np.float32)}
+
+
 def _load_results(coco_gt: COCO, results: np.ndarray) -> COCO:
     if len(results):
         return coco_gt.loadRes(results)
@@ -153,7 +162,7 @@ def _layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int]) -> dict:
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, device: torch.device | str,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, per_layer_ap: bool = True,
-             progress: bool = False, verbose: bool = False) -> dict:
+             progress: bool = False, verbose: bool = False, keep_detections: bool = False) -> dict:
     """One pass over ``loader``: COCO metrics of the final layer and of every decoder layer, and the losses.
 
     ``loader`` yields :func:`detr_nb_utils.data.collate_fn` batches (``images``, ``mask``, ``targets`` with
@@ -164,7 +173,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     Returns floats: :data:`STATS` and ``per_category_AP`` (final layer), ``AP_layer_l``/``AP50_layer_l`` for
     ``l = 0 … L-1`` (``L-1`` is the final layer), ``loss_total`` (Σ weight·term over all layers, the seed's
     "validation loss"), ``loss_final`` (last layer only), ``loss_layer_mean`` (total / L), every unweighted term
-    of the criterion averaged over batches, and ``num_images``.
+    of the criterion averaged over batches, and ``num_images``; with ``keep_detections``, also ``detections``:
+    the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis.
     """
     if len(loader.dataset) == 0:
         raise ValueError("evaluate: the validation set is empty; check n_val / max_val_images and the split")
@@ -196,6 +206,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
         return metrics
     img_ids = sorted(dets[-1])
     metrics.update(coco_evaluate(coco_gt, dets[-1], img_ids, verbose=verbose))
+    if keep_detections:
+        metrics["detections"] = detection_arrays(dets[-1])
     if per_layer_ap:
         metrics.update(_layer_metrics(coco_gt, dets, img_ids))
         metrics[f"AP_layer_{num_layers - 1}"], metrics[f"AP50_layer_{num_layers - 1}"] = metrics["AP"], metrics["AP50"]

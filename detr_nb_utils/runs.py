@@ -3,7 +3,8 @@
 ``<out_dir>/<run_name>/`` holds ``config.json`` (the :class:`~detr_nb_utils.config.RunConfig`),
 ``split_manifest.json`` (copied from the split), ``metrics.jsonl`` (one JSON object per finished epoch, epoch 0
 being the loaded checkpoint before any training), ``history.csv`` (the same without per-category AP),
-``checkpoint_last.pth`` (model, optimizer, scheduler, epoch, RNG states, config and the metrics history: the
+``detections/epoch_N.npz`` (the final layer's detections of every evaluated epoch N, as flat arrays, for the
+bootstrap of :mod:`detr_nb_utils.stats`), ``checkpoint_last.pth`` (model, optimizer, scheduler, epoch, RNG states, config and the metrics history: the
 source of truth for resuming) and ``checkpoint_best.pth`` (the weights of the epoch with the best val AP). Every
 file is written under a temporary name and renamed, so an interrupted run never leaves half a file; all load
 with ``torch.load(weights_only=True)``. Written by :func:`detr_nb_utils.engine.run_experiment` (notebooks 03-05),
@@ -11,6 +12,7 @@ read by :func:`load_run` (06_analysis, which never retrains).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -27,6 +29,7 @@ from .config import RunConfig
 
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
+DETECTIONS = "detections"
 # fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended)
 RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device")
 
@@ -98,6 +101,29 @@ def save_best(run_dir: Path, model, epoch: int, metrics: dict, cfg: RunConfig) -
     """The weights of the best-AP epoch in the official layout (``model`` key), loadable by ``load_pretrained``."""
     atomic.torch_save({"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict(),
                  "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}, run_dir / BEST)
+
+
+def save_detections(run_dir: Path, epoch: int, arrays: dict[str, np.ndarray]) -> Path:
+    """``detections/epoch_{epoch}.npz`` (written atomically): :func:`detr_nb_utils.evaluate.detection_arrays`."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic.write_bytes(Path(run_dir) / DETECTIONS / f"epoch_{epoch}.npz", buffer.getvalue())
+
+
+def load_detections(run_dir: str | Path, epoch: int) -> dict[str, np.ndarray]:
+    """The detections saved for ``epoch``: ``image_id``, ``category_id``, ``score``, ``bbox`` (x, y, w, h) arrays."""
+    path = Path(run_dir) / DETECTIONS / f"epoch_{epoch}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: epoch {epoch} was not evaluated, or the run predates saved "
+                                "detections (delete the run folder and run it again)")
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def detection_epochs(run_dir: str | Path) -> list[int]:
+    """The epochs whose detections the run folder holds, in order."""
+    files = (Path(run_dir) / DETECTIONS).glob("epoch_*.npz")
+    return sorted(int(p.stem.removeprefix("epoch_")) for p in files if p.stem.removeprefix("epoch_").isdigit())
 
 
 def load_last(run_dir: Path) -> dict | None:

@@ -2,16 +2,23 @@
 non-finite loss without touching the last good checkpoint, and a run folder reads back."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
+from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
 from detr_nb_utils import engine, runs
 from detr_nb_utils.config import RunConfig, make_config
 from detr_nb_utils.data import build_dataset, collate_fn
+from detr_nb_utils.stats import bootstrap_ap
 from detr_nb_utils.synthetic import make_synthetic_coco
 
 # a DETR small enough for CI: the ResNet-50 stays (build_detr has no other backbone) but is frozen
@@ -95,6 +102,10 @@ def test_interrupted_run_resumes_to_the_same_numbers_and_nan_keeps_last_checkpoi
     monkeypatch.undo()
     resumed = engine.run_experiment(dataclasses.replace(first, epochs=2))
     assert _metrics(resumed.run_dir) == _metrics(straight.run_dir)
+    assert runs.detection_epochs(resumed.run_dir) == runs.detection_epochs(straight.run_dir) == [0, 1, 2]
+    for epoch in (0, 1, 2):
+        a, b = runs.load_detections(straight.run_dir, epoch), runs.load_detections(resumed.run_dir, epoch)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     a, b = runs.load_last(straight.run_dir), runs.load_last(resumed.run_dir)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
@@ -103,11 +114,20 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, run_name="readback", epochs=1)
     record = engine.run_experiment(cfg)
     assert {p.name for p in cfg.run_dir.iterdir()} == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY,
-                                                      runs.LAST, runs.BEST}
+                                                      runs.LAST, runs.BEST, runs.DETECTIONS}
     loaded = runs.load_run(cfg.run_dir)
     assert loaded.config == cfg and loaded.complete and loaded.best_epoch_ap == record.best_epoch_ap
     assert {"val_AP", "val_AP_layer_0", "val_loss_total", "val_loss_final", "train_loss"} <= set(loaded.metrics)
     assert list(loaded.per_category_ap.index) == [0, 1]
+    dets = runs.load_detections(cfg.run_dir, 1)  # the final layer's detections, one per query and image
+    n_images = int(loaded.metrics.loc[1, "val_num_images"])
+    assert len(dets["score"]) == n_images * cfg.num_queries and len(np.unique(dets["image_id"])) == n_images
+    assert dets["bbox"].shape == (len(dets["score"]), 4) and dets["category_id"].dtype == np.int64
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(Path(cfg.split_dir) / "val.json"))
+    # the saved detections reproduce the logged AP
+    point = bootstrap_ap(gt, dets, sorted(np.unique(dets["image_id"]).tolist()), n_resamples=20)["AP"]["point"]
+    assert point == pytest.approx(loaded.metrics.loc[1, "val_AP"], abs=1e-4)
     best = torch.load(cfg.run_dir / runs.BEST, weights_only=True)
     assert best["epoch"] == loaded.best_epoch_ap
     with pytest.raises(runs.RunConfigMismatch, match=r"lr: 0\.0001 in the folder, 0\.0002 now"):
