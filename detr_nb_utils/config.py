@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 PROFILE_ENV = "DETR_NB_PROFILE"
@@ -307,3 +307,19 @@ def resolve_coco_layout(data_root: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"no COCO-format dataset under {root}. Looked for {tried}. Download COCO with "
                             f"`python -m detr_nb_utils.download coco --root {root}` or set image_dir and "
                             f"annotation_file.")
+
+
+#: training seeds per variant when a notebook's ``n_seeds`` is None: one in the study (raise it where the GPU
+#: budget allows), two in the demo so that 06_analysis always has a spread to show
+DEFAULT_SEEDS = {"study": 1, "demo": 2}
+
+
+def seed_configs(cfg: RunConfig, n_seeds: int | None = None, name: str | None = None) -> list[RunConfig]:
+    """``n_seeds`` copies of ``cfg`` with seeds ``cfg.seed, cfg.seed + 1, …``, each in its own run folder
+    ``<name>_seed<seed>`` (``name``: default ``cfg.run_dir``'s name). ``n_seeds`` None: :data:`DEFAULT_SEEDS` of
+    the profile. Used by notebooks 03-05; 06_analysis groups the folders back by variant."""
+    n = DEFAULT_SEEDS[cfg.profile] if n_seeds is None else n_seeds
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        _fail("n_seeds", n_seeds, "an integer >= 1 (or None for the profile's default)")
+    base = name or cfg.run_dir.name
+    return [replace(cfg, seed=cfg.seed + k, run_name=f"{base}_seed{cfg.seed + k}") for k in range(n)]

@@ -168,16 +168,42 @@ def _interval(point: float, samples: np.ndarray, level: float = LEVEL) -> dict:
     return {"point": float(point), "low": float(lo), "high": float(hi), "std": float(np.nanstd(samples))}
 
 
+class Scored:
+    """One detection set matched once (``COCOeval.evaluate``) on ``img_ids``: re-score it on any resample with
+    :func:`interval` and :func:`difference` without matching again (06_analysis keeps one per run and epoch)."""
+
+    def __init__(self, coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int]) -> None:
+        self.img_ids = sorted(int(i) for i in img_ids)
+        self.accumulator = _Accumulator(evaluate_images(coco_gt, detections, self.img_ids))
+        self.point = tuple(float(v[0]) for v in self.accumulator.ap(np.ones((len(self.img_ids), 1))))
+
+
+def interval(scored: Scored, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """:func:`bootstrap_ap` of an already matched detection set."""
+    (ap, ap50), = _resampled([scored.accumulator], len(scored.img_ids), n_resamples, seed)
+    return {"AP": _interval(scored.point[0], ap), "AP50": _interval(scored.point[1], ap50),
+            "n_images": len(scored.img_ids), "n_resamples": n_resamples}
+
+
+def difference(a: Scored, b: Scored, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """:func:`bootstrap_difference` of two already matched detection sets (on the same images)."""
+    if a.img_ids != b.img_ids:
+        raise ValueError(f"difference: the detection sets were scored on different images ({len(a.img_ids)} and "
+                         f"{len(b.img_ids)}); score both on common_images(...)")
+    (ap_a, ap50_a), (ap_b, ap50_b) = _resampled([a.accumulator, b.accumulator], len(a.img_ids), n_resamples, seed)
+    out = {"n_images": len(a.img_ids), "n_resamples": n_resamples}
+    for name, i, diff in (("AP", 0, ap_a - ap_b), ("AP50", 1, ap50_a - ap50_b)):
+        d = _interval(a.point[i] - b.point[i], diff)
+        out[name] = d | {"excludes_zero": bool(d["low"] > 0 or d["high"] < 0)}
+    return out
+
+
 def bootstrap_ap(coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int],
                  n_resamples: int = 1000, seed: int = 0) -> dict:
     """AP and AP50 of ``detections`` on ``img_ids`` with 95% percentile intervals over ``n_resamples`` resamples
     of the images. Returns ``{"AP": {"point", "low", "high", "std"}, "AP50": {...}, "n_images", "n_resamples"}``
     (fractions in [0, 1]; ``point`` is COCOeval's AP on ``img_ids``)."""
-    acc = _Accumulator(evaluate_images(coco_gt, detections, img_ids))
-    point = acc.ap(np.ones((len(img_ids), 1)))
-    (ap, ap50), = _resampled([acc], len(img_ids), n_resamples, seed)
-    return {"AP": _interval(point[0][0], ap), "AP50": _interval(point[1][0], ap50), "n_images": len(img_ids),
-            "n_resamples": n_resamples}
+    return interval(Scored(coco_gt, detections, img_ids), n_resamples, seed)
 
 
 def bootstrap_difference(coco_gt: COCO, dets_a: Mapping[str, np.ndarray], dets_b: Mapping[str, np.ndarray],
@@ -185,14 +211,7 @@ def bootstrap_difference(coco_gt: COCO, dets_a: Mapping[str, np.ndarray], dets_b
     """AP(a) - AP(b) and AP50(a) - AP50(b) on ``img_ids`` with 95% intervals from *paired* resamples (both
     detection sets scored on the same resampled images). Each entry also says ``excludes_zero``: the interval
     lies wholly above or below 0, i.e. the difference is larger than image sampling explains."""
-    accs = [_Accumulator(evaluate_images(coco_gt, d, img_ids)) for d in (dets_a, dets_b)]
-    points = [acc.ap(np.ones((len(img_ids), 1))) for acc in accs]
-    (ap_a, ap50_a), (ap_b, ap50_b) = _resampled(accs, len(img_ids), n_resamples, seed)
-    out = {"n_images": len(img_ids), "n_resamples": n_resamples}
-    for name, i, diff in (("AP", 0, ap_a - ap_b), ("AP50", 1, ap50_a - ap50_b)):
-        d = _interval(points[0][i][0] - points[1][i][0], diff)
-        out[name] = d | {"excludes_zero": bool(d["low"] > 0 or d["high"] < 0)}
-    return out
+    return difference(Scored(coco_gt, dets_a, img_ids), Scored(coco_gt, dets_b, img_ids), n_resamples, seed)
 
 
 def common_images(*detections: Mapping[str, np.ndarray]) -> list[int]:

@@ -167,3 +167,20 @@ def interactive_attention(image, record: AttentionRecord, objects: pd.DataFrame,
         widgets.HTML("no detection above the threshold")
     right = widgets.VBox([menu, widgets.interactive_output(one_point, {"i": menu})])
     return widgets.HBox([left, right])
+
+
+def plot_ap_intervals(table: pd.DataFrame, columns: Sequence[str] = ("epoch-0 AP", "best AP")) -> Figure:
+    """AP per variant with its 95% bootstrap interval as error bars, one marker per column of ``table`` (from
+    :func:`detr_nb_utils.intervals.zero_shot_table`: ``<column>``, ``<column> low``, ``<column> high``, percent)."""
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * max(len(table), 1), 3.2), layout="constrained")
+    x = np.arange(len(table))
+    columns = [c for c in columns if c in table.columns]
+    for i, col in enumerate(columns):
+        mid, lo, hi = (table[c].to_numpy(float) for c in (col, f"{col} low", f"{col} high"))
+        ax.errorbar(x + 0.15 * (i - (len(columns) - 1) / 2), mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=4,
+                    label=col)
+    ax.set_xticks(x, list(table.index), rotation=20, ha="right")
+    ax.set(ylabel="AP (%)", title="AP with 95% bootstrap interval over validation images")
+    if columns and len(table):
+        ax.legend()
+    return fig
