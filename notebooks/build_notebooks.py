@@ -171,21 +171,25 @@ NB02 = [
         num_workers = None
         n_draw = 6  # val images drawn with their predictions
         score_threshold = 0.7  # detections drawn: class probability at least this (the paper's demo uses 0.7)
+        attention_image = 0  # the val image (index) whose attention maps are drawn
+        interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
         report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
         progress = None  # progress bars; None: widgets in JupyterLab, none when headless"""),
     config_cell(["data_root", "split_dir", "checkpoint", "device", "seed", "max_val_images", "min_size", "max_size",
                  "num_workers"]),
     SETUP_MD,
     code("""\
+        from detr_nb_utils.attention import detected_objects, run_with_attention
         from detr_nb_utils.checkpoint import adapt_state_dict
         from detr_nb_utils.coco_categories import COCO_NAMES
-        from detr_nb_utils.data import build_dataset
+        from detr_nb_utils.data import build_dataset, collate_fn
         from detr_nb_utils.engine import build_model, evaluate_checkpoint, prepare_data, transform_kwargs
         from detr_nb_utils.notebook import setup
         from detr_nb_utils.report import VARIANTS, ap_vs_paper, checkpoint_takeaway, parameter_counts, save_table
         from detr_nb_utils.report import save_takeaway, skeleton, surgery_table
         from detr_nb_utils.viz import plot_detections, plot_parameter_counts, plot_query_norms, plot_query_similarity
         from detr_nb_utils.viz import predict_panels, save_fig
+        from detr_nb_utils.viz_analysis import interactive_attention, plot_decoder_attention, plot_encoder_attention
 
         device, report_dir = setup(cfg, report_dir)"""),
     md("""\
@@ -243,7 +247,34 @@ NB02 = [
         fig = plot_detections(images, panels, COCO_NAMES, title=str(load_report))
         save_fig(fig, "02_predictions", report_dir)"""),
     md("""\
-        ## 7. The starting point: COCO AP at epoch 0
+        ## 7. Where the model looks
+        Hooks on the attention modules record, for one forward pass, the encoder's self-attention (each feature
+        cell of the stride-32 map attends to all others; the paper's Fig. 3) and the decoder's cross-attention
+        (each query looks at the image; Fig. 6). Below: where each detected object's query looks in the last
+        decoder layer (its box in cyan), and where a few image points attend to in the last encoder layer. With no
+        detection at `score_threshold` (the demo's random weights), the 4 best-scoring queries are shown."""),
+    code("""\
+        images, mask, _ = collate_fn([val_set[attention_image]])
+        outputs, attention = run_with_attention(model, images.to(device), mask.to(device))
+        image = val_set.read_image(attention_image)
+        objects = detected_objects(outputs, 0, score_threshold)
+        if objects.empty:
+            objects = detected_objects(outputs, 0, 0.0).head(4)
+        objects"""),
+    code("""\
+        fig = plot_decoder_attention(image, attention, objects, COCO_NAMES)
+        save_fig(fig, "02_decoder_attention", report_dir)"""),
+    code("""\
+        h, w = image.shape[-2:]
+        points = [(h * fy, w * fx) for fy, fx in ((0.3, 0.3), (0.3, 0.7), (0.7, 0.3), (0.7, 0.7))]
+        fig = plot_encoder_attention(image, attention, points)
+        save_fig(fig, "02_encoder_attention", report_dir)"""),
+    md("In JupyterLab (or with `interactive=True`): a slider over the objects and a menu over the points."),
+    code("""\
+        live = progress_policy(interactive)
+        interactive_attention(image, attention, objects, points, COCO_NAMES, interactive=True) if live else None"""),
+    md("""\
+        ## 8. The starting point: COCO AP at epoch 0
         The checkpoint evaluated on our validation split as published: every query submitted, no threshold, batches
         of 2. The paper's 42.0 is on all 5,000 val2017 images."""),
     code("""\
@@ -261,7 +292,8 @@ NB02 = [
 # ---- 03-05 --------------------------------------------------------------------------------------------------
 
 
-def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers: int, num_queries: int) -> list:
+def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers: int, num_queries: int,
+                      extra_parameters: str = "", extra: list | None = None) -> list:
     return [
         *header(nb, title, question, intro),
         code(f"""\
@@ -272,7 +304,8 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             n_val = None
             checkpoint = None  # the official detr-r50-e632da11.pth
             out_dir = None  # run folders go to <out_dir>/<run_name>
-            run_name = None  # None: dec<layers>_q<queries>
+            run_name = None  # None: dec<layers>_q<queries>; each seed's folder is <run_name>_seed<seed>
+            n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 1 (study), 2 (demo)
             report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
             device = None  # "auto", "cpu", "cuda"
             seed = None
@@ -287,13 +320,14 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             min_size = None  # shorter image side at evaluation (800 in the study)
             max_size = None  # longer side at most (1333 in the study)
             train_scales = None  # shorter sides drawn in training (480..800 in the study)
-            num_workers = None
+            num_workers = None{extra_parameters}
             progress = None  # progress bars; None: widgets in JupyterLab, none when headless"""),
         config_cell(["data_root", "split_dir", "n_train", "n_val", "checkpoint", "out_dir", "run_name", "device",
                      "seed", "epochs", "batch_size", "lr", "lr_backbone", "dec_layers", "num_queries",
                      "max_train_images", "max_val_images", "min_size", "max_size", "train_scales", "num_workers"]),
         SETUP_MD,
         code("""\
+            from detr_nb_utils.config import seed_configs
             from detr_nb_utils.data import CocoDetection
             from detr_nb_utils.engine import prepare_data, run_experiment
             from detr_nb_utils.notebook import setup
@@ -316,11 +350,14 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
         md("""\
             ## 2. Fine-tune
             `run_experiment` loads the checkpoint (sliced to this variant), evaluates it (epoch 0), then trains and
-            evaluates once per epoch, saving everything into the run folder. A folder that already holds finished
-            epochs of the same configuration is resumed, so re-running this cell after an interruption continues."""),
+            evaluates once per epoch, saving everything into the run folder (with each evaluated epoch's detections,
+            which 06 bootstraps). A folder that already holds finished epochs of the same configuration is resumed,
+            so re-running this cell after an interruption continues. One run per training seed: the spread between
+            seeds is part of the answer."""),
         code("""\
-            print(cfg.run_dir)
-            record = run_experiment(cfg)
+            configs = seed_configs(cfg, n_seeds)
+            records = {c.run_dir.name: run_experiment(c) for c in configs}
+            record = records[configs[0].run_dir.name]  # the first seed's run: the table and figures below
             sorted(p.name for p in record.run_dir.iterdir())"""),
         md("""\
             ## 3. Curves
@@ -328,8 +365,8 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             it grows with depth), the final layer's loss (what a user gets) and the total divided by the number of
             layers. Training losses are dashed. Then COCO AP per epoch."""),
         code(f"""\
-            prefix = "{nb[:2]}_" + cfg.run_dir.name  # file names of this run's figures and tables
-            curves = {{cfg.run_dir.name: with_train_views(record)}}
+            prefix = "{nb[:2]}_" + cfg.run_dir.name  # file names of this variant's figures and tables
+            curves = {{name: with_train_views(r) for name, r in records.items()}}
             fig = plot_loss_curves(curves)
             save_fig(fig, f"{{prefix}}_loss_curves", report_dir)"""),
         code("""\
@@ -339,9 +376,10 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             epochs_table = run_table(record)
             save_table(epochs_table, f"{prefix}_epochs", report_dir, floatfmt=".2f")
             epochs_table"""),
+        *(extra or []),
         md("## Takeaway"),
         code("""\
-            takeaway = run_takeaway(record)
+            takeaway = "\\n".join(run_takeaway(r) for r in records.values())
             save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
             print(takeaway)"""),
     ]
@@ -362,13 +400,81 @@ NB04 = training_notebook(
     The model keeps the checkpoint's first 3 decoder layers (and its final decoder norm): at epoch 0 its output is
     exactly the baseline's third-layer prediction. Same recipe as 03. Its total loss sums 3 layer losses instead
     of 6, so compare it with 03 on AP and on the final-layer loss, not on the total.""", 3, 100)
+NB05_PARAMETERS = """
+            strategies = ["most_matched", "spread"]  # which 50 queries, besides the first 50 (select_queries)
+            strategy_seeds = None  # seeds per extra strategy; None: 1 (demo), n_seeds (study)"""
+
+NB05_QUERIES = [
+    md("""\
+        ## 4. Which 50 queries?
+        The seed kept the first 50 query embeddings. Are they the useful ones? The original model (6 layers, 100
+        queries, straight from the checkpoint) is run over the train split, and the Hungarian matcher says which
+        slot predicts each object. Three choices of 50: the `first`, the `most_matched` on the train split (the
+        validation images never decide), and 50 `spread` evenly over the 100."""),
+    code("""\
+        from dataclasses import replace
+
+        import pandas as pd
+
+        from detr_nb_utils.engine import build_model, evaluate_checkpoint
+        from detr_nb_utils.intervals import query_choice_table
+        from detr_nb_utils.queries import analysis_loader, query_match_counts, query_usage, select_queries
+        from detr_nb_utils.queries import usage_summary
+        from detr_nb_utils.runs import BEST
+        from detr_nb_utils.viz_analysis import plot_match_counts, plot_query_usage"""),
+    code("""\
+        original, _, _ = build_model(replace(cfg, dec_layers=6, num_queries=100, query_indices=None), device)
+        counts = query_match_counts(original, analysis_loader(cfg, data, "train"), device=device,
+                                    progress=cfg.progress)
+        choices = {s: select_queries(s, cfg.num_queries, len(counts), counts) for s in ["first", *strategies]}
+        fig = plot_match_counts(counts, choices)
+        save_fig(fig, "05_query_match_counts", report_dir)"""),
+    md("Each choice at epoch 0 (the checkpoint's query embeddings at those slots, nothing trained):"),
+    code("""\
+        epoch0 = {s: evaluate_checkpoint(replace(cfg, query_indices=tuple(idx))) for s, idx in choices.items()}
+        query_choices = query_choice_table(counts, choices, epoch0)
+        save_table(query_choices, "05_query_choices", report_dir, floatfmt=".2f")
+        query_choices.drop(columns="query slots")"""),
+    md("""\
+        Then each extra choice is fine-tuned with the same recipe, in run folders named after it (the first-50 runs
+        are the ones above). 06_analysis compares them with bootstrap intervals."""),
+    code("""\
+        for s in strategies:
+            chosen = replace(cfg, query_indices=tuple(choices[s]))
+            for c in seed_configs(chosen, strategy_seeds or (1 if cfg.profile == "demo" else n_seeds),
+                                  name=f"{cfg.run_dir.name}_{s}"):
+                records[c.run_dir.name] = run_experiment(c)
+        {name: round(100 * r.metrics["val_AP"].max(), 2) for name, r in records.items()}"""),
+    md("""\
+        ## 5. What each query slot predicts, before and after the reduction
+        The paper's Fig. 7: for every slot, the centres of its boxes over the validation images (green small, red
+        large and wide, blue large and tall). Before: the original model's 100 slots. After: this variant's 50
+        (the first seed's best epoch), drawn under the checkpoint slot they came from."""),
+    code("""\
+        val_loader = analysis_loader(cfg, data, "val")
+        before = query_usage(original, val_loader, device)
+        fig = plot_query_usage(before, title="Before: the original model's 100 query slots (val images)")
+        save_fig(fig, "05_query_usage_before", report_dir)"""),
+    code("""\
+        reduced, _, _ = build_model(replace(cfg, checkpoint=str(record.run_dir / BEST), query_indices=None), device)
+        after = query_usage(reduced, val_loader, device, query_indices=choices["first"])
+        fig = plot_query_usage(after, title=f"After: the {cfg.num_queries} slots of {record.run_dir.name}, best epoch")
+        save_fig(fig, "05_query_usage_after", report_dir)"""),
+    code("""\
+        columns = ["object_rate", "mean_score"]
+        usage = pd.concat({"before": usage_summary(before)[columns], "after": usage_summary(after)[columns]}, axis=1)
+        save_table(usage, "05_query_usage", report_dir)
+        usage.sort_values(("before", "object_rate"), ascending=False).head(10)"""),
+]
+
 NB05 = training_notebook(
     "05_reduced_queries", "05 · Shallow decoder with 50 queries",
-    "Does DETR need 100 detection slots on this data, or do the first 50 suffice?",
+    "Does DETR need 100 detection slots on this data, or do the first 50 suffice, and are they the right 50?",
     """\
     As 04, and only the first 50 of the checkpoint's 100 query embeddings are kept. Unlike the decoder cut, this
     changes the outputs at epoch 0 even for the kept queries: queries interact through the decoder's
-    self-attention. Images with more than 50 objects (notebook 01) cannot be fully detected.""", 3, 50)
+    self-attention. Images with more than 50 objects (notebook 01) cannot be fully detected. Section 4 asks
+    whether another 50 would do better.""", 3, 50, NB05_PARAMETERS, NB05_QUERIES)
 
 # ---- 06 -----------------------------------------------------------------------------------------------------
 
@@ -378,28 +484,39 @@ NB06 = [
             "measuring with COCO AP and depth-fair losses?",
             """\
             This notebook reads the run folders written by 03-05 and never retrains. It works with whatever runs
-            exist and says which are missing."""),
+            exist and says which are missing. Sections 1-6 compare the three variants (the first seed of each);
+            7-11 ask how sure the answer is: seeds, bootstrap intervals over the validation images, each variant
+            against its own starting point, which 50 queries, and what each variant costs."""),
     code("""\
         profile = None  # "study" or "demo"; None: $DETR_NB_PROFILE, else "study"
         out_dir = None  # where 03-05 wrote their run folders
-        run_names = None  # None: ["dec6_q100", "dec3_q100", "dec3_q50"]
+        run_names = None  # None: every <variant>_seed<seed> folder in out_dir
+        n_resamples = 1000  # bootstrap resamples of the validation images (95% intervals)
+        latency_size = None  # [h, w] of the latency measurement; None: 800x1066 (study), 128x192 (demo)
         report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
         progress = None  # unused here; kept so every notebook takes the same names"""),
     config_cell(["out_dir"]),
     SETUP_MD,
     code("""\
+        from detr_nb_utils.intervals import QUERY_CHOICES, Scorer, cost_vs_ap, differences_table, first_seeds
+        from detr_nb_utils.intervals import interval_conclusion, layer_equivalence, load_seeded_runs
+        from detr_nb_utils.intervals import missing_variants, seeds_table, variant_costs, zero_shot_table
         from detr_nb_utils.notebook import setup
-        from detr_nb_utils.report import VARIANTS, ap_per_layer, comparison_table, conclusion, load_runs
+        from detr_nb_utils.report import VARIANTS, ap_per_layer, comparison_table, conclusion
         from detr_nb_utils.report import parameter_counts, save_table, save_takeaway, seed_table, with_train_views
         from detr_nb_utils.viz import plot_ap_curves, plot_ap_per_layer, plot_loss_curves, plot_parameter_counts
         from detr_nb_utils.viz import save_fig
+        from detr_nb_utils.viz_analysis import plot_ap_intervals
 
         device, report_dir = setup(cfg, report_dir)"""),
     md("## 1. The run folders"),
     code("""\
-        records, missing = load_runs(cfg.out_dir, run_names or VARIANTS)
-        print("found:", list(records), "| missing:", missing)
-        {name: f"{len(r.metrics) - 1} of {r.config.epochs} epochs" for name, r in records.items()}"""),
+        runs = load_seeded_runs(cfg.out_dir, run_names)  # every seed of every variant
+        first = first_seeds(runs)
+        records = {v: first[v] for v in VARIANTS if v in first}  # the first seed of each variant
+        missing = missing_variants(runs, list(VARIANTS))
+        print("found:", list(runs), "| missing:", missing)
+        {name: f"{len(r.metrics) - 1} of {r.config.epochs} epochs" for name, r in runs.items()}"""),
     md("""\
         ## 2. The seed's table, and what it leaves out
         The seed ranked the variants by their best total validation loss. Beside it: the same runs' best final-layer
@@ -440,9 +557,66 @@ NB06 = [
         save_table(params, "06_parameter_counts", report_dir)
         fig = plot_parameter_counts(params)
         save_fig(fig, "06_parameter_counts", report_dir)"""),
+    md("""\
+        ## 7. Seeds
+        Each variant was trained with `n_seeds` seeds (03-05). Epoch 0 does not depend on the seed (same weights,
+        same images); the best AP does, through the data order and dropout. Mean, sample standard deviation, min
+        and max over seeds (AP in percent):"""),
+    code("""\
+        seeds = seeds_table(runs)
+        save_table(seeds, "06_seeds", report_dir, floatfmt=".2f")
+        seeds"""),
+    md("""\
+        ## 8. Zero-shot baselines and fine-tuning gains, with intervals
+        Every variant starts from the checkpoint, so its fine-tuning gain is measured against its own epoch 0. The
+        intervals: a bootstrap over the validation images (`n_resamples` resamples with replacement; the matching
+        of detections to objects is done once, each resample only re-weights the images), the gain from *paired*
+        resamples (the same images for both epochs)."""),
+    code("""\
+        scorer = Scorer(runs, n_resamples)
+        zero_shot = zero_shot_table(scorer, records)
+        save_table(zero_shot, "06_zero_shot", report_dir, floatfmt=".2f")
+        zero_shot"""),
+    code("""\
+        fig = plot_ap_intervals(zero_shot)
+        save_fig(fig, "06_ap_intervals", report_dir)"""),
+    md("""\
+        The 3-layer model at epoch 0 *is* the 6-layer model stopped after its third decoder layer (same weights,
+        same final norm), so its epoch-0 AP must equal the 6-layer run's epoch-0 AP of layer 3:"""),
+    code("""\
+        equivalence = layer_equivalence(records)
+        equivalence"""),
+    md("## 9. Differences between the variants\nAP(a) − AP(b) at each run's best epoch, paired intervals:"),
+    code("""\
+        diffs = differences_table(scorer, records)
+        save_table(diffs, "06_differences", report_dir, floatfmt=".2f")
+        diffs"""),
+    md("""\
+        ## 10. Which 50 queries
+        The first 50 (the seed's choice), the 50 most matched on the train split, and 50 spread evenly (notebook
+        05), at epoch 0 and fine-tuned; each against the first 50."""),
+    code("""\
+        choices = {v: first[v] for v in QUERY_CHOICES if v in first}
+        query_table = zero_shot_table(scorer, choices)
+        save_table(query_table, "06_query_choices", report_dir, floatfmt=".2f")
+        query_table"""),
+    code("""\
+        query_diffs = differences_table(scorer, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
+        save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".2f")
+        query_diffs"""),
+    md("""\
+        ## 11. Cost versus accuracy
+        Parameters, GFLOPs at 800x1066 (counted on PyTorch's meta device: shapes only), and the median latency of
+        one image on the CPU (and the GPU when there is one), beside each variant's AP and interval."""),
+    code("""\
+        size = latency_size or ((128, 192) if cfg.profile == "demo" else (800, 1066))
+        cost = cost_vs_ap(variant_costs(VARIANTS, size, device), zero_shot)
+        save_table(cost, "06_cost_vs_ap", report_dir, floatfmt=".2f")
+        cost"""),
     md("## Conclusion\nEvery number and ranking below is read from the run folders."),
     code("""\
-        text = conclusion(records, missing)
+        text = conclusion(records, missing) + "\\n" + interval_conclusion(
+            zero_shot, diffs, query_diffs, equivalence, seeds, len(scorer.img_ids), n_resamples)
         save_takeaway(text, "06_conclusion", report_dir)
         print(text)"""),
 ]

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from detr_nb_utils.config import make_config
-from detr_nb_utils.runs import BEST, CONFIG, HISTORY, LAST, MANIFEST, METRICS, load_run
+from detr_nb_utils.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, MANIFEST, METRICS, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -105,6 +105,17 @@ def test_training_notebooks_default_to_their_variant():
         params = _parameters(_load(name))
         assert (params["dec_layers"], params["num_queries"]) == (layers, queries)
         assert params["epochs"] is None and params["lr"] is None  # the seed's recipe comes from the profile
+        assert params["n_seeds"] is None  # the profile's number of seeds: 1 in the study, 2 in the demo
+
+
+def test_analysis_parameters():
+    """02 draws attention maps as widgets only in JupyterLab unless asked; 05 compares the two other choices of
+    50 queries; 06 bootstraps 1,000 resamples and measures latency at the profile's size unless given."""
+    p02, p05, p06 = (_parameters(_load(n)) for n in ("02_checkpoint_inspection", "05_reduced_queries",
+                                                     "06_analysis"))
+    assert p02["interactive"] is None
+    assert p05["strategies"] == ["most_matched", "spread"] and p05["strategy_seeds"] is None
+    assert p06["n_resamples"] == 1000 and p06["latency_size"] is None and p06["run_names"] is None
 
 
 # ---- the notebooks on real COCO images (../shared/coco_val2017_sample) ---------------------------------------
@@ -128,7 +139,8 @@ def real_sample_run(coco_sample, tmp_path_factory):
     runs = {
         "01_data_split": {**common, **split},
         "03_baseline": {**common, **split, **train},
-        "06_analysis": {k: v for k, v in {**common, **train}.items() if k in ("profile", "out_dir", "report_dir")},
+        "06_analysis": {**{k: v for k, v in {**common, **train}.items() if k in ("profile", "out_dir", "report_dir")},
+                        "n_resamples": 50, "latency_size": [64, 96]},
     }
     for name, params in runs.items():
         papermill.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(tmp / f"{name}.ipynb"), parameters=params,
@@ -137,8 +149,9 @@ def real_sample_run(coco_sample, tmp_path_factory):
 
 
 def test_real_sample_run_folder_is_complete(real_sample_run):
-    run_dir = real_sample_run / "runs" / "dec6_q100"
-    for f in (CONFIG, MANIFEST, METRICS, HISTORY, LAST, BEST):
+    run_dir = real_sample_run / "runs" / "dec6_q100_seed42"  # one seed in the study profile
+    assert [p.name for p in (real_sample_run / "runs").iterdir()] == [run_dir.name]
+    for f in (CONFIG, MANIFEST, METRICS, HISTORY, LAST, BEST, f"{DETECTIONS}/epoch_0.npz", f"{DETECTIONS}/epoch_1.npz"):
         assert (run_dir / f).is_file(), f"{f} missing from the run folder"
     record = load_run(run_dir)
     assert record.complete and list(record.metrics.index) == [0, 1]
@@ -150,13 +163,16 @@ def test_real_sample_run_folder_is_complete(real_sample_run):
 def test_real_sample_exports_and_takeaways(real_sample_run):
     report = real_sample_run / "report"
     for fig in ("01_category_distribution", "01_objects_per_image", "03_dec6_q100_loss_curves",
-                "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer"):
+                "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer", "06_ap_intervals"):
         assert (report / "figures" / f"{fig}.png").stat().st_size > 0 and (report / "figures" / f"{fig}.pdf").is_file()
-    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_seed_table"):
+    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_seed_table", "06_zero_shot",
+                  "06_seeds", "06_cost_vs_ap"):
         assert (report / "tables" / f"{table}.csv").is_file() and (report / "tables" / f"{table}.md").is_file()
     assert "2 validation images" in (report / "tables" / "01_takeaway.md").read_text()
     conclusion = (report / "tables" / "06_conclusion.md").read_text()
     assert "dec3_q100" in conclusion and "dec3_q50" in conclusion  # says which runs are missing
+    assert "95% percentile bootstrap over the 2 validation images (50 resamples" in conclusion
+    assert "dec6_q100: epoch-0 AP" in conclusion and "gain over its own epoch 0" in conclusion
 
 
 def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):
