@@ -120,3 +120,23 @@ def test_demo_figures_stay_out_of_the_report_unless_asked():
     assert report_dir_for(make_config("study"), None) == Path("report")
     assert report_dir_for(make_config("demo"), None) == Path("runs/demo/report")
     assert report_dir_for(make_config("demo"), "report") == Path("report")
+
+
+def test_report_embeds_only_what_the_notebooks_export():
+    """Every figure and table report/report.md links is one a notebook saves (03-05 name theirs
+    ``<nb>_<variant>_<what>``), and every figure the analysis of issue 7 adds is embedded."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "notebooks" / "build_notebooks.py").read_text()
+    saved = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, "([^"]+)"', source))
+    per_run = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, f"\{\{?prefix\}\}?_([a-z_]+)"', source))
+    report = (root / "report" / "report.md").read_text()
+    linked = set(re.findall(r"\((?:figures|tables)/([0-9a-z_]+)\.(?:png|md|csv)\)", report))
+    for name in linked:
+        m = re.fullmatch(r"0[345]_dec\d+_q\d+_([a-z_]+)", name)
+        assert name in saved or (m and m[1] in per_run), f"report.md links {name}, which no notebook saves"
+    for new in ("02_decoder_attention", "02_encoder_attention", "05_query_match_counts", "05_query_usage_before",
+                "05_query_usage_after", "06_zero_shot", "06_differences", "06_seeds", "06_cost_vs_ap",
+                "06_ap_intervals", "06_query_choices", "06_query_differences", "06_conclusion"):
+        assert new in saved and new in linked, new
