@@ -9,7 +9,7 @@ encoder self-attention and the decoder cross-attention to ``need_weights=True, a
 Shapes: ``B`` images, ``S = h·w`` positions of the (padded) stride-32 feature map, ``Q`` queries. Encoder
 self-attention ``[B, S, S]`` (row: the attending position, columns: the positions attended to) and decoder
 cross-attention ``[B, Q, S]`` per layer; :func:`encoder_attention_at` and :func:`decoder_attention_of` cut one
-map out and reshape it to the image's own (unpadded) ``[h_i, w_i]`` cells. Used by 06_analysis through
+map out and reshape it to the image's own (unpadded) ``[h_i, w_i]`` cells. Used by 02_checkpoint_inspection through
 :mod:`detr_nb_utils.viz_analysis`.
 """
 from __future__ import annotations

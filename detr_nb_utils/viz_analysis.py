@@ -4,7 +4,7 @@ over an image (Figs. 3 and 6), plus :func:`interactive_attention`, a widget vers
 Like :mod:`detr_nb_utils.viz`, every function takes numbers already computed (by :mod:`detr_nb_utils.queries`
 and :mod:`detr_nb_utils.attention`) and returns a :class:`matplotlib.figure.Figure`, exported with
 ``viz.save_fig``. Images are uint8 ``[3,H,W]`` tensors as from ``CocoDetection.read_image`` (or ``[H,W,3]``
-arrays). Used by 05_reduced_queries and 06_analysis.
+arrays). Used by 02_checkpoint_inspection (attention), 05_reduced_queries and 06_analysis.
 """
 from __future__ import annotations
 
