@@ -270,9 +270,14 @@ def _depth_effect(records: Mapping[str, RunRecord], seed: pd.DataFrame) -> list[
             f"{ratio['best final-layer loss']:.2f}x and its per-layer mean {ratio['best per-layer mean']:.2f}x."]
 
 
-def conclusion(records: Mapping[str, RunRecord], missing: Iterable[str] = ()) -> str:
+def conclusion(records: Mapping[str, RunRecord], missing: Iterable[str] = (),
+               intervals: pd.DataFrame | None = None) -> str:
     """06's closing sentences: the rankings by the seed's total loss, by the depth-fair losses and by AP, whether
-    they disagree, the fine-tuning gain of each run; every number read from the run folders."""
+    they disagree, the fine-tuning gain of each run; every number read from the run folders.
+
+    ``intervals`` (:func:`detr_nb_utils.intervals.zero_shot_table`): the best AP of each run is followed by its
+    95% interval, and the gains are left to :func:`detr_nb_utils.intervals.interval_conclusion`, which gives
+    them with theirs."""
     missing = list(missing)
     if len(records) < 2:
         return f"Fewer than two runs to compare (found {sorted(records) or 'none'}; missing {missing})."
@@ -287,7 +292,11 @@ def conclusion(records: Mapping[str, RunRecord], missing: Iterable[str] = ()) ->
         lines.append(f"The seed reported {_ranked(reported, False, '.2f')}.")
     lines.append(f"By final-layer loss: {_ranked(seed['best final-layer loss'], False, '.3f')}; by per-layer mean "
                  f"loss: {_ranked(seed['best per-layer mean'], False, '.3f')}.")
-    lines.append(f"By COCO AP (best epoch): {_ranked(ap, True, '.1f')}.")
+    with_ci = intervals is not None and "best AP low" in intervals and set(ap.index) <= set(intervals.index)
+    ci = (" (95% intervals: " + ", ".join(f"{n} [{intervals.loc[n, 'best AP low']:.1f}, "
+                                          f"{intervals.loc[n, 'best AP high']:.1f}]" for n in ap.index) + ")"
+          if with_ci else "")
+    lines.append(f"By COCO AP (best epoch): {_ranked(ap, True, '.1f')}{ci}.")
     lines.append(_agreement("total loss", -total.round(3), "final-layer loss",
                             -seed["best final-layer loss"].round(3)))
     if ap.round(1).nunique() == 1:
@@ -295,7 +304,8 @@ def conclusion(records: Mapping[str, RunRecord], missing: Iterable[str] = ()) ->
     else:
         lines.append(_agreement("total loss", -total.round(3), "AP", ap.round(1)))
     lines += _depth_effect(records, seed)
-    gains = {n: 100 * (r.metrics["val_AP"].max() - r.metrics.loc[0, "val_AP"]) for n, r in records.items()}
-    lines.append("AP gained by fine-tuning over epoch 0 (points): "
-                 + ", ".join(f"{n} {g:+.1f}" for n, g in gains.items()) + ".")
+    if not with_ci:
+        gains = {n: 100 * (r.metrics["val_AP"].max() - r.metrics.loc[0, "val_AP"]) for n, r in records.items()}
+        lines.append("AP gained by fine-tuning over epoch 0 (points): "
+                     + ", ".join(f"{n} {g:+.1f}" for n, g in gains.items()) + ".")
     return "\n".join(lines)

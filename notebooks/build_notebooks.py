@@ -615,7 +615,7 @@ NB06 = [
         cost"""),
     md("## Conclusion\nEvery number and ranking below is read from the run folders."),
     code("""\
-        text = conclusion(records, missing) + "\\n" + interval_conclusion(
+        text = conclusion(records, missing, zero_shot) + "\\n" + interval_conclusion(
             zero_shot, diffs, query_diffs, equivalence, seeds, len(scorer.img_ids), n_resamples)
         save_takeaway(text, "06_conclusion", report_dir)
         print(text)"""),

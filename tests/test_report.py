@@ -61,6 +61,16 @@ def test_conclusion_computes_rankings_and_flags_the_disagreement(records):
     assert DEMO_NOTE not in text
 
 
+def test_conclusion_with_intervals(records):
+    """Given the bootstrap table, each best AP carries its interval and the gains are left to the interval part."""
+    table = pd.DataFrame({"best AP low": [41.5, 39.0, 38.2], "best AP high": [44.4, 42.9, 41.7]},
+                         index=["dec6_q100", "dec3_q100", "dec3_q50"])
+    text = conclusion(records, intervals=table)
+    assert "dec6_q100 (43.0) > dec3_q100 (41.0) > dec3_q50 (40.0) (95% intervals: dec6_q100 [41.5, 44.4], " \
+           "dec3_q100 [39.0, 42.9], dec3_q50 [38.2, 41.7])." in text
+    assert "AP gained by fine-tuning" not in text and "AP gained by fine-tuning" in conclusion(records)
+
+
 def test_conclusion_agreement_ties_demo_and_missing(records):
     flat = {n: _record(n, r.config.dec_layers, r.config.num_queries, [50.0, 40.0], [9.0, 8.0], [0.0, 0.0], True)
             for n, r in records.items()}
