@@ -92,7 +92,8 @@ def test_gains_differences_and_conclusion(run_folders):
                                          len(scorer.img_ids), 200)
     assert "over the 206 validation images (200 resamples" in text
     g = zero.loc["dec6_q100"]
-    assert f"gain over its own epoch 0 {g['gain']:+.1f} [{g['gain low']:+.1f}, {g['gain high']:+.1f}] (larger than" in text
+    gain = f"{g['gain']:+.1f} [{g['gain low']:+.1f}, {g['gain high']:+.1f}]"
+    assert f"gain over its own epoch 0 {gain} (larger than its interval)" in text
     assert "dec6_q100 - dec3_q100" in text.split("Of these, larger than its interval")[1].split("\n")[0]
     assert "Which 50 queries, best epochs" in text and "none is larger than its interval" in text
     assert "equals the 6-layer model's layer-3 AP" in text
