@@ -12,6 +12,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout``, with a cheaper random mask for bf16 inputs (the fast mode's autocast activations).
+
+    fp32 inputs go through ``F.dropout`` unchanged (the published computation). For other dtypes the keep mask is
+    drawn from 16-bit random integers, four per 64-bit draw of the default generator (seeded by
+    ``torch.manual_seed``): on CPUs where PyTorch's ``bernoulli_`` runs a serial per-element sampler (every
+    non-Intel CPU) that is about three times faster, and dropout is an eighth of a training step there. The keep
+    probability is ``1 - p`` rounded to a multiple of 2^-16 (drop probability 0.1 -> 0.100006); kept values are
+    scaled by ``1 / (1 - p)`` as in ``F.dropout``, rounded once.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.dtype == torch.float32 or self.inplace:
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        n = x.numel()
+        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        threshold = round(self.p * 65536) - 32768  # int16 values below it (probability ~p) are dropped
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold
+        return torch.where(keep, x * (1 / (1 - self.p)), 0)
+
+
 class EncoderLayer(nn.Module):
     """Self-attention + FFN, each followed by residual and LayerNorm; positions added to q and k only."""
 
@@ -20,12 +43,12 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, src: torch.Tensor, key_padding_mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """``src``, ``pos``: ``[S,B,C]``; ``key_padding_mask``: bool ``[B,S]``. Returns ``[S,B,C]``."""
@@ -45,14 +68,14 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_padding_mask: torch.Tensor,
                 pos: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
