@@ -13,18 +13,18 @@ from torch import nn
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout``, with a cheaper random mask for bf16 inputs (the fast mode's autocast activations).
+    """``nn.Dropout``, with a cheaper random mask for bf16 inputs on the CPU (the fast mode's autocast activations).
 
-    fp32 inputs go through ``F.dropout`` unchanged (the published computation). For other dtypes the keep mask is
-    drawn from 16-bit random integers, four per 64-bit draw of the default generator (seeded by
-    ``torch.manual_seed``): on CPUs where PyTorch's ``bernoulli_`` runs a serial per-element sampler (every
-    non-Intel CPU) that is about three times faster, and dropout is an eighth of a training step there. The keep
-    probability is ``1 - p`` rounded to a multiple of 2^-16 (drop probability 0.1 -> 0.100006); kept values are
-    scaled by ``1 / (1 - p)`` as in ``F.dropout``, rounded once.
+    fp32 inputs and GPU tensors (a fused kernel there) go through ``F.dropout`` unchanged (the published
+    computation). For other dtypes on the CPU the keep mask is drawn from 16-bit random integers, four per 64-bit
+    draw of the default generator (seeded by ``torch.manual_seed``): on CPUs where PyTorch's ``bernoulli_`` runs a
+    serial per-element sampler (every non-Intel CPU) that is about three times faster, and dropout is an eighth
+    of a training step there. The drop probability is ``p`` rounded to a multiple of 2^-16 (0.1 -> 0.100006);
+    kept values are scaled by ``1 / (1 - p)`` as in ``F.dropout``, rounded once.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.dtype == torch.float32 or self.inplace:
+        if not self.training or self.p == 0 or x.dtype == torch.float32 or self.inplace or x.device.type != "cpu":
             return super().forward(x)
         if self.p == 1:
             return x * 0
