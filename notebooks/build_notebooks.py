@@ -164,6 +164,7 @@ NB02 = [
         split_dir = None  # the split made by notebook 01
         checkpoint = None  # the official detr-r50-e632da11.pth (demo: a random-weight stand-in, made if missing)
         device = None  # "auto", "cpu", "cuda"
+        precision = "fp32"  # the published computation, for the comparison with the paper; "bf16": the fast mode
         seed = None
         max_val_images = None  # evaluate on the first N val images only; None: all
         min_size = None  # shorter image side at evaluation (800 in the study)
@@ -175,8 +176,8 @@ NB02 = [
         interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
         report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
         progress = None  # progress bars; None: widgets in JupyterLab, none when headless"""),
-    config_cell(["data_root", "split_dir", "checkpoint", "device", "seed", "max_val_images", "min_size", "max_size",
-                 "num_workers"]),
+    config_cell(["data_root", "split_dir", "checkpoint", "device", "precision", "seed", "max_val_images", "min_size",
+                 "max_size", "num_workers"]),
     SETUP_MD,
     code("""\
         from detr_nb_utils.attention import detected_objects, run_with_attention
@@ -308,6 +309,7 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 1 (study), 2 (demo)
             report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
             device = None  # "auto", "cpu", "cuda"
+            precision = None  # "fp32" (published), "bf16" (autocast, fast); None: "auto", bf16 where the hardware has it
             seed = None
             epochs = None  # 5 in the study
             batch_size = None  # 2 in the study
@@ -323,7 +325,7 @@ def training_notebook(nb: str, title: str, question: str, intro: str, dec_layers
             num_workers = None{extra_parameters}
             progress = None  # progress bars; None: widgets in JupyterLab, none when headless"""),
         config_cell(["data_root", "split_dir", "n_train", "n_val", "checkpoint", "out_dir", "run_name", "device",
-                     "seed", "epochs", "batch_size", "lr", "lr_backbone", "dec_layers", "num_queries",
+                     "precision", "seed", "epochs", "batch_size", "lr", "lr_backbone", "dec_layers", "num_queries",
                      "max_train_images", "max_val_images", "min_size", "max_size", "train_scales", "num_workers"]),
         SETUP_MD,
         code("""\
