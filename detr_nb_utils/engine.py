@@ -29,7 +29,7 @@ from .data import CocoDetection, build_dataset, collate_fn
 from .evaluate import evaluate
 from .loss import SetCriterion, weighted_total
 from .model import build_detr
-from .precision import model_forward, resolve_amp_dtype, resolve_device
+from .precision import model_forward, resolve_amp_dtype, resolve_device, tune_cpu_allocator
 from .split import MANIFEST, load_manifest, make_split, sha256_file
 from .synthetic import make_synthetic_coco
 
@@ -67,11 +67,13 @@ def _barrier() -> None:
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: names containing "backbone" at ``lr_backbone``, the rest at ``lr``
-    (the published parameter groups, in its order); fused kernels when the parameters are on CUDA."""
+    (the published parameter groups, in its order). Fused kernels on CUDA, and on the CPU in the fast mode
+    (bf16): same update rule, one kernel per step (benchmarks/RESULTS.md); fp32 on the CPU keeps the default."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if "backbone" not in n], "lr": cfg.lr},
               {"params": [p for n, p in named if "backbone" in n], "lr": cfg.lr_backbone}]
-    fused = all(p.is_cuda for _, p in named)
+    device = named[0][1].device if named else torch.device("cpu")
+    fused = device.type == "cuda" or (device.type == "cpu" and resolve_amp_dtype(cfg.precision, device) is not None)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
@@ -250,6 +252,8 @@ class _Experiment:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.device = cfg, resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # keep freed activations for the next step instead of page-faulting them back
         self.rank, self.world = _rank_world()
         self.data = prepare_data(cfg)
         if self.rank == 0:

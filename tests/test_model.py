@@ -100,3 +100,21 @@ def test_pretrained_backbone_false_touches_no_network(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     build_detr(dec_layers=1, enc_layers=1)
+
+
+def test_fast_mode_dropout_keeps_rate_and_scale_and_fp32_is_torchs():
+    from detr_nb_utils.transformer import Dropout
+
+    drop = Dropout(0.1).train()
+    x = torch.ones(200_000, dtype=torch.bfloat16)
+    y = drop(x)
+    assert y.dtype == torch.bfloat16
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.005  # the drop rate is p
+    assert torch.allclose(y[y != 0].float(), torch.tensor(1 / 0.9), rtol=1e-2)  # kept values scaled by 1/(1-p)
+    x32 = torch.randn(1000)
+    torch.manual_seed(3)
+    a = drop(x32)
+    torch.manual_seed(3)
+    b = torch.nn.functional.dropout(x32, 0.1, training=True)
+    assert torch.equal(a, b)  # fp32: exactly PyTorch's dropout, same random stream
+    assert torch.equal(drop.eval()(x), x)
