@@ -10,11 +10,78 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.models.resnet import Bottleneck
+from torchvision.ops import FrozenBatchNorm2d as _TorchvisionFrozenBN
 
 from .position_encoding import PositionEmbeddingSine
 
 TRAINABLE_STAGES = ("layer2", "layer3", "layer4")
+
+
+class FrozenBatchNorm2d(_TorchvisionFrozenBN):
+    """torchvision's ``FrozenBatchNorm2d`` (the published one): ``x * scale + shift`` with fixed statistics; when
+    ``folded`` it passes ``x`` through, its affine map having been applied inside the preceding convolution."""
+
+    folded = False
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale`` (``[C]`` each)."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.folded else super().forward(x)
+
+
+class FoldableConv2d(nn.Conv2d):
+    """A bias-free ``nn.Conv2d`` followed by a :class:`FrozenBatchNorm2d`; when that one is ``folded``, the
+    convolution runs with weight ``W * scale`` and bias ``shift`` instead: the same function (a frozen BatchNorm is
+    an affine map per output channel) in one pass over the activations instead of three. The gradient reaches
+    ``W`` through the product. Parameters and state-dict keys are the plain convolution's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.__dict__.get("frozen_bn")  # kept out of _modules: not a child, no state-dict entries
+        if bn is None or not bn.folded:
+            return super().forward(x)
+        scale, shift = bn.scale_shift()
+        weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
+        return F.conv2d(x, weight, shift.to(self.weight.dtype), self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+def _conv_bn_pairs(net: nn.Module):
+    """(parent, conv attribute name, its BatchNorm) for every convolution of a torchvision ResNet."""
+    yield net, "conv1", net.bn1
+    for block in net.modules():
+        if isinstance(block, Bottleneck):
+            for i in (1, 2, 3):
+                yield block, f"conv{i}", getattr(block, f"bn{i}")
+            if block.downsample is not None:
+                yield block.downsample, "0", block.downsample[1]
+
+
+def _make_foldable(net: nn.Module) -> None:
+    """Swap every ResNet convolution for a :class:`FoldableConv2d` holding the same weight ``Parameter``."""
+    for parent, name, bn in _conv_bn_pairs(net):
+        conv = getattr(parent, name)
+        if conv.bias is not None or not isinstance(bn, FrozenBatchNorm2d):
+            raise TypeError(f"cannot fold {type(bn).__name__} into a convolution with a bias ({name})")
+        new = FoldableConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                             padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=False,
+                             device="meta")
+        new.weight = conv.weight
+        new.__dict__["frozen_bn"] = bn
+        setattr(parent, name, new)
+
+
+def set_batchnorm_folding(model: nn.Module, folded: bool) -> None:
+    """Fold (or unfold) every frozen BatchNorm of ``model``'s backbone into its convolution; see
+    :class:`FoldableConv2d`. Used by the fast mode (:func:`detr_nb_utils.precision.model_forward` with bf16):
+    under autocast the convolution then writes bf16 directly, where the unfolded BatchNorm turns every activation
+    into fp32 and back. The fp32 mode keeps the published order of operations (unfolded)."""
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.folded = folded
 
 
 class Backbone(nn.Module):
@@ -35,6 +102,7 @@ class Backbone(nn.Module):
         for name, p in net.named_parameters():
             if not train_backbone or not any(stage in name for stage in TRAINABLE_STAGES):
                 p.requires_grad_(False)
+        _make_foldable(net)
         self.body = IntermediateLayerGetter(net, return_layers={"layer4": "0"})
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

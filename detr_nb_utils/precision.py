@@ -12,6 +12,8 @@ import sys
 import torch
 from torch import nn
 
+from .backbone import set_batchnorm_folding
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -83,12 +85,19 @@ def model_forward(model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
                   amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
     """``model(images, mask)``, under autocast to ``amp_dtype`` when given, with fp32 outputs.
 
+    Under autocast the backbone's frozen BatchNorms are folded into their convolutions for the call
+    (:func:`detr_nb_utils.backbone.set_batchnorm_folding`): bf16 activations straight out of each convolution.
+
     ``images``: ``[B,3,H,W]`` on the model's device; ``mask``: ``[B,H,W]`` bool, True on padding.
     """
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     if amp_dtype is None:
         return model(images, mask)
-    with torch.autocast(images.device.type, dtype=amp_dtype):
-        outputs = model(images, mask)
+    set_batchnorm_folding(model, True)
+    try:
+        with torch.autocast(images.device.type, dtype=amp_dtype):
+            outputs = model(images, mask)
+    finally:
+        set_batchnorm_folding(model, False)  # a plain ``model(...)`` call stays the published computation
     return to_float(outputs)

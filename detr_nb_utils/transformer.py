@@ -12,27 +12,82 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def cheap_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of ``x`` with a keep mask drawn from 16-bit random integers.
+
+    Four 16-bit draws come from each 64-bit draw of the default generator (seeded by ``torch.manual_seed``): on
+    CPUs where PyTorch's ``bernoulli_`` runs a serial per-element sampler (every non-Intel CPU) this is about
+    three times faster. The drop probability is ``p`` rounded to a multiple of 2^-16 (0.1 -> 0.100006); kept
+    values are scaled by ``1 / (1 - p)`` as in ``F.dropout``, rounded once.
+    """
+    if p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    n = x.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    threshold = round(p * 65536) - 32768  # int16 values below it (probability ~p) are dropped
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold
+    return torch.where(keep, x * (1 / (1 - p)), 0)
+
+
+def _autocast_on_cpu() -> bool:
+    return torch.is_autocast_enabled("cpu")
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout``, with a cheaper random mask for bf16 inputs on the CPU (the fast mode's autocast activations).
 
     fp32 inputs and GPU tensors (a fused kernel there) go through ``F.dropout`` unchanged (the published
-    computation). For other dtypes on the CPU the keep mask is drawn from 16-bit random integers, four per 64-bit
-    draw of the default generator (seeded by ``torch.manual_seed``): on CPUs where PyTorch's ``bernoulli_`` runs a
-    serial per-element sampler (every non-Intel CPU) that is about three times faster, and dropout is an eighth
-    of a training step there. The drop probability is ``p`` rounded to a multiple of 2^-16 (0.1 -> 0.100006);
-    kept values are scaled by ``1 / (1 - p)`` as in ``F.dropout``, rounded once.
+    computation). For other dtypes on the CPU the mask comes from :func:`cheap_dropout`: dropout is an eighth of a
+    fast-mode training step on CPUs where ``bernoulli_`` is a serial sampler.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.dtype == torch.float32 or self.inplace or x.device.type != "cpu":
             return super().forward(x)
-        if self.p == 1:
-            return x * 0
-        n = x.numel()
-        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        threshold = round(self.p * 65536) - 32768  # int16 values below it (probability ~p) are dropped
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold
-        return torch.where(keep, x * (1 / (1 - self.p)), 0)
+        return cheap_dropout(x, self.p)
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (same parameters, same state-dict keys), whose attention-weight dropout in the
+    CPU fast mode uses :func:`cheap_dropout`.
+
+    In training, under CPU autocast, with dropout and without ``need_weights`` or ``attn_mask``, the attention is
+    computed step by step: the input projections, ``softmax(q k^T / sqrt(d) + key padding)`` in fp32, dropout of
+    those weights, the weighted sum of ``v``, the output projection (the math PyTorch's own unfused path does; its
+    dropout there is a ``bernoulli_`` per weight, about 60 ms of a 512x512 training step on an AMD CPU). Everything
+    else (fp32, eval, GPU, the attention recorder's ``need_weights=True``) is ``nn.MultiheadAttention`` unchanged.
+    """
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (not self.training or self.dropout == 0 or need_weights or attn_mask is not None or is_causal
+                or query.device.type != "cpu" or not self._qkv_same_embed_dim or self.bias_k is not None
+                or self.batch_first or not _autocast_on_cpu()):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        return self._train_attention(query, key, value, key_padding_mask), None
+
+    def _train_attention(self, query, key, value, key_padding_mask):
+        """``query`` ``[L,B,C]``, ``key``/``value`` ``[S,B,C]``, ``key_padding_mask`` bool ``[B,S]`` (True: ignore)
+        -> ``[L,B,C]``. Heads are laid out as in ``F.multi_head_attention_forward`` (batch-major, ``b*H + h``)."""
+        (L, B, C), S, H = query.shape, key.shape[0], self.num_heads
+        D = C // H
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        q = F.linear(query, w_q, b_q).reshape(L, B * H, D).transpose(0, 1)
+        k = F.linear(key, w_k, b_k).reshape(S, B * H, D).transpose(0, 1)
+        v = F.linear(value, w_v, b_v).reshape(S, B * H, D).transpose(0, 1)
+        scores = torch.bmm(q, k.transpose(1, 2)).float() * D ** -0.5  # [B*H, L, S]
+        if key_padding_mask is not None:
+            scores = scores.view(B, H, L, S).masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            scores = scores.view(B * H, L, S)
+        weights = cheap_dropout(scores.softmax(-1), self.dropout)
+        out = torch.bmm(weights, v)  # autocast casts both to bf16
+        out = out.transpose(0, 1).reshape(L, B, C)
+        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
 
 class EncoderLayer(nn.Module):
@@ -41,7 +96,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, d_model: int = 256, nhead: int = 8, dim_feedforward: int = 2048,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -65,8 +120,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, d_model: int = 256, nhead: int = 8, dim_feedforward: int = 2048,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)

@@ -118,3 +118,106 @@ def test_fast_mode_dropout_keeps_rate_and_scale_and_fp32_is_torchs():
     b = torch.nn.functional.dropout(x32, 0.1, training=True)
     assert torch.equal(a, b)  # fp32: exactly PyTorch's dropout, same random stream
     assert torch.equal(drop.eval()(x), x)
+
+
+def _randomise_batchnorms(model):
+    from detr_nb_utils.backbone import FrozenBatchNorm2d
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            c = m.weight.numel()
+            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+
+
+def test_folded_batchnorm_is_the_same_function_with_the_same_gradients(monkeypatch):
+    from detr_nb_utils.backbone import FoldableConv2d, FrozenBatchNorm2d, set_batchnorm_folding
+
+    torch.manual_seed(0)
+    model = build_detr(dec_layers=1, enc_layers=1, num_queries=5, dropout=0.0)
+    _randomise_batchnorms(model)
+    model.double()  # fp64: the two orders of operations agree to rounding, nothing else
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 53 and all(isinstance(m, FoldableConv2d) for m in convs)  # every ResNet-50 convolution
+    keys = list(model.state_dict())
+    images, mask = torch.randn(2, 3, 64, 96, dtype=torch.float64), torch.zeros(2, 64, 96, dtype=torch.bool)
+    conv = model.backbone[0].body.layer2[0].conv2
+    folds = []
+    real = FrozenBatchNorm2d.scale_shift
+    monkeypatch.setattr(FrozenBatchNorm2d, "scale_shift", lambda bn: folds.append(bn) or real(bn))
+
+    def run(folded):
+        model.zero_grad()
+        set_batchnorm_folding(model, folded)
+        out = model(images, mask)
+        out["pred_boxes"].sum().backward()
+        return out["pred_logits"].detach(), conv.weight.grad.clone()
+
+    logits, grad = run(False)
+    assert folds == []
+    logits_f, grad_f = run(True)
+    assert len(folds) == 53  # each convolution took its BatchNorm's affine map
+    torch.testing.assert_close(logits_f, logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_f, grad, rtol=1e-9, atol=1e-12)  # the gradient reaches W through W * scale
+    assert list(model.state_dict()) == keys
+
+
+def test_fast_mode_folds_only_for_its_own_call():
+    from detr_nb_utils.precision import model_forward
+
+    torch.manual_seed(0)
+    model = build_detr(dec_layers=1, enc_layers=1, num_queries=5).eval()
+    _randomise_batchnorms(model)
+    images, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(images, mask)["pred_logits"]
+        fast = model_forward(model, images, mask, torch.bfloat16, channels_last=True)["pred_logits"]
+        after = model(images, mask)["pred_logits"]
+    assert torch.equal(before, after)  # fp32 calls stay the published, unfolded computation
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, before, rtol=0, atol=0.1)  # bf16: close, not equal
+
+
+def test_fast_attention_is_multihead_attention():
+    from detr_nb_utils.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, dropout=0.0)
+    q, k = torch.randn(5, 2, 32, requires_grad=True), torch.randn(7, 2, 32)
+    v = torch.randn(7, 2, 32)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    ref = torch.nn.MultiheadAttention.forward(attn, q, k, v, key_padding_mask=pad, need_weights=False)[0]
+    mine = attn._train_attention(q, k, v, pad)
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), q)
+    (g_mine,) = torch.autograd.grad(mine.square().sum(), q)
+    torch.testing.assert_close(g_mine, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_attention_dropout_is_unbiased_and_seeded(monkeypatch):
+    from detr_nb_utils import transformer
+
+    calls = []
+    real = transformer.cheap_dropout
+    monkeypatch.setattr(transformer, "cheap_dropout", lambda x, p: calls.append(p) or real(x, p))
+    torch.manual_seed(0)
+    attn = transformer.MultiheadAttention(32, 4, dropout=0.5).train()
+    q, k = torch.randn(5, 2, 32), torch.randn(7, 2, 32)
+    with torch.no_grad():
+        expected = attn.eval()(q, k, k, need_weights=False)[0]
+        attn.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            draws = []
+            for seed in range(400):
+                torch.manual_seed(seed)
+                draws.append(attn(q, k, k, need_weights=False)[0].float())
+            torch.manual_seed(7)
+            again = attn(q, k, k, need_weights=False)[0].float()
+    assert calls and set(calls) == {0.5}  # the step-by-step path ran, with the module's p
+    assert torch.equal(again, draws[7])  # seeded by torch.manual_seed
+    assert not torch.equal(draws[0], draws[1])
+    mean = torch.stack(draws).mean(0)
+    assert (mean - expected).abs().max() < 0.1 * expected.abs().max()  # E[dropout(w)] = w
