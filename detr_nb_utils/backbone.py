@@ -5,6 +5,9 @@ Used by :func:`detr_nb_utils.model.build_detr` (all notebooks). The state-dict p
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,10 +46,18 @@ class FoldableConv2d(nn.Conv2d):
         bn = self.__dict__.get("frozen_bn")  # kept out of _modules: not a child, no state-dict entries
         if bn is None or not bn.folded:
             return super().forward(x)
+        cache = self.__dict__.get("weight_cache")  # set by cached_folded_weights, for no-grad forwards
+        if cache is not None and not torch.is_grad_enabled():
+            if x.dtype not in cache:
+                cache[x.dtype] = tuple(t.to(x.dtype) for t in self._folded(bn))
+            weight, bias = cache[x.dtype]
+        else:
+            weight, bias = self._folded(bn)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _folded(self, bn: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = bn.scale_shift()
-        weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
-        return F.conv2d(x, weight, shift.to(self.weight.dtype), self.stride, self.padding, self.dilation,
-                        self.groups)
+        return self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype), shift.to(self.weight.dtype)
 
 
 def _conv_bn_pairs(net: nn.Module):
@@ -82,6 +93,22 @@ def set_batchnorm_folding(model: nn.Module, folded: bool) -> None:
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.folded = folded
+
+
+@contextlib.contextmanager
+def cached_folded_weights(model: nn.Module) -> Iterator[None]:
+    """For a block in which ``model``'s weights do not change (evaluation): every folded convolution makes its
+    weight ``W * scale``, cast to its input's dtype, once for the whole block instead of at every forward (a
+    tenth of a bf16 eval forward at 512x512 on a 2-core CPU). Only no-grad forwards use it; the copies are
+    dropped on leaving the block. Used by :func:`detr_nb_utils.evaluate.evaluate`."""
+    convs = [m for m in model.modules() if isinstance(m, FoldableConv2d)]
+    for conv in convs:
+        conv.__dict__["weight_cache"] = {}
+    try:
+        yield
+    finally:
+        for conv in convs:
+            conv.__dict__.pop("weight_cache", None)
 
 
 class Backbone(nn.Module):

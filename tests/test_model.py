@@ -221,3 +221,31 @@ def test_fast_attention_dropout_is_unbiased_and_seeded(monkeypatch):
     assert not torch.equal(draws[0], draws[1])
     mean = torch.stack(draws).mean(0)
     assert (mean - expected).abs().max() < 0.1 * expected.abs().max()  # E[dropout(w)] = w
+
+
+def test_cached_folded_weights_change_nothing_but_the_work(monkeypatch):
+    from detr_nb_utils.backbone import FoldableConv2d, FrozenBatchNorm2d, cached_folded_weights
+    from detr_nb_utils.precision import model_forward
+
+    torch.manual_seed(0)
+    model = build_detr(dec_layers=1, enc_layers=1, num_queries=5).eval()
+    _randomise_batchnorms(model)
+    images, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    folds = []
+    real = FrozenBatchNorm2d.scale_shift
+    monkeypatch.setattr(FrozenBatchNorm2d, "scale_shift", lambda bn: folds.append(bn) or real(bn))
+    with torch.no_grad():
+        expected = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+        assert len(folds) == 53
+        with cached_folded_weights(model):
+            first = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+            second = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+        assert len(folds) == 2 * 53  # folded once inside the block, not once per forward
+    for out in (first, second):
+        assert torch.equal(out["pred_logits"], expected["pred_logits"])
+        assert torch.equal(out["pred_boxes"], expected["pred_boxes"])
+    assert not any("weight_cache" in m.__dict__ for m in model.modules() if isinstance(m, FoldableConv2d))
+    with cached_folded_weights(model):  # forwards that record gradients never use the cache
+        model_forward(model, images, mask, torch.bfloat16, channels_last=True)["pred_boxes"].sum().backward()
+    assert len(folds) == 3 * 53
+    assert model.backbone[0].body.layer4[0].conv1.weight.grad is not None
