@@ -27,6 +27,7 @@ Results: a JSON file in ``benchmarks/`` (git-ignored) and one row per configurat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -50,6 +51,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from detr_nb_utils.backbone import cached_folded_weights  # noqa: E402
 from detr_nb_utils.checkpoint import load_pretrained, make_random_checkpoint  # noqa: E402
 from detr_nb_utils.loss import SetCriterion, weighted_total  # noqa: E402
 from detr_nb_utils.model import build_detr  # noqa: E402
@@ -201,10 +203,11 @@ def build_impl(cfg: SimpleNamespace, device: torch.device):
     return model, criterion.to(device), call
 
 
-def build_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, kind: str, mode: str) -> torch.optim.Optimizer:
     """The engine's AdamW (two groups: lr 1e-4, backbone 1e-5; weight decay 1e-4); ``kind`` "engine" keeps its
-    choice of kernels (fused on CUDA), "foreach"/"fused"/"loop" force one."""
-    hp = SimpleNamespace(lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4)
+    choice of kernels for ``mode`` (fused on CUDA, and on the CPU in the fast mode), "foreach"/"fused"/"loop"
+    force one."""
+    hp = SimpleNamespace(lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, precision="bf16" if mode == "fast" else "fp32")
     if kind == "engine":
         try:
             from detr_nb_utils.engine import build_optimizer as engine_build
@@ -330,7 +333,7 @@ def run_config(cfg: SimpleNamespace) -> dict:
     clock = Clock(device)
     if cfg.phase == "train":
         model.train()
-        optimizer = build_optimizer(model, cfg.adamw if cfg.mode == "fast" or cfg.adamw_fp32 else "engine")
+        optimizer = build_optimizer(model, cfg.adamw if cfg.mode == "fast" or cfg.adamw_fp32 else "engine", cfg.mode)
         match: dict = {}
         time_matching(criterion, clock, match)
         step = lambda: train_step(model, criterion, call, optimizer, batches, device, amp,  # noqa: E731
@@ -339,11 +342,15 @@ def run_config(cfg: SimpleNamespace) -> dict:
         model.eval()
         optimizer = None
         step = lambda: eval_step(model, call, batches, device, amp, channels_last, clock)  # noqa: E731
-    for _ in range(cfg.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    steps = [step() for _ in range(cfg.steps)]
+    # eval, ours: the folded conv weights made once for the pass, as evaluate.evaluate does
+    session = cached_folded_weights(model) if cfg.phase == "eval" and cfg.impl == "ours" else contextlib.nullcontext()
+    with session:
+        for _ in range(cfg.warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        steps = [step() for _ in range(cfg.steps)]
+        events = events_step_time(step, clock, cfg.steps) if device.type == "cuda" else None
     totals = [sum(s.values()) for s in steps]
     result = {"step_s": statistics.median(totals), "steps_s": totals,
               "phases_s": {p: statistics.median(s.get(p, 0.0) for s in steps) for p in PHASES if p in steps[0]},
@@ -353,7 +360,7 @@ def run_config(cfg: SimpleNamespace) -> dict:
               if optimizer else None}
     if device.type == "cuda":
         result["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        result["step_s_events"] = statistics.median(events_step_time(step, clock, cfg.steps))
+        result["step_s_events"] = statistics.median(events)
         result["step_s_instrumented"] = result["step_s"]
         result["step_s"] = result["step_s_events"]
     result["images_per_s"] = cfg.batch / result["step_s"]
@@ -479,8 +486,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adamw", choices=("engine", "loop", "foreach", "fused"), default="engine",
                    help="AdamW kernels in fast mode ('engine': whatever engine.build_optimizer picks)")
     p.add_argument("--adamw-fp32", action="store_true", help="apply --adamw to fp32 mode too")
-    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
-                   help="'tuned': precision.tune_cpu_allocator() first (glibc keeps freed memory; no page faults)")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
+                   help="'tuned' (what the engine does on the CPU, for both implementations): "
+                        "precision.tune_cpu_allocator() first (glibc keeps freed memory; no page faults)")
     p.add_argument("--loader-batches", type=int, default=4, help="batches to time the loader alone (0: skip)")
     p.add_argument("--bf16-diff", action="store_true", help="only compare fp32 and fast outputs on fixed weights")
     p.add_argument("--quiet-cores", type=float, default=0.5, help="wait until other processes use fewer cores")
