@@ -7,7 +7,8 @@ the two seed-42 runs also see different random crops: the fp32 seed-43 run is th
 fp32 runs show from randomness alone. The question is whether fp32 against fast is larger than that.
 
 Writes the runs to ``--out-dir`` (git-ignored ``runs/``; an existing finished run is read back, not re-trained),
-the loss and AP curves to ``benchmarks/figures/bf16_vs_fp32_demo_{loss,ap}.png``, and a section with the
+the loss curves to ``benchmarks/figures/bf16_vs_fp32_demo_loss.png`` (AP stays 0 on random weights in a
+few epochs: it is in the table only), and a section with the
 per-epoch table to ``benchmarks/RESULTS.md``. Weights are random and the data synthetic: this shows whether the
 fast mode trains like fp32, not what AP DETR reaches. Run from the project root::
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from detr_nb_utils.config import make_config  # noqa: E402
 from detr_nb_utils.engine import run_experiment  # noqa: E402
 from detr_nb_utils.report import with_train_views  # noqa: E402
-from detr_nb_utils.viz import plot_ap_curves, plot_loss_curves, save_fig, set_stamp  # noqa: E402
+from detr_nb_utils.viz import plot_loss_curves, save_fig, set_stamp  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Training curves: fp32 against the fast mode (demo)"
@@ -123,7 +124,6 @@ def main() -> None:
     curves = {label: with_train_views(rec) for label, rec in records.items()}
     set_stamp("DEMO: random weights, synthetic data")
     save_fig(plot_loss_curves(curves), "bf16_vs_fp32_demo_loss", HERE)
-    save_fig(plot_ap_curves(curves), "bf16_vs_fp32_demo_ap", HERE)
     write_section(markdown(records, table, a.epochs))
     print(f"wrote {HERE / 'figures'} and the section of {RESULTS}")
 
