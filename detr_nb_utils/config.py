@@ -39,6 +39,8 @@ class RunConfig:
     (AMX or AVX512-BF16), else fp32. ``query_indices``: which of the checkpoint's 100 query embeddings the model
     keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from :func:`detr_nb_utils.queries.select_queries`);
     ``None`` is the seed's choice, the first ``num_queries``, and a tuple naming exactly those is stored as ``None``.
+    ``num_workers``: :func:`make_config` sets the study's from the machine (:func:`default_num_workers`: up to 8 on
+    a CUDA machine, 2 elsewhere); the demo uses 0.
     ``run_name`` ``None``: ``dec{dec_layers}_q{num_queries}``, with ``_idx`` and a hash of ``query_indices``
     appended when they are set, so runs keeping different query slots never share a folder.
     """
@@ -268,6 +270,27 @@ PROFILES: dict[str, dict] = {
 }
 
 
+def default_num_workers(device: str = "auto", cores: int | None = None) -> int:
+    """DataLoader workers for the study when none are asked for: ``min(8, cores - 2)`` (at least 2) when ``device``
+    is or resolves to a CUDA GPU, else 2. ``cores``: this process's share of the machine's cores (divided among
+    the processes ``torchrun`` starts on it).
+
+    One worker decodes and augments about 12 study-size training images/s on a core of this project's CPU machine
+    (the loader table of ``benchmarks/RESULTS.md``); a bf16 step on a recent GPU is expected to consume more than
+    two workers give (not measured yet), and the loader must not be what the GPU waits for. Two cores stay with
+    the main process. On the CPU the step consumes a few images/s and extra workers would compete with it.
+    """
+    cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
+    if cores is None:
+        cores = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, min(8, cores - 2)) if cuda else 2
+
+
+def _cuda_available() -> bool:
+    import torch  # the only use of torch in this module
+    return torch.cuda.is_available()
+
+
 def make_config(profile: str | None = None, **params) -> RunConfig:
     """A validated :class:`RunConfig`: the profile's defaults, overridden by every ``params`` value not None.
 
@@ -283,6 +306,8 @@ def make_config(profile: str | None = None, **params) -> RunConfig:
     if unknown:
         raise ValueError(f"make_config: unknown parameter(s) {unknown}; valid: {sorted(valid)}")
     values = dict(PROFILES[profile], **{k: v for k, v in params.items() if v is not None})
+    if "num_workers" not in values:
+        values["num_workers"] = default_num_workers(values.get("device", "auto"))
     return RunConfig(profile=profile, **values)
 
 

@@ -94,3 +94,21 @@ def test_resolve_coco_layout_finds_each_layout_and_lists_what_it_tried(tmp_path)
         assert resolve_coco_layout(root) == (root / images, root / "annotations" / ann)
     with pytest.raises(FileNotFoundError, match=r"val2017/ \+ .*instances_val2017_sample\.json.*instances\.json"):
         resolve_coco_layout(tmp_path / "nothing")
+
+
+def test_study_workers_follow_the_machine(monkeypatch):
+    from detr_nb_utils import config
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(config, "_cuda_available", lambda: True)
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 16)
+    assert make_config("study").num_workers == 8  # a GPU machine: enough to feed it, two cores left
+    assert make_config("study", num_workers=3).num_workers == 3  # an explicit value wins
+    assert make_config("study", device="cpu").num_workers == 2
+    assert make_config("demo").num_workers == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 GPUs: the cores are shared
+    assert make_config("study").num_workers == 2
+    monkeypatch.setattr(config, "_cuda_available", lambda: False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert make_config("study").num_workers == 2
+    assert config.default_num_workers("cuda:0", cores=6) == 4
