@@ -36,7 +36,8 @@ class RunConfig:
     to ``min_size`` with the longer side at most ``max_size``; training picks the shorter side from
     ``train_scales``. ``eval_batch_size`` matters for AP because images of a batch are padded to the largest
     one; the published numbers use 2. ``precision="auto"``: bf16 autocast on CUDA and on CPUs with native bf16
-    (AMX or AVX512-BF16), else fp32. ``query_indices``: which of the checkpoint's 100 query embeddings the model
+    (AMX or AVX512-BF16), else fp32; ``channels_last=None`` turns the channels-last layout on exactly when the
+    forward runs in bf16 (the fast mode; in bf16 on the CPU it is a fifth of the training step). ``query_indices``: which of the checkpoint's 100 query embeddings the model
     keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from :func:`detr_nb_utils.queries.select_queries`);
     ``None`` is the seed's choice, the first ``num_queries``, and a tuple naming exactly those is stored as ``None``.
     ``num_workers``: :func:`make_config` sets the study's from the machine (:func:`default_num_workers`: up to 8 on
@@ -85,7 +86,7 @@ class RunConfig:
     seed: int = 42
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = False
+    channels_last: bool | None = None
     num_workers: int = 2
     progress: bool = True
     out_dir: str = "runs/study"
@@ -248,9 +249,10 @@ def _check_runtime(cfg: RunConfig) -> None:
         _fail("device", cfg.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, f"one of {PRECISIONS}")
-    for name in ("channels_last", "progress"):
-        if not isinstance(getattr(cfg, name), bool):
-            _fail(name, getattr(cfg, name), "True or False")
+    if not isinstance(cfg.progress, bool):
+        _fail("progress", cfg.progress, "True or False")
+    if cfg.channels_last is not None and not isinstance(cfg.channels_last, bool):
+        _fail("channels_last", cfg.channels_last, "None (on exactly when the forward runs in bf16), True or False")
     _int(cfg, "num_workers", 0, 64)
     name = cfg.run_name
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):

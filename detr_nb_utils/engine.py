@@ -29,7 +29,7 @@ from .data import CocoDetection, build_dataset, collate_fn
 from .evaluate import evaluate
 from .loss import SetCriterion, weighted_total
 from .model import build_detr
-from .precision import model_forward, resolve_amp_dtype, resolve_device, tune_cpu_allocator
+from .precision import model_forward, resolve_amp_dtype, resolve_channels_last, resolve_device, tune_cpu_allocator
 from .split import MANIFEST, load_manifest, make_split, sha256_file
 from .synthetic import make_synthetic_coco
 
@@ -103,6 +103,7 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
     """
     device = torch.device(device)
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
     model.train()
     criterion.train()
     sums, keys, steps = None, None, 0
@@ -111,7 +112,7 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
     for images, mask, targets in bar:
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = [{k: t[k].to(device, non_blocking=True) for k in ("labels", "boxes")} for t in targets]
-        outputs = model_forward(model, images, mask, amp_dtype, cfg.channels_last)
+        outputs = model_forward(model, images, mask, amp_dtype, channels_last)
         loss_dict = criterion(outputs, targets)
         loss = weighted_total(loss_dict, criterion.weight_dict)
         values = _step_values(loss_dict, loss)
@@ -225,7 +226,7 @@ def build_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, SetCri
         model.backbone.requires_grad_(False)
     report = None if cfg.checkpoint is None else load_pretrained(model, cfg.checkpoint, cfg.query_indices)
     model.to(device)
-    if cfg.channels_last:
+    if resolve_channels_last(cfg.channels_last, resolve_amp_dtype(cfg.precision, device)):
         model.to(memory_format=torch.channels_last)
     criterion = SetCriterion(num_classes=cfg.num_classes, eos_coef=cfg.eos_coef, dec_layers=cfg.dec_layers)
     return model, criterion.to(device), report
@@ -235,8 +236,9 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
               device: torch.device) -> dict:
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
-    return evaluate(model, criterion, loader, coco, device, resolve_amp_dtype(cfg.precision, device),
-                    cfg.channels_last, progress=cfg.progress and _rank_world()[0] == 0, keep_detections=True)
+    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    return evaluate(model, criterion, loader, coco, device, amp_dtype,
+                    resolve_channels_last(cfg.channels_last, amp_dtype), progress=cfg.progress and _rank_world()[0] == 0, keep_detections=True)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:

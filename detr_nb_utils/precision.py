@@ -71,6 +71,12 @@ def resolve_amp_dtype(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
 
 
+def resolve_channels_last(channels_last: bool | None, amp_dtype: torch.dtype | None) -> bool:
+    """``None`` (the config's default): channels-last exactly when the forward runs under autocast (the fast mode;
+    fp32 keeps the published layout). ``True``/``False``: as asked."""
+    return amp_dtype is not None if channels_last is None else bool(channels_last)
+
+
 def to_float(outputs):
     """``outputs`` (nested dicts/lists of tensors) with every floating tensor cast to fp32."""
     if isinstance(outputs, torch.Tensor):

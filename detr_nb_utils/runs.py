@@ -30,8 +30,9 @@ from .config import RunConfig
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 DETECTIONS = "detections"
-# fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended)
-RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device")
+# fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended;
+# channels_last: the memory layout, rounding at most)
+RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device", "channels_last")
 
 
 class RunConfigMismatch(ValueError):

@@ -132,3 +132,22 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     assert best["epoch"] == loaded.best_epoch_ap
     with pytest.raises(runs.RunConfigMismatch, match=r"lr: 0\.0001 in the folder, 0\.0002 now"):
         engine.run_experiment(dataclasses.replace(cfg, lr=2e-4))
+
+
+def test_channels_last_follows_the_precision_unless_set(tiny_cfg, monkeypatch):
+    calls = []
+    real = engine.model_forward
+    monkeypatch.setattr(engine, "model_forward", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    conv = lambda m: m.backbone[0].body.conv1.weight  # noqa: E731
+    cl = torch.channels_last
+    for precision, asked, expected in (("bf16", None, True), ("fp32", None, False), ("bf16", False, False),
+                                       ("fp32", True, True)):
+        cfg = dataclasses.replace(tiny_cfg, precision=precision, channels_last=asked)
+        model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
+        assert conv(model).is_contiguous(memory_format=cl) == expected, (precision, asked)
+        data = engine.prepare_data(cfg)
+        dataset = build_dataset(data.train_file, data.image_dir, "val", val_size=64, max_size=96)
+        loader = DataLoader(torch.utils.data.Subset(dataset, [0, 1]), batch_size=2, collate_fn=collate_fn)
+        calls.clear()
+        engine.train_one_epoch(model, criterion, loader, engine.build_optimizer(model, cfg), "cpu", 1, cfg)
+        assert calls == [expected], (precision, asked)  # the batch goes in the layout the weights are in
