@@ -38,7 +38,8 @@ class RunConfig:
     one; the published numbers use 2. ``precision="auto"``: bf16 autocast on CUDA and on CPUs with native bf16
     (AMX or AVX512-BF16), else fp32; ``channels_last=None`` turns the channels-last layout on exactly when the
     forward runs in bf16 (the fast mode; in bf16 on the CPU it saves a fifth of the training step).
-    ``query_indices``: which of the checkpoint's 100 query embeddings the model keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from :func:`detr_nb_utils.queries.select_queries`);
+    ``query_indices``: which of the checkpoint's 100 query embeddings the model keeps, in order (``num_queries``
+    distinct slots in 0..99, e.g. from :func:`detr_nb_utils.queries.select_queries`);
     ``None`` is the seed's choice, the first ``num_queries``, and a tuple naming exactly those is stored as ``None``.
     ``num_workers``: :func:`make_config` sets the study's from the machine (:func:`default_num_workers`: up to 8 on
     a CUDA machine, 2 elsewhere); the demo uses 0.

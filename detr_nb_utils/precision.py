@@ -3,7 +3,8 @@
 The fast mode (``precision="bf16"``, ``channels_last=True``) runs only the model's forward under bf16 autocast,
 with the backbone's frozen BatchNorms folded into their convolutions (and, on the CPU, cheaper dropout masks: see
 :mod:`detr_nb_utils.transformer`); its outputs are cast back to fp32 before matching, losses and post-processing.
-``fp32`` is the published computation. Used by :mod:`detr_nb_utils.engine` and :mod:`detr_nb_utils.evaluate` (notebooks 02-05).
+``fp32`` is the published computation. Used by :mod:`detr_nb_utils.engine` and :mod:`detr_nb_utils.evaluate`
+(notebooks 02-05).
 """
 from __future__ import annotations
 
