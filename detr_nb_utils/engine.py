@@ -237,7 +237,8 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
-    return evaluate(model, criterion, loader, coco, device, amp_dtype, resolve_channels_last(cfg.channels_last, amp_dtype),
+    channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
+    return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
                     progress=cfg.progress and _rank_world()[0] == 0, keep_detections=True)
 
 
