@@ -11,8 +11,6 @@ the batch composition. The published numbers use 2 images per batch.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 
 import numpy as np
@@ -26,6 +24,7 @@ from torchvision.ops import box_convert
 from tqdm.auto import tqdm
 
 from .backbone import cached_folded_weights
+from .coco_metrics import ap_ap50, mean_precision, run_cocoeval, start_layer_aps
 from .loss import final_layer_loss, per_layer_mean_loss, weighted_total
 from .precision import model_forward
 
@@ -74,37 +73,10 @@ def detection_arrays(detections: dict[int, dict]) -> dict[str, np.ndarray]:
             "score": r[:, 5].astype(np.float32), "bbox": r[:, 1:5].astype(np.float32)}
 
 
-def _load_results(coco_gt: COCO, results: np.ndarray) -> COCO:
-    if len(results):
-        return coco_gt.loadRes(results)
-    coco_dt = COCO()  # loadRes cannot take an empty result list
-    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
-                       "annotations": []}
-    coco_dt.createIndex()
-    return coco_dt
-
-
 def _cocoeval(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int], all_areas: bool = True,
               verbose: bool = False) -> COCOeval:
-    """An evaluated and accumulated ``COCOeval``; ``all_areas=False`` scores only the "all" area range (enough for
-    AP and AP50, and about 3x faster), without ``summarize``."""
-    if not img_ids:
-        raise ValueError("coco_evaluate: no images to evaluate (empty detections and img_ids)")
-    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, _load_results(coco_gt, _results_array(detections)), iouType="bbox")
-        ev.params.imgIds = img_ids
-        if not all_areas:
-            ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
-        ev.evaluate()
-        ev.accumulate()
-        if all_areas:
-            ev.summarize()
-    return ev
-
-
-def _mean_precision(p: np.ndarray) -> float:
-    """COCO's average of the precision values that exist (-1 marks none), NaN when none does."""
-    return float(p[p > -1].mean()) if (p > -1).any() else math.nan
+    """:func:`detr_nb_utils.coco_metrics.run_cocoeval` on :func:`postprocess` detections."""
+    return run_cocoeval(coco_gt, _results_array(detections), img_ids, all_areas=all_areas, verbose=verbose)
 
 
 def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int] | None = None,
@@ -121,7 +93,7 @@ def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]
     out = {k: (float(v) if v >= 0 else math.nan) for k, v in zip(STATS, ev.stats)}
     if per_category:
         precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, category) at area all, 100 detections
-        out["per_category_AP"] = {coco_gt.cats[c]["name"]: _mean_precision(precision[:, :, k])
+        out["per_category_AP"] = {coco_gt.cats[c]["name"]: mean_precision(precision[:, :, k])
                                   for k, c in enumerate(ev.params.catIds)}
     return out
 
@@ -129,8 +101,7 @@ def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]
 def coco_ap(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]) -> tuple[float, float]:
     """``(AP, AP50)`` of ``detections`` only, as :func:`coco_evaluate` computes them but faster (for every
     decoder layer)."""
-    precision = _cocoeval(coco_gt, detections, sorted(img_ids), all_areas=False).eval["precision"][..., 0, -1]
-    return _mean_precision(precision), _mean_precision(precision[0])  # iouThrs[0] is 0.5
+    return ap_ap50(coco_gt, _results_array(detections), img_ids)
 
 
 def _is_dist() -> bool:
@@ -152,12 +123,18 @@ def _gather(sums: dict, batches: int, dets: list[dict]) -> tuple[dict, int, list
     return sums, sum(p[1] for p in parts), merged
 
 
-def _layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int]) -> dict:
-    """``AP_layer_l``, ``AP50_layer_l`` for decoder layers ``l = 0 … L-2`` (the last layer is the final AP)."""
-    out = {}
-    for layer, d in enumerate(dets[:-1]):
-        out[f"AP_layer_{layer}"], out[f"AP50_layer_{layer}"] = coco_ap(coco_gt, d, img_ids)
-    return out
+def _start_layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int], workers: int | None):
+    """Start AP and AP50 of decoder layers ``0 … L-2`` (the last is the final AP) in worker processes when there
+    are enough images (:func:`detr_nb_utils.coco_metrics.start_layer_aps`); returns the function that waits for
+    them as ``AP_layer_l``, ``AP50_layer_l``."""
+    wait = start_layer_aps(coco_gt, [_results_array(d) for d in dets[:-1]], img_ids, workers)
+
+    def collect() -> dict:
+        out = {}
+        for layer, (ap, ap50) in enumerate(wait()):
+            out[f"AP_layer_{layer}"], out[f"AP50_layer_{layer}"] = ap, ap50
+        return out
+    return collect
 
 
 def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, channels_last, per_layer_ap,
@@ -178,7 +155,8 @@ def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, device: torch.device | str,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, per_layer_ap: bool = True,
-             progress: bool = False, verbose: bool = False, keep_detections: bool = False) -> dict:
+             progress: bool = False, verbose: bool = False, keep_detections: bool = False,
+             cocoeval_workers: int | None = None) -> dict:
     """One pass over ``loader``: COCO metrics of the final layer and of every decoder layer, and the losses.
 
     ``loader`` yields :func:`detr_nb_utils.data.collate_fn` batches (``images``, ``mask``, ``targets`` with
@@ -190,7 +168,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     ``l = 0 … L-1`` (``L-1`` is the final layer), ``loss_total`` (Σ weight·term over all layers, the seed's
     "validation loss"), ``loss_final`` (last layer only), ``loss_layer_mean`` (total / L), every unweighted term
     of the criterion averaged over batches, and ``num_images``; with ``keep_detections``, also ``detections``:
-    the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis.
+    the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis. ``cocoeval_workers``:
+    processes scoring the auxiliary layers while this one scores the final layer (``None``: one per layer up to
+    the cores but one, from 500 images; 0: all in this process).
     """
     if len(loader.dataset) == 0:
         raise ValueError("evaluate: the validation set is empty; check n_val / max_val_images and the split")
@@ -214,10 +194,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     if _is_dist() and dist.get_rank() != 0:
         return metrics
     img_ids = sorted(dets[-1])
-    metrics.update(coco_evaluate(coco_gt, dets[-1], img_ids, verbose=verbose))
+    layer_metrics = _start_layer_metrics(coco_gt, dets, img_ids, cocoeval_workers) if per_layer_ap else dict
+    try:  # the final layer is scored here while worker processes score the others
+        metrics.update(coco_evaluate(coco_gt, dets[-1], img_ids, verbose=verbose))
+    finally:
+        metrics.update(layer_metrics())
     if keep_detections:
         metrics["detections"] = detection_arrays(dets[-1])
     if per_layer_ap:
-        metrics.update(_layer_metrics(coco_gt, dets, img_ids))
         metrics[f"AP_layer_{num_layers - 1}"], metrics[f"AP50_layer_{num_layers - 1}"] = metrics["AP"], metrics["AP50"]
     return metrics

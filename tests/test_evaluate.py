@@ -128,3 +128,37 @@ def test_evaluate_reports_ap_per_layer_and_consistent_losses(synthetic_val):
     empty = DataLoader(torch.utils.data.Subset(synthetic_val, []), batch_size=2, collate_fn=collate_fn)
     with pytest.raises(ValueError, match="validation set is empty"):
         evaluate(model, criterion, empty, synthetic_val.coco, "cpu")
+
+
+def test_auxiliary_layers_scored_in_worker_processes_as_in_this_one(synthetic_val):
+    torch.manual_seed(0)
+    model = build_detr(enc_layers=1, dec_layers=3, hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=7)
+    loader = DataLoader(synthetic_val, batch_size=2, collate_fn=collate_fn)
+    here = evaluate(model, SetCriterion(dec_layers=3), loader, synthetic_val.coco, "cpu", cocoeval_workers=0)
+    pooled = evaluate(model, SetCriterion(dec_layers=3), loader, synthetic_val.coco, "cpu", cocoeval_workers=2)
+    for k in ("AP_layer_0", "AP50_layer_0", "AP_layer_1", "AP50_layer_1", "AP_layer_2", "AP"):
+        assert pooled[k] == here[k] or (math.isnan(pooled[k]) and math.isnan(here[k])), k
+
+
+def test_layer_aps_in_worker_processes_equal_the_in_process_ones(sample_gt):
+    from detr_nb_utils.coco_metrics import start_layer_aps
+    from detr_nb_utils.evaluate import _results_array
+
+    layers = [detections_for(sample_gt), detections_for(sample_gt, label_map=lambda c: c + 1)]
+    mixed = {i: (layers[0] if i % 2 else layers[1])[i] for i in layers[0]}  # half the images right
+    results = [_results_array(d) for d in (*layers, mixed)]
+    img_ids = sorted(sample_gt.getImgIds())
+    here = start_layer_aps(sample_gt, results, img_ids, workers=0)()
+    pooled = start_layer_aps(sample_gt, results, img_ids, workers=2)()
+    assert pooled == here
+    assert here[0][0] > 0.95 and here[1][0] < 0.05 and here[1][0] < here[2][0] < here[0][0]
+
+
+def test_worker_pool_only_for_evaluations_worth_it():
+    from detr_nb_utils.coco_metrics import POOL_MIN_IMAGES, pool_workers
+
+    assert pool_workers(5, 1000, cores=16) == 5  # one per auxiliary layer
+    assert pool_workers(5, 1000, cores=4) == 3  # one core left for the final layer
+    assert pool_workers(2, 1000, cores=2) == 1
+    assert pool_workers(5, POOL_MIN_IMAGES - 1, cores=16) == 0  # small: in this process
+    assert pool_workers(0, 1000, cores=16) == 0  # a one-layer model has no auxiliary layers
