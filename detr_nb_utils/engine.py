@@ -200,7 +200,7 @@ def build_loader(cfg: RunConfig, data: DataSetup, split: str, device: torch.devi
 
     Pinned memory on CUDA. Workers are not persistent: fresh workers each epoch draw their augmentation seeds
     from the main process's generator, which a checkpoint restores, so a resumed run repeats the crops of an
-    uninterrupted one; re-spawning ``num_workers`` processes costs about a second per epoch."""
+    uninterrupted one, at the price of starting ``num_workers`` processes again each epoch."""
     rank, world = _rank_world()
     train = split == "train"
     dataset = build_dataset(data.train_file if train else data.val_file, data.image_dir, split,
