@@ -4,7 +4,7 @@
 # data), peak CUDA memory, what bf16 changes on fixed weights, and the study's wall time extrapolated from them.
 #
 # Run on the device machine from the repository root, with $OUT set (the device tool sets it):
-#     bash benchmarks/gpu_session.sh            # about 5 minutes on an H100 after the machine has started
+#     bash benchmarks/gpu_session.sh    # sized for about 5 minutes after the machine has started (never run yet)
 # Needs torch, torchvision, scipy, psutil (the device machine has them); pycocotools is not needed (random data).
 # Everything it measures comes back under $OUT: the JSON files of bench_step.py, the rows it appended to
 # RESULTS.md (merge them into the local benchmarks/RESULTS.md by hand, naming the device), and study_estimate.txt.
