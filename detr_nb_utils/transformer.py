@@ -31,10 +31,6 @@ def cheap_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(keep, x * (1 / (1 - p)), 0)
 
 
-def _autocast_on_cpu() -> bool:
-    return torch.is_autocast_enabled("cpu")
-
-
 class Dropout(nn.Dropout):
     """``nn.Dropout``, with a cheaper random mask for bf16 inputs on the CPU (the fast mode's autocast activations).
 
@@ -64,7 +60,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 average_attn_weights=True, is_causal=False):
         if (not self.training or self.dropout == 0 or need_weights or attn_mask is not None or is_causal
                 or query.device.type != "cpu" or not self._qkv_same_embed_dim or self.bias_k is not None
-                or self.batch_first or not _autocast_on_cpu()):
+                or self.batch_first or not torch.is_autocast_enabled("cpu")):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
