@@ -3,6 +3,7 @@
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
 #   make demo    all six notebooks offline on synthetic data, figures into report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU)
+#   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ KERNEL := $(VENV)/.kernel
 NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
 PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study clean-demo
+.PHONY: setup kernel test demo study notebooks clean-demo
 
 setup: $(STAMP)
 
@@ -47,9 +48,13 @@ demo: setup kernel
 	$(call run-notebooks,demo)
 
 study: setup kernel
-	$(PY) -m detr_nb_utils.download coco --root data/coco
-	$(PY) -m detr_nb_utils.download checkpoint --dest data/checkpoints
+	$(PY) -m detr_nb_utils.data.download coco --root data/coco
+	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
 	$(call run-notebooks,study)
+
+# the notebooks' source is notebooks/NN_name.py (jupytext py:percent), paired with the .ipynb; sync the pair
+notebooks: setup
+	$(VENV)/bin/jupytext --sync notebooks/0*.py
 
 clean-demo:
 	rm -rf runs/demo data/synthetic

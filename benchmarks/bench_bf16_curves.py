@@ -27,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from detr_nb_utils.config import make_config  # noqa: E402
-from detr_nb_utils.engine import run_experiment  # noqa: E402
-from detr_nb_utils.report import with_train_views  # noqa: E402
-from detr_nb_utils.viz import plot_loss_curves, save_fig, set_stamp  # noqa: E402
+from detr_nb_utils.notebook.figures import plot_loss_curves, save_fig, set_stamp  # noqa: E402
+from detr_nb_utils.notebook.tables import with_train_views  # noqa: E402
+from detr_nb_utils.training.config import make_config  # noqa: E402
+from detr_nb_utils.training.engine import run_experiment  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Training curves: fp32 against the fast mode (demo)"

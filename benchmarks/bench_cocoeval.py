@@ -1,6 +1,6 @@
 """How long scoring one evaluation takes: COCOeval of the final layer (every statistic) and AP/AP50 of each
 auxiliary decoder layer, all in this process against auxiliary layers in worker processes
-(:func:`detr_nb_utils.coco_metrics.start_layer_aps`), as :func:`detr_nb_utils.evaluate.evaluate` does.
+(:func:`detr_nb_utils.training.coco_eval.start_layer_aps`), as :func:`detr_nb_utils.training.evaluation.evaluate` does.
 
 The validation set is the COCO val2017 sample (206 real images with their annotations) repeated under new image
 ids to ``--images`` images (the study scores 1,000). Each image gets 100 detections like DETR's: its ground-truth
@@ -27,7 +27,7 @@ from pycocotools.coco import COCO
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from detr_nb_utils.coco_metrics import pool_workers, run_cocoeval, start_layer_aps  # noqa: E402
+from detr_nb_utils.training.coco_eval import pool_workers, run_cocoeval, start_layer_aps  # noqa: E402
 
 SAMPLE = HERE.parent.parent / "shared" / "coco_val2017_sample" / "annotations" / "instances_val2017_sample.json"
 RESULTS = HERE / "RESULTS.md"

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from detr_nb_utils.data import TRAIN_SCALES, build_dataset, collate_fn
+from detr_nb_utils.data.coco import build_dataset, collate_fn
+from detr_nb_utils.data.transforms import TRAIN_SCALES
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO / "../shared/coco_val2017_sample").resolve()

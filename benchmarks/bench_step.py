@@ -6,8 +6,8 @@ mode (``fp32``, ``fast``) and phase (``train``, ``eval``) it times a few steps a
 step, its breakdown (data loading, forward, matching, loss, backward, optimizer), images/s, and peak memory
 (process RSS; CUDA max allocated). Each configuration runs in its own process, so its peak RSS is its own.
 
-The training step is the engine's (:func:`detr_nb_utils.engine.train_one_epoch`) cut into timed phases: forward
-(``precision.model_forward``: autocast to bf16 in fast mode, fp32 outputs), ``SetCriterion`` (matching timed
+The training step is the engine's (:func:`detr_nb_utils.training.engine.train_one_epoch`) cut into timed phases: forward
+(``models.fast.model_forward``: autocast to bf16 in fast mode, fp32 outputs), ``SetCriterion`` (matching timed
 apart), ``Σ weight·term``, the non-finite check, backward, clipping to 0.1, AdamW (lr 1e-4, backbone 1e-5, weight
 decay 1e-4; the engine's ``build_optimizer``). Eval is the forward alone under ``torch.no_grad`` (as
 ``evaluate.evaluate``). On CUDA each phase ends with ``torch.cuda.synchronize()`` and a second, un-instrumented set
@@ -51,11 +51,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from detr_nb_utils.backbone import cached_folded_weights  # noqa: E402
-from detr_nb_utils.checkpoint import load_pretrained, make_random_checkpoint  # noqa: E402
-from detr_nb_utils.loss import SetCriterion, weighted_total  # noqa: E402
-from detr_nb_utils.model import build_detr  # noqa: E402
-from detr_nb_utils.precision import model_forward, to_float, tune_cpu_allocator  # noqa: E402
+from detr_nb_utils.data.synthetic import make_random_checkpoint  # noqa: E402
+from detr_nb_utils.models.checkpoint import load_pretrained  # noqa: E402
+from detr_nb_utils.models.detr import build_detr  # noqa: E402
+from detr_nb_utils.models.fast import cached_folded_weights, model_forward, set_fast_mode, to_float, tune_cpu_allocator  # noqa: E402
+from detr_nb_utils.models.loss import SetCriterion, weighted_total  # noqa: E402
 
 PHASES = ("data", "forward", "matching", "loss", "backward", "optimizer")
 COCO_SAMPLE = ROOT.parent / "shared" / "coco_val2017_sample"
@@ -133,7 +133,8 @@ def real_loader(coco: Path, size: tuple[int, int], batch: int, workers: int, pin
     """The COCO sample through the project's dataset and ``collate_fn``, every image resized to exactly ``size``."""
     from torchvision.transforms import v2
 
-    from detr_nb_utils.data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, collate_fn
+    from detr_nb_utils.data.coco import CocoDetection, collate_fn
+    from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     transforms = v2.Compose([v2.Resize(list(size)), v2.ToDtype(torch.float32, scale=True),
                              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     ds = CocoDetection(coco / "annotations" / "instances_val2017_sample.json", coco / "images", transforms)
@@ -200,6 +201,8 @@ def build_impl(cfg: SimpleNamespace, device: torch.device):
     model.to(device)
     if cfg.mode == "fast":
         model.to(memory_format=torch.channels_last)
+        if cfg.impl == "ours":
+            set_fast_mode(model, True)
     return model, criterion.to(device), call
 
 
@@ -210,7 +213,7 @@ def build_optimizer(model: nn.Module, kind: str, mode: str) -> torch.optim.Optim
     hp = SimpleNamespace(lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, precision="bf16" if mode == "fast" else "fp32")
     if kind == "engine":
         try:
-            from detr_nb_utils.engine import build_optimizer as engine_build
+            from detr_nb_utils.training.engine import build_optimizer as engine_build
             return engine_build(model, hp)
         except ImportError:
             kind = "fused" if next(model.parameters()).is_cuda else "loop"
@@ -488,7 +491,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adamw-fp32", action="store_true", help="apply --adamw to fp32 mode too")
     p.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
                    help="'tuned' (what the engine does on the CPU, for both implementations): "
-                        "precision.tune_cpu_allocator() first (glibc keeps freed memory; no page faults)")
+                        "fast.tune_cpu_allocator() first (glibc keeps freed memory; no page faults)")
     p.add_argument("--loader-batches", type=int, default=4, help="batches to time the loader alone (0: skip)")
     p.add_argument("--bf16-diff", action="store_true", help="only compare fp32 and fast outputs on fixed weights")
     p.add_argument("--quiet-cores", type=float, default=0.5, help="wait until other processes use fewer cores")

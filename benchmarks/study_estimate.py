@@ -1,4 +1,4 @@
-"""The study's wall time extrapolated from measured steps: the seed's three variants, 5 epochs of 4,000 training
+"""The study's wall time extrapolated from measured steps: the original study's three variants, 5 epochs of 4,000 training
 images at batch 2, and 6 evaluations (epoch 0 and after each epoch) of 1,000 validation images each.
 
 Reads the JSON files ``bench_step.py`` writes and uses, for each variant, the median fast-mode training step and

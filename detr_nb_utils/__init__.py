@@ -1,3 +1,68 @@
-"""Helpers for the detr-mini-coco notebooks: the published DETR-R50, its matcher and set loss, data, engine."""
+"""detr-mini-coco: the published DETR-R50, its matcher and set loss, data, fine-tuning and analysis, for the course
+notebooks. Layers, each importing only from those before it::
+
+    models  <-  data  <-  training  <-  analysis  <-  notebook
+
+The public names are importable from here (``from detr_nb_utils import build_detr, SetCriterion``); each is loaded
+on first use, so ``import detr_nb_utils`` stays cheap and a COCOeval worker process never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: subpackage module -> the public names it gives the top level
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "models.detr": ("DETR", "build_detr", "parameter_table"),
+    "models.matcher": ("HungarianMatcher",),
+    "models.loss": ("SetCriterion", "loss_views", "LOSS_VIEWS"),
+    "models.postprocess": ("postprocess",),
+    "models.checkpoint": ("CheckpointError", "LoadReport", "adapt_state_dict", "load_pretrained", "read_checkpoint"),
+    "models.fast": ("model_forward", "set_fast_mode"),
+    "data.categories": ("COCO_CATEGORIES", "COCO_NAMES"),
+    "data.coco": ("CocoDetection", "build_dataset", "collate_fn"),
+    "data.transforms": ("make_transforms",),
+    "data.split": ("CROWDED_THRESHOLD", "load_manifest", "make_split", "split_diversity", "verify_split"),
+    "data.synthetic": ("make_random_checkpoint", "make_synthetic_coco"),
+    "data.download": ("download_checkpoint", "download_coco"),
+    "training.config": ("RunConfig", "make_config", "seed_configs"),
+    "training.engine": ("build_model", "evaluate_checkpoint", "make_dataset", "prepare_data", "run_experiment"),
+    "training.evaluation": ("evaluate",),
+    "training.runs": ("RunRecord", "load_run"),
+    "training.runtime": ("resolve_device",),
+    "analysis.bootstrap": ("MatchedDetections", "ap_difference", "ap_interval"),
+    "analysis.comparison": ("QUERY_CHOICES", "VARIANTS", "ApBootstrap", "ap_per_layer", "comparison_table",
+                            "cost_vs_ap", "differences_table", "finetuning_gain_table", "first_seed_runs",
+                            "layer_equivalence", "load_runs", "missing_variants", "original_study_table",
+                            "seeds_table"),
+    "analysis.conclusions": ("ranking_conclusion", "uncertainty_conclusion"),
+    "analysis.queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage",
+                         "select_queries", "usage_summary"),
+    "analysis.attention": ("detected_objects", "record_attention", "run_with_attention"),
+    "analysis.cost": ("cost_table", "variant_costs"),
+    "notebook.setup_cell": ("progress_policy", "setup_notebook"),
+    "notebook.figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer",
+                         "plot_category_distribution", "plot_detections", "plot_loss_curves", "plot_objects_per_image",
+                         "plot_parameter_counts", "plot_query_norms", "plot_query_similarity", "predict_panels",
+                         "save_fig"),
+    "notebook.figures_attention": ("interactive_attention", "plot_decoder_attention", "plot_encoder_attention"),
+    "notebook.figures_queries": ("plot_match_counts", "plot_query_usage"),
+    "notebook.tables": ("ap_vs_paper", "checkpoint_takeaway", "objects_per_image", "parameter_counts", "run_table",
+                        "run_takeaway", "save_table", "save_takeaway", "skeleton", "split_summary", "split_takeaway",
+                        "surgery_table", "with_train_views"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'detr_nb_utils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # the next look-up finds it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

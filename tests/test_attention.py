@@ -8,9 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from detr_nb_utils.attention import (attention_modules, decoder_attention_of, detected_objects, encoder_attention_at,
-                                     map_extent, record_attention, run_with_attention)
-from detr_nb_utils.model import build_detr
+from detr_nb_utils.analysis.attention import (
+    attention_modules,
+    decoder_attention_of,
+    detected_objects,
+    encoder_attention_at,
+    map_extent,
+    record_attention,
+    run_with_attention,
+)
+from detr_nb_utils.models.detr import build_detr
 
 # two images padded to 96x128: the first fills it (feature map 3x4), the second is 64x70 (cells 2x3)
 SIZE, SMALL = (96, 128), (64, 70)

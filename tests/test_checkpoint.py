@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from detr_nb_utils.checkpoint import (CheckpointError, adapt_state_dict, load_pretrained, make_random_checkpoint,
-                                      read_checkpoint)
-from detr_nb_utils.model import build_detr
+from detr_nb_utils.data.synthetic import make_random_checkpoint
+from detr_nb_utils.models.checkpoint import CheckpointError, adapt_state_dict, load_pretrained, read_checkpoint
+from detr_nb_utils.models.detr import build_detr
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_asking_more_than_the_checkpoint_has(official, tmp_path):
 
 
 def test_missing_file_names_path_and_command(tmp_path):
-    with pytest.raises(CheckpointError, match=r"nope\.pth does not exist.*detr_nb_utils\.download checkpoint"):
+    with pytest.raises(CheckpointError, match=r"nope\.pth does not exist.*detr_nb_utils\.data\.download checkpoint"):
         read_checkpoint(tmp_path / "nope.pth")
 
 

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from detr_nb_utils.config import PROFILE_ENV, RunConfig, make_config, resolve_coco_layout
-from detr_nb_utils.train import config_from_args
+from detr_nb_utils.training.cli import config_from_args
+from detr_nb_utils.training.config import PROFILE_ENV, RunConfig, make_config, resolve_coco_layout
 
 
 def test_study_profile_is_the_seed_recipe(monkeypatch):
@@ -97,7 +97,7 @@ def test_resolve_coco_layout_finds_each_layout_and_lists_what_it_tried(tmp_path)
 
 
 def test_study_workers_follow_the_machine(monkeypatch):
-    from detr_nb_utils import config
+    from detr_nb_utils.training import config as config
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(config, "_cuda_available", lambda: True)

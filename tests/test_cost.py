@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detr_nb_utils.cost import cost_table, count_gflops, flop_counts, measure_latency
-from detr_nb_utils.model import build_detr, parameter_table
+from detr_nb_utils.analysis.cost import cost_table, count_gflops, flop_counts, measure_latency
+from detr_nb_utils.models.detr import build_detr, parameter_table
 
 C, FFN, CLASSES = 256, 2048, 92  # hidden size, feed-forward size, class logits (91 + "no object")
 

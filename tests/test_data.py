@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +13,8 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
-from detr_nb_utils.data import (IMAGENET_MEAN, IMAGENET_STD, CocoDetection, RandomSizeCrop, build_dataset,
-                                collate_fn, make_transforms)
+from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn
+from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, make_transforms
 
 SMALL = dict(scales=(224, 256), max_size=400, crop_resize=(200, 250), crop_size=(120, 220), val_size=256)
 

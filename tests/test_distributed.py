@@ -1,20 +1,20 @@
 """Two processes with DistributedDataParallel (gloo, CPU) train the same weights as one process with the same
 global batch.
 
-Why they can match: each process computes the loss on its half of the global batch; DDP averages the gradients.
-The box losses divide by ``num_boxes`` averaged over the processes (as published), so the average of the two
-halves' box gradients is exactly the one-process gradient. The classification loss is PyTorch's weighted mean
-*per process* (divided by that process's sum of class weights: 1 per matched query, 0.1 per "no object"), so it
-equals the one-process loss only when both halves hold the same number of boxes; the images here have two boxes
-each so that the comparison is tight; the num_boxes averaging is checked on its own with unequal halves. (With unequal halves the published two-process loss differs from the
-one-process loss; that is the published behaviour, not a bug of this engine.) Dropout is off and every image has
-the same size, so no random numbers and no padding differ between the runs. What remains is the order of
-floating-point sums (gradient all-reduce, per-half reductions), ~1e-7 relative in the gradients. AdamW divides
-each gradient by its running RMS, so where a gradient is itself at rounding-noise level (measured: the query/key
-rows of the encoder's self-attention, which sees only 2x2 feature positions at 64 px) the noise is amplified up to
-a fraction of one step of size lr. Measured on a 2-core AMD EPYC after four steps: largest difference 2.6e-6,
-difference/update norm ratio 1.6e-4, elements differing by more than 1e-6: 171 of 23.8 M. The test allows
-``ATOL`` = a quarter of one AdamW step (lr/4 = 2.5e-5) for any weight and ``REL`` = 1e-3 for the whole update.
+Why they can match: each process computes the loss on its half of the global batch; DDP averages the gradients. The
+box losses divide by ``num_boxes`` averaged over the processes (as published), so the average of the two halves' box
+gradients is exactly the one-process gradient. The classification loss is PyTorch's weighted mean *per process*
+(divided by that process's sum of class weights: 1 per matched query, 0.1 per "no object"), so it equals the
+one-process loss only when both halves hold the same number of boxes; the images here have two boxes each so that the
+comparison is tight; the num_boxes averaging is checked on its own with unequal halves. (With unequal halves the
+published two-process loss differs from the one-process loss; that is the published behaviour, not a bug of this
+engine.) Dropout is off and every image has the same size, so no random numbers and no padding differ between the
+runs. What remains is the order of floating-point sums (gradient all-reduce, per-half reductions), ~1e-7 relative in
+the gradients. AdamW divides each gradient by its running RMS, so where a gradient is itself at rounding-noise level
+(measured: the query/key rows of the encoder's self-attention, which sees only 2x2 feature positions at 64 px) the
+noise is amplified up to a fraction of one step of size lr. Measured on a 2-core AMD EPYC after four steps: largest
+difference 2.6e-6, difference/update norm ratio 1.6e-4, elements differing by more than 1e-6: 171 of 23.8 M. The test
+allows ``ATOL`` = a quarter of one AdamW step (lr/4 = 2.5e-5) for any weight and ``REL`` = 1e-3 for the whole update.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from detr_nb_utils import engine
-from detr_nb_utils.config import RunConfig
-from detr_nb_utils.data import collate_fn
-from detr_nb_utils.synthetic import make_synthetic_coco
+from detr_nb_utils.data.coco import collate_fn
+from detr_nb_utils.data.synthetic import make_synthetic_coco
+from detr_nb_utils.training import engine as engine
+from detr_nb_utils.training.config import RunConfig
 
 GLOBAL_BATCH, IMAGES, EPOCHS = 4, 8, 2
 ATOL, REL = 2.5e-5, 1e-3
@@ -130,7 +130,7 @@ def test_train_cli_under_torchrun_writes_one_run_folder_with_gathered_evaluation
                         "train_scales": (64,), "epochs": 1, "batch_size": 1, "lr_backbone": 0.0})
     cfg.to_json(tmp_path / "run.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           "-m", "detr_nb_utils.train", "--config", str(tmp_path / "run.json")]
+           "-m", "detr_nb_utils.training", "--config", str(tmp_path / "run.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
-import sys
-import types
 import zipfile
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
-from detr_nb_utils import download
-from detr_nb_utils.download import Asset, ChecksumError, DownloadError, download_coco, fetch_file
+from detr_nb_utils.data import download as download
+from detr_nb_utils.data.download import Asset, ChecksumError, DownloadError, download_coco, fetch_file
 
 
 @pytest.fixture(autouse=True)
@@ -187,18 +185,19 @@ def test_download_coco_reunpacks_when_folder_was_deleted(coco_zips, local_http_s
     assert all((root / name).is_file() for name in images)
 
 
-def test_cli_coco_and_lazy_checkpoint(coco_zips, monkeypatch, tmp_path):
+def test_cli_fetches_coco_and_the_checkpoint_asset(coco_zips, monkeypatch, tmp_path):
     assets, images = coco_zips
     monkeypatch.setattr(download, "COCO_ASSETS", assets)
     download.main(["coco", "--root", str(tmp_path / "c"), "--quiet"])
     assert all((tmp_path / "c" / name).is_file() for name in images)
 
     calls = []
-    fake = types.ModuleType("detr_nb_utils.checkpoint")
-    fake.download_checkpoint = lambda dest, progress=True: calls.append((Path(dest), progress)) or Path(dest)
-    monkeypatch.setitem(sys.modules, "detr_nb_utils.checkpoint", fake)
+    monkeypatch.setattr(download, "fetch_file", lambda url, dest, **kw: calls.append((url, dest, kw)) or dest)
     download.main(["checkpoint", "--dest", str(tmp_path / "ck"), "--quiet"])
-    assert calls == [(tmp_path / "ck", False)]
+    (url, dest, kw), = calls
+    assert url == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
+    assert dest == tmp_path / "ck" / "detr-r50-e632da11.pth"
+    assert kw["sha256_prefix"] == "e632da11" and kw["progress"] is False
 
 
 def test_real_coco_table_matches_the_issue():

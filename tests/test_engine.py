@@ -9,17 +9,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
-from detr_nb_utils import engine, runs
-from detr_nb_utils.config import RunConfig, make_config
-from detr_nb_utils.data import build_dataset, collate_fn
-from detr_nb_utils.stats import bootstrap_ap
-from detr_nb_utils.synthetic import make_synthetic_coco
+from detr_nb_utils.analysis.bootstrap import MatchedDetections, ap_interval
+from detr_nb_utils.data.coco import build_dataset, collate_fn
+from detr_nb_utils.data.synthetic import make_synthetic_coco
+from detr_nb_utils.models.fast import model_forward
+from detr_nb_utils.training import engine as engine
+from detr_nb_utils.training import runs as runs
+from detr_nb_utils.training.config import RunConfig, make_config
 
 # a DETR small enough for CI: the ResNet-50 stays (build_detr has no other backbone) but is frozen
 # (lr_backbone=0, as published), the transformer shrinks
@@ -54,11 +55,11 @@ def test_tiny_model_overfits_two_images(tiny_cfg):
 def test_bf16_fast_mode_trains_with_fp32_outputs(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, precision="bf16", channels_last=True)
     data = engine.prepare_data(cfg)
-    dataset = build_dataset(data.train_file, data.image_dir, "train", **engine.transform_kwargs(cfg, "train"))
+    dataset = engine.make_dataset(cfg, data, "train")
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_fn, drop_last=True)
     model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
     images, mask, _ = next(iter(loader))
-    outputs = engine.model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+    outputs = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
     assert outputs["pred_logits"].dtype == outputs["aux_outputs"][0]["pred_boxes"].dtype == torch.float32
     before = model.class_embed.weight.detach().clone()
     metrics = engine.train_one_epoch(model, criterion, loader, engine.build_optimizer(model, cfg), "cpu", 1, cfg)
@@ -126,7 +127,8 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(Path(cfg.split_dir) / "val.json"))
     # the saved detections reproduce the logged AP
-    point = bootstrap_ap(gt, dets, sorted(np.unique(dets["image_id"]).tolist()), n_resamples=20)["AP"]["point"]
+    matched = MatchedDetections(gt, dets, sorted(np.unique(dets["image_id"]).tolist()))
+    point = ap_interval(matched, n_resamples=20)["AP"]["point"]
     assert point == pytest.approx(loaded.metrics.loc[1, "val_AP"], abs=1e-4)
     best = torch.load(cfg.run_dir / runs.BEST, weights_only=True)
     assert best["epoch"] == loaded.best_epoch_ap

@@ -12,10 +12,12 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
-from detr_nb_utils.data import build_dataset, collate_fn
-from detr_nb_utils.evaluate import STATS, coco_ap, coco_evaluate, evaluate, postprocess
-from detr_nb_utils.loss import SetCriterion
-from detr_nb_utils.model import build_detr
+from detr_nb_utils.data.coco import build_dataset, collate_fn
+from detr_nb_utils.models.detr import build_detr
+from detr_nb_utils.models.loss import SetCriterion
+from detr_nb_utils.models.postprocess import postprocess
+from detr_nb_utils.training.coco_eval import ap_ap50, results_array
+from detr_nb_utils.training.evaluation import STATS, coco_evaluate, detection_arrays, evaluate
 
 NO_OBJECT = 91
 
@@ -78,7 +80,8 @@ def test_fast_per_layer_ap_equals_the_full_evaluation(sample_gt):
     dets = detections_for(sample_gt, label_map=half_wrong.get)
     full = coco_evaluate(sample_gt, dets, per_category=False)
     assert 0.2 < full["AP"] < 0.8
-    assert coco_ap(sample_gt, dets, sorted(dets)) == pytest.approx((full["AP"], full["AP50"]), abs=1e-12)
+    fast = ap_ap50(sample_gt, results_array(detection_arrays(dets)), sorted(dets))  # what each layer gets
+    assert fast == pytest.approx((full["AP"], full["AP50"]), abs=1e-12)
 
 
 def test_postprocess_never_predicts_no_object_and_scales_to_original_size():
@@ -107,7 +110,7 @@ def test_image_without_detections_counts_its_ground_truth_as_missed(sample_gt):
 
 @pytest.fixture(scope="module")
 def synthetic_val(tmp_path_factory):
-    from detr_nb_utils.synthetic import make_synthetic_coco
+    from detr_nb_utils.data.synthetic import make_synthetic_coco
 
     paths = make_synthetic_coco(tmp_path_factory.mktemp("syn") / "coco", n_images=5, seed=1, image_size=(64, 96))
     return build_dataset(paths.annotations, paths.images, "val", val_size=64, max_size=96)
@@ -141,12 +144,11 @@ def test_auxiliary_layers_scored_in_worker_processes_as_in_this_one(synthetic_va
 
 
 def test_layer_aps_in_worker_processes_equal_the_in_process_ones(sample_gt):
-    from detr_nb_utils.coco_metrics import start_layer_aps
-    from detr_nb_utils.evaluate import _results_array
+    from detr_nb_utils.training.coco_eval import start_layer_aps
 
     layers = [detections_for(sample_gt), detections_for(sample_gt, label_map=lambda c: c + 1)]
     mixed = {i: (layers[0] if i % 2 else layers[1])[i] for i in layers[0]}  # half the images right
-    results = [_results_array(d) for d in (*layers, mixed)]
+    results = [results_array(detection_arrays(d)) for d in (*layers, mixed)]
     img_ids = sorted(sample_gt.getImgIds())
     here = start_layer_aps(sample_gt, results, img_ids, workers=0)()
     pooled = start_layer_aps(sample_gt, results, img_ids, workers=2)()
@@ -155,7 +157,7 @@ def test_layer_aps_in_worker_processes_equal_the_in_process_ones(sample_gt):
 
 
 def test_worker_pool_only_for_evaluations_worth_it():
-    from detr_nb_utils.coco_metrics import POOL_MIN_IMAGES, pool_workers
+    from detr_nb_utils.training.coco_eval import POOL_MIN_IMAGES, pool_workers
 
     assert pool_workers(5, 1000, cores=16) == 5  # one per auxiliary layer
     assert pool_workers(5, 1000, cores=4) == 3  # one core left for the final layer

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from detr_nb_utils import intervals, runs
-from detr_nb_utils.config import make_config, seed_configs
 from test_stats import perturbed_detections, sample_gt  # noqa: F401 (fixture)
+
+from detr_nb_utils.analysis import comparison
+from detr_nb_utils.analysis.conclusions import uncertainty_conclusion
+from detr_nb_utils.training import runs as runs
+from detr_nb_utils.training.config import make_config, seed_configs, variant_of
 
 
 def _write_run(out_dir: Path, name: str, split_dir: Path, dec_layers: int, num_queries: int, seed: int,
@@ -24,11 +26,11 @@ def _write_run(out_dir: Path, name: str, split_dir: Path, dec_layers: int, num_q
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / runs.CONFIG).write_text(cfg.to_json())
     (cfg.run_dir / runs.MANIFEST).write_text(json.dumps({"n_train": 0, "n_val": len(gt.getImgIds())}))
-    from detr_nb_utils.stats import bootstrap_ap
+    from detr_nb_utils.analysis.bootstrap import MatchedDetections, ap_interval
     history = []
     for epoch, dets in epochs.items():
         runs.save_detections(cfg.run_dir, epoch, dets)
-        ap = bootstrap_ap(gt, dets, sorted(gt.getImgIds()), n_resamples=2)["AP"]["point"]
+        ap = ap_interval(MatchedDetections(gt, dets, sorted(gt.getImgIds())), n_resamples=2)["AP"]["point"]
         row = {"epoch": epoch, "random_weights": False, "val_AP": ap, "val_loss_total": 1.0 / (1 + ap)}
         row |= {f"val_AP_layer_{layer}": ap for layer in range(dec_layers)}
         history.append(row)
@@ -57,39 +59,39 @@ def run_folders(sample_gt, coco_sample, tmp_path_factory):  # noqa: F811
 
 
 def test_runs_are_found_and_grouped_by_variant(run_folders):
-    names = intervals.discover_runs(run_folders)
+    names = comparison.discover_runs(run_folders)
     assert names == ["dec3_q100_seed42", "dec3_q50_seed42", "dec3_q50_spread_seed42", "dec6_q100_seed42",
                      "dec6_q100_seed43"]
-    records = intervals.load_seeded_runs(run_folders)
-    assert {v: list(r) for v, r in intervals.by_variant(records).items()}["dec6_q100"] == \
+    records = comparison.load_runs(run_folders)
+    assert {v: list(r) for v, r in comparison.by_variant(records).items()}["dec6_q100"] == \
         ["dec6_q100_seed42", "dec6_q100_seed43"]
-    assert intervals.first_seeds(records)["dec6_q100"].config.seed == 42
-    assert intervals.missing_variants(records, ["dec6_q100", "dec9_q7"]) == ["dec9_q7"]
-    seeds = intervals.seeds_table(records)
+    assert comparison.first_seed_runs(records)["dec6_q100"].config.seed == 42
+    assert comparison.missing_variants(records, ["dec6_q100", "dec9_q7"]) == ["dec9_q7"]
+    seeds = comparison.seeds_table(records)
     assert seeds.loc["dec6_q100", ("best AP", "seeds")] == 2 and seeds.loc["dec3_q100", ("best AP", "seeds")] == 1
 
 
 def test_gains_differences_and_conclusion(run_folders):
-    records = intervals.load_seeded_runs(run_folders)
-    scorer = intervals.Scorer(records, n_resamples=200)
-    first = intervals.first_seeds(records)
+    records = comparison.load_runs(run_folders)
+    bootstrap = comparison.ApBootstrap(records, n_resamples=200)
+    first = comparison.first_seed_runs(records)
     main = {v: first[v] for v in ("dec6_q100", "dec3_q100", "dec3_q50")}  # 06's order: the baseline first
-    zero = intervals.zero_shot_table(scorer, main)
+    zero = comparison.finetuning_gain_table(bootstrap, main)
     assert zero.loc["dec6_q100", "gain excludes 0"] and zero.loc["dec6_q100", "gain low"] > 0
     assert zero.loc["dec3_q100", "gain"] == 0 and not zero.loc["dec3_q100", "gain excludes 0"]
     for col in ("epoch-0 AP", "best AP"):
         assert (zero[f"{col} low"] <= zero[col]).all() and (zero[col] <= zero[f"{col} high"]).all()
     assert zero.loc["dec6_q100", "best AP"] == pytest.approx(100 * main["dec6_q100"].metrics.loc[1, "val_AP"])
-    diffs = intervals.differences_table(scorer, main)
+    diffs = comparison.differences_table(bootstrap, main)
     row = diffs.set_index(["a", "b"]).loc[("dec6_q100", "dec3_q100")]
     assert row["AP a - b"] > 0 and row["AP a - b excludes 0"]
-    equivalence = intervals.layer_equivalence(main)
+    equivalence = comparison.layer_equivalence(main)
     assert equivalence["layers"] == 3 and equivalence["abs_diff"] == 0
-    choices = {v: r for v, r in intervals.first_seeds(records).items() if v in intervals.QUERY_CHOICES}
-    qdiffs = intervals.differences_table(scorer, choices, [("dec3_q50_spread", "dec3_q50")])
+    choices = {v: r for v, r in comparison.first_seed_runs(records).items() if v in comparison.QUERY_CHOICES}
+    qdiffs = comparison.differences_table(bootstrap, choices, [("dec3_q50_spread", "dec3_q50")])
     assert qdiffs.loc[0, "AP a - b"] == 0 and not qdiffs.loc[0, "AP a - b excludes 0"]
-    text = intervals.interval_conclusion(zero, diffs, qdiffs, equivalence, intervals.seeds_table(records),
-                                         len(scorer.img_ids), 200)
+    text = uncertainty_conclusion(zero, diffs, qdiffs, equivalence, comparison.seeds_table(records),
+                                         len(bootstrap.img_ids), 200)
     assert "over the 206 validation images (200 resamples" in text
     g = zero.loc["dec6_q100"]
     gain = f"{g['gain']:+.1f} [{g['gain low']:+.1f}, {g['gain high']:+.1f}]"
@@ -108,5 +110,5 @@ def test_seed_configs_name_each_seed(tmp_path):
     assert seed_configs(cfg, 1, name="dec3_q50_spread")[0].run_dir.name == "dec3_q50_spread_seed42"
     with pytest.raises(ValueError, match="n_seeds"):
         seed_configs(cfg, 0)
-    assert intervals.RUN_NAME.match(configs[1].run_dir.name)[1] == "dec3_q50"
-    assert np.array_equal(sorted(intervals.QUERY_CHOICES.values()), ["first", "most_matched", "spread"])
+    assert variant_of(configs[1].run_dir.name) == "dec3_q50"
+    assert np.array_equal(sorted(comparison.QUERY_CHOICES.values()), ["first", "most_matched", "spread"])

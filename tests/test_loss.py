@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
-from detr_nb_utils.loss import (SetCriterion, final_layer_loss, layer_suffixes, per_layer_mean_loss,
-                                weighted_total)
-from detr_nb_utils.matcher import HungarianMatcher
+from detr_nb_utils.models.loss import (
+    SetCriterion,
+    final_layer_loss,
+    layer_suffixes,
+    per_layer_mean_loss,
+    weighted_total,
+)
+from detr_nb_utils.models.matcher import HungarianMatcher
 
 
 def layer_outputs(b, q, k, seed):

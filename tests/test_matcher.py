@@ -3,7 +3,7 @@ import itertools
 
 import torch
 
-from detr_nb_utils.matcher import HungarianMatcher
+from detr_nb_utils.models.matcher import HungarianMatcher
 
 
 def random_outputs(b, q, k=92, seed=0):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detr_nb_utils.model import build_detr, parameter_table
-from detr_nb_utils.position_encoding import PositionEmbeddingSine
+from detr_nb_utils.models.detr import build_detr, parameter_table
+from detr_nb_utils.models.position_encoding import PositionEmbeddingSine
 
 REFERENCE_TSV = Path(__file__).parent / "data" / "detr_r50_state_dict.tsv"  # copy of ../shared/reference/
 
@@ -103,7 +103,7 @@ def test_pretrained_backbone_false_touches_no_network(monkeypatch):
 
 
 def test_fast_mode_dropout_keeps_rate_and_scale_and_fp32_is_torchs():
-    from detr_nb_utils.transformer import Dropout
+    from detr_nb_utils.models.fast import CheapDropout as Dropout
 
     drop = Dropout(0.1).train()
     x = torch.ones(200_000, dtype=torch.bfloat16)
@@ -121,7 +121,7 @@ def test_fast_mode_dropout_keeps_rate_and_scale_and_fp32_is_torchs():
 
 
 def _randomise_batchnorms(model):
-    from detr_nb_utils.backbone import FrozenBatchNorm2d
+    from torchvision.ops import FrozenBatchNorm2d
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
@@ -133,24 +133,22 @@ def _randomise_batchnorms(model):
 
 
 def test_folded_batchnorm_is_the_same_function_with_the_same_gradients(monkeypatch):
-    from detr_nb_utils.backbone import FoldableConv2d, FrozenBatchNorm2d, set_batchnorm_folding
+    from detr_nb_utils.models import fast
 
     torch.manual_seed(0)
     model = build_detr(dec_layers=1, enc_layers=1, num_queries=5, dropout=0.0)
     _randomise_batchnorms(model)
     model.double()  # fp64: the two orders of operations agree to rounding, nothing else
-    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 53 and all(isinstance(m, FoldableConv2d) for m in convs)  # every ResNet-50 convolution
     keys = list(model.state_dict())
     images, mask = torch.randn(2, 3, 64, 96, dtype=torch.float64), torch.zeros(2, 64, 96, dtype=torch.bool)
     conv = model.backbone[0].body.layer2[0].conv2
     folds = []
-    real = FrozenBatchNorm2d.scale_shift
-    monkeypatch.setattr(FrozenBatchNorm2d, "scale_shift", lambda bn: folds.append(bn) or real(bn))
+    real = fast.folded_conv_weights
+    monkeypatch.setattr(fast, "folded_conv_weights", lambda c, bn: folds.append(c) or real(c, bn))
 
-    def run(folded):
+    def run(enabled):
         model.zero_grad()
-        set_batchnorm_folding(model, folded)
+        fast.set_fast_mode(model, enabled)
         out = model(images, mask)
         out["pred_boxes"].sum().backward()
         return out["pred_logits"].detach(), conv.weight.grad.clone()
@@ -158,30 +156,39 @@ def test_folded_batchnorm_is_the_same_function_with_the_same_gradients(monkeypat
     logits, grad = run(False)
     assert folds == []
     logits_f, grad_f = run(True)
-    assert len(folds) == 53  # each convolution took its BatchNorm's affine map
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 53 and {id(c) for c in folds} == {id(c) for c in convs}  # every ResNet-50 convolution
     torch.testing.assert_close(logits_f, logits, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_f, grad, rtol=1e-9, atol=1e-12)  # the gradient reaches W through W * scale
     assert list(model.state_dict()) == keys
 
 
-def test_fast_mode_folds_only_for_its_own_call():
-    from detr_nb_utils.precision import model_forward
+def test_fast_mode_is_explicit_state_and_reversible():
+    from detr_nb_utils.models.fast import CheapDropout, FastMultiheadAttention, model_forward, set_fast_mode
 
     torch.manual_seed(0)
     model = build_detr(dec_layers=1, enc_layers=1, num_queries=5).eval()
     _randomise_batchnorms(model)
+    params = dict(model.named_parameters())
     images, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
     with torch.no_grad():
         before = model(images, mask)["pred_logits"]
+        set_fast_mode(model, True)
+        assert model.backbone[0].fold_batchnorm
+        kinds = {type(m) for m in model.transformer.modules()}
+        assert CheapDropout in kinds and FastMultiheadAttention in kinds and torch.nn.Dropout not in kinds
+        assert all(p is params[n] for n, p in model.named_parameters())  # an optimizer keeps its parameters
         fast = model_forward(model, images, mask, torch.bfloat16, channels_last=True)["pred_logits"]
+        set_fast_mode(model, False)
         after = model(images, mask)["pred_logits"]
-    assert torch.equal(before, after)  # fp32 calls stay the published, unfolded computation
+    assert {type(m) for m in model.transformer.modules()} & {CheapDropout, FastMultiheadAttention} == set()
+    assert torch.equal(before, after)  # back to the published, unfolded computation
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, before, rtol=0, atol=0.1)  # bf16: close, not equal
 
 
 def test_fast_attention_is_multihead_attention():
-    from detr_nb_utils.transformer import MultiheadAttention
+    from detr_nb_utils.models.fast import FastMultiheadAttention as MultiheadAttention
 
     torch.manual_seed(0)
     attn = MultiheadAttention(32, 4, dropout=0.0)
@@ -198,13 +205,13 @@ def test_fast_attention_is_multihead_attention():
 
 
 def test_fast_attention_dropout_is_unbiased_and_seeded(monkeypatch):
-    from detr_nb_utils import transformer
+    from detr_nb_utils.models import fast
 
     calls = []
-    real = transformer.cheap_dropout
-    monkeypatch.setattr(transformer, "cheap_dropout", lambda x, p: calls.append(p) or real(x, p))
+    real = fast.cheap_dropout
+    monkeypatch.setattr(fast, "cheap_dropout", lambda x, p: calls.append(p) or real(x, p))
     torch.manual_seed(0)
-    attn = transformer.MultiheadAttention(32, 4, dropout=0.5).train()
+    attn = fast.FastMultiheadAttention(32, 4, dropout=0.5).train()
     q, k = torch.randn(5, 2, 32), torch.randn(7, 2, 32)
     with torch.no_grad():
         expected = attn.eval()(q, k, k, need_weights=False)[0]
@@ -224,28 +231,26 @@ def test_fast_attention_dropout_is_unbiased_and_seeded(monkeypatch):
 
 
 def test_cached_folded_weights_change_nothing_but_the_work(monkeypatch):
-    from detr_nb_utils.backbone import FoldableConv2d, FrozenBatchNorm2d, cached_folded_weights
-    from detr_nb_utils.precision import model_forward
+    from detr_nb_utils.models import fast
 
     torch.manual_seed(0)
-    model = build_detr(dec_layers=1, enc_layers=1, num_queries=5).eval()
+    model = fast.set_fast_mode(build_detr(dec_layers=1, enc_layers=1, num_queries=5).eval(), True)
     _randomise_batchnorms(model)
     images, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
     folds = []
-    real = FrozenBatchNorm2d.scale_shift
-    monkeypatch.setattr(FrozenBatchNorm2d, "scale_shift", lambda bn: folds.append(bn) or real(bn))
+    real = fast.folded_conv_weights
+    monkeypatch.setattr(fast, "folded_conv_weights", lambda c, bn: folds.append(c) or real(c, bn))
     with torch.no_grad():
-        expected = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+        expected = fast.model_forward(model, images, mask, torch.bfloat16, channels_last=True)
         assert len(folds) == 53
-        with cached_folded_weights(model):
-            first = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
-            second = model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+        with fast.cached_folded_weights(model):
+            first = fast.model_forward(model, images, mask, torch.bfloat16, channels_last=True)
+            second = fast.model_forward(model, images, mask, torch.bfloat16, channels_last=True)
         assert len(folds) == 2 * 53  # folded once inside the block, not once per forward
     for out in (first, second):
         assert torch.equal(out["pred_logits"], expected["pred_logits"])
         assert torch.equal(out["pred_boxes"], expected["pred_boxes"])
-    assert not any("weight_cache" in m.__dict__ for m in model.modules() if isinstance(m, FoldableConv2d))
-    with cached_folded_weights(model):  # forwards that record gradients never use the cache
-        model_forward(model, images, mask, torch.bfloat16, channels_last=True)["pred_boxes"].sum().backward()
+    assert model.backbone[0].folded_weight_cache is None  # dropped on leaving the block
+    with fast.cached_folded_weights(model):  # forwards that record gradients never use the cache
+        fast.model_forward(model, images, mask, torch.bfloat16, channels_last=True)["pred_boxes"].sum().backward()
     assert len(folds) == 3 * 53
-    assert model.backbone[0].body.layer4[0].conv1.weight.grad is not None

@@ -1,24 +1,27 @@
-"""The six notebooks: their committed form (thin, parameterised, no outputs, kernel python3, up to date with
-notebooks/build_notebooks.py) and, on the real COCO sample, a headless papermill run of 01, 03 and 06."""
+"""The six notebooks: each .ipynb in sync with its jupytext source notebooks/NN_name.py (py:percent), their
+committed form (thin, parameterised, no outputs, kernel python3) and, on the real COCO sample, a headless papermill
+run of 01, 03 and 06."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
-from detr_nb_utils.config import make_config
-from detr_nb_utils.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, MANIFEST, METRICS, load_run
+from detr_nb_utils.data.split import MANIFEST
+from detr_nb_utils.training.config import make_config
+from detr_nb_utils.training.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, METRICS, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NAMES = ["01_data_split", "02_checkpoint_inspection", "03_baseline", "04_shallow_decoder", "05_reduced_queries",
          "06_analysis"]
 MAX_FUNCTION_LINES = 10
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 def _load(name: str) -> nbformat.NotebookNode:
@@ -39,12 +42,33 @@ def _parameters(nb) -> dict:
     return values
 
 
-def test_notebooks_are_what_the_generator_writes():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NB_DIR / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert sorted(module.NOTEBOOKS) == NAMES
-    assert module.main(["--check"]) == 0, "run `python notebooks/build_notebooks.py` and commit the notebooks"
+def _cells(nb) -> list[tuple[str, str, bool]]:
+    """Each cell's type, source and whether it is tagged ``parameters``."""
+    return [(c.cell_type, c.source, "parameters" in c.metadata.get("tags", [])) for c in nb.cells]
+
+
+def test_every_notebook_has_its_py_source():
+    """notebooks/ holds the six pairs and nothing unpaired: NN_name.ipynb (run by papermill and nbval) and
+    NN_name.py (the source, jupytext py:percent)."""
+    ipynb, py = {p.stem for p in NB_DIR.glob("*.ipynb")}, {p.stem for p in NB_DIR.glob("*.py")}
+    assert not ipynb - py, f"notebooks without their .py source: {sorted(ipynb - py)}"
+    assert not py - ipynb, f".py files without their notebook: {sorted(py - ipynb)}; `make notebooks` writes it"
+    assert sorted(ipynb) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_and_its_py_source_are_in_sync(name):
+    """Both files of the pair, read with jupytext, hold the same cells (type, source, ``parameters`` tag), are
+    paired with each other and name the kernel python3: an edit to one side only fails here."""
+    ipynb, py = jupytext.read(NB_DIR / f"{name}.ipynb"), jupytext.read(NB_DIR / f"{name}.py")
+    for nb in (ipynb, py):
+        assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", f"{name}: not paired"
+        assert dict(nb.metadata.get("kernelspec", {})) == KERNELSPEC
+    want, got = _cells(py), _cells(ipynb)
+    differ = [i for i, (a, b) in enumerate(zip(want, got)) if a != b]
+    hint = "run `make notebooks` (jupytext --sync) and commit both files"
+    assert len(want) == len(got), f"{name}: {len(want)} cells in the .py, {len(got)} in the .ipynb; {hint}"
+    assert not differ, f"{name}: cells {differ} differ between the .py and the .ipynb; {hint}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,8 +90,9 @@ def test_parameters_are_plain_values_and_all_used(name):
     params = _parameters(nb)
     assert {"profile", "report_dir", "progress"} <= set(params)
     assert params["profile"] is None, "the profile comes from DETR_NB_PROFILE unless passed"
-    rest = "\n".join(c.source for c in _code(nb)[1:])
-    unused = [p for p in params if p not in rest]
+    read = {node.id for cell in _code(nb)[1:] for node in ast.walk(ast.parse(cell.source))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    unused = [p for p in params if p not in read]
     assert not unused, f"{name}: parameters never used: {unused}"
     assert "make_config(" in _code(nb)[1].source, "the cell after parameters builds the config"
 
@@ -93,7 +118,7 @@ def test_default_parameters_build_a_valid_config(name, profile):
     exec(_code(nb)[1].source, scope)
     cfg = scope["cfg"]
     assert cfg.profile == profile and cfg.progress is False  # headless here: no widgets
-    if "epochs" in scope:  # None parameters mean the profile's values: the study runs the seed's recipe
+    if "epochs" in scope:  # None parameters mean the profile's values: the study runs the original study's recipe
         default = make_config(profile)
         assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_backbone) == \
                (default.epochs, default.batch_size, default.lr, default.lr_backbone)
@@ -104,7 +129,7 @@ def test_training_notebooks_default_to_their_variant():
     for name, (layers, queries) in want.items():
         params = _parameters(_load(name))
         assert (params["dec_layers"], params["num_queries"]) == (layers, queries)
-        assert params["epochs"] is None and params["lr"] is None  # the seed's recipe comes from the profile
+        assert params["epochs"] is None and params["lr"] is None  # the original study's recipe, from the profile
         assert params["n_seeds"] is None  # the profile's number of seeds: 1 in the study, 2 in the demo
 
 
@@ -126,7 +151,7 @@ def real_sample_run(coco_sample, tmp_path_factory):
     """01, 03 and 06 executed by papermill in the study profile on a copy of the sample: a 4/2 split, one epoch
     at 128 px, a random-weight checkpoint in the official layout."""
     papermill = pytest.importorskip("papermill")
-    from detr_nb_utils.checkpoint import make_random_checkpoint
+    from detr_nb_utils.data.synthetic import make_random_checkpoint
 
     tmp = tmp_path_factory.mktemp("real_sample")
     shutil.copytree(coco_sample, tmp / "coco", ignore=shutil.ignore_patterns("provenance.tsv", "SOURCES.md"))
@@ -165,8 +190,8 @@ def test_real_sample_exports_and_takeaways(real_sample_run):
     for fig in ("01_category_distribution", "01_objects_per_image", "03_dec6_q100_loss_curves",
                 "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer", "06_ap_intervals"):
         assert (report / "figures" / f"{fig}.png").stat().st_size > 0 and (report / "figures" / f"{fig}.pdf").is_file()
-    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_seed_table", "06_zero_shot",
-                  "06_seeds", "06_cost_vs_ap"):
+    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_original_study",
+                  "06_finetuning_gain", "06_seeds", "06_cost_vs_ap"):
         assert (report / "tables" / f"{table}.csv").is_file() and (report / "tables" / f"{table}.md").is_file()
     assert "2 validation images" in (report / "tables" / "01_takeaway.md").read_text()
     conclusion = (report / "tables" / "06_conclusion.md").read_text()

@@ -1,9 +1,9 @@
 """environment.yml and pyproject.toml install the same packages at the same pins."""
 import re
-import tomllib
-
-import yaml  # comes with papermill (dev extra)
 from pathlib import Path
+
+import tomllib
+import yaml  # comes with papermill (dev extra)
 
 ROOT = Path(__file__).resolve().parents[1]
 

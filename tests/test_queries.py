@@ -9,13 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from detr_nb_utils import engine, runs
-from detr_nb_utils.config import RunConfig, make_config
-from detr_nb_utils.model import build_detr
-from detr_nb_utils.queries import (STRATEGIES, analysis_loader, query_match_counts, query_usage, select_queries,
-                                   usage_summary)
-from detr_nb_utils.synthetic import make_synthetic_coco
-from detr_nb_utils.train import config_from_args
+from detr_nb_utils.analysis.queries import (
+    STRATEGIES,
+    analysis_loader,
+    query_match_counts,
+    query_usage,
+    select_queries,
+    usage_summary,
+)
+from detr_nb_utils.data.synthetic import make_synthetic_coco
+from detr_nb_utils.models.detr import build_detr
+from detr_nb_utils.training import engine as engine
+from detr_nb_utils.training import runs as runs
+from detr_nb_utils.training.cli import config_from_args
+from detr_nb_utils.training.config import RunConfig, make_config
 
 NUM_CLASSES = 91
 

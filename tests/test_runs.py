@@ -1,5 +1,5 @@
-"""Which epoch a run reports as best: a fine-tuned one; epoch 0 is the zero-shot baseline, reported apart."""
-from detr_nb_utils.runs import best_epoch
+"""Which epoch a run reports as best: a fine-tuned one; epoch 0 is the starting point, reported apart."""
+from detr_nb_utils.training.runs import best_epoch
 
 
 def test_best_epoch_prefers_fine_tuned_epochs():

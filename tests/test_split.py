@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from detr_nb_utils.split import images_with_many_boxes, make_split, split_diversity, verify_split
+from detr_nb_utils.data.split import make_split, split_diversity, verify_split
 
 N_IMAGES, N_ANNS, N_CROWD = 206, 1786, 21
 
@@ -157,12 +157,3 @@ def test_split_diversity_table(full_split, source):
     person = sum(1 for a in source["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
     assert df.loc[1, "name"] == "person" and df.loc[1, "source"] == person
     assert df.attrs["val_images_over_50_boxes"] == manifest["val"]["n_images_over_50_boxes"]
-
-
-def test_images_with_many_boxes_matches_pycocotools(ann_file):
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(ann_file))
-    for threshold in (10, 20, 50):
-        want = sorted(i for i in coco.getImgIds() if len(coco.getAnnIds(imgIds=i, iscrowd=False)) > threshold)
-        assert images_with_many_boxes(ann_file, threshold) == want
-    assert images_with_many_boxes(ann_file, 10)  # the sample does hold busy images

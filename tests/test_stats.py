@@ -10,8 +10,17 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_nb_utils.stats import (_Accumulator, bootstrap_ap, bootstrap_difference, common_images, evaluate_images,
-                                 results_array, seed_summary, variant_of)
+from detr_nb_utils.analysis.bootstrap import (
+    MatchedDetections,
+    _Accumulator,
+    ap_difference,
+    ap_interval,
+    common_images,
+    evaluate_images,
+    seed_summary,
+)
+from detr_nb_utils.training.coco_eval import results_array
+from detr_nb_utils.training.config import variant_of
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +105,7 @@ def test_counts_equal_duplicated_images(sample_gt):
 
 def test_interval_contains_the_point_estimate(sample_gt):
     dets = perturbed_detections(sample_gt, 0.1, seed=3)
-    out = bootstrap_ap(sample_gt, dets, sorted(sample_gt.getImgIds()), n_resamples=200, seed=0)
+    out = ap_interval(MatchedDetections(sample_gt, dets, sorted(sample_gt.getImgIds())), n_resamples=200, seed=0)
     for key in ("AP", "AP50"):
         r = out[key]
         assert r["low"] < r["point"] < r["high"]
@@ -109,10 +118,11 @@ def test_clearly_better_detector_excludes_zero_and_identical_is_zero(sample_gt):
     img_ids = sorted(sample_gt.getImgIds())
     good = perturbed_detections(sample_gt, 0.03, seed=4, drop=0.05)
     bad = perturbed_detections(sample_gt, 0.25, seed=5, drop=0.4)
-    diff = bootstrap_difference(sample_gt, good, bad, img_ids, n_resamples=200, seed=0)
+    good_m, bad_m = MatchedDetections(sample_gt, good, img_ids), MatchedDetections(sample_gt, bad, img_ids)
+    diff = ap_difference(good_m, bad_m, n_resamples=200, seed=0)
     assert diff["AP"]["point"] > 0.1 and diff["AP"]["excludes_zero"] and diff["AP"]["low"] > 0
-    assert bootstrap_difference(sample_gt, bad, good, img_ids, n_resamples=200, seed=0)["AP"]["high"] < 0
-    same = bootstrap_difference(sample_gt, good, good, img_ids, n_resamples=200, seed=0)
+    assert ap_difference(bad_m, good_m, n_resamples=200, seed=0)["AP"]["high"] < 0
+    same = ap_difference(good_m, good_m, n_resamples=200, seed=0)
     assert same["AP"]["point"] == 0 and abs(same["AP"]["low"]) < 1e-12 and abs(same["AP"]["high"]) < 1e-12
     assert not same["AP"]["excludes_zero"]
 
@@ -125,8 +135,9 @@ def test_paired_resamples_are_tighter_than_unpaired(sample_gt):
     rng = np.random.default_rng(7)  # b: a with a fifth of its boxes moved further (errors shared with a)
     moved = rng.random(len(a["score"])) < 0.2
     b = {**a, "bbox": a["bbox"] + moved[:, None] * rng.normal(0, 0.15, a["bbox"].shape) * a["bbox"][:, [2, 3, 2, 3]]}
-    diff = bootstrap_difference(sample_gt, a, b, img_ids, n_resamples=200, seed=0)["AP"]["std"]
-    sa, sb = (bootstrap_ap(sample_gt, d, img_ids, n_resamples=200, seed=0)["AP"]["std"] for d in (a, b))
+    matched = [MatchedDetections(sample_gt, d, img_ids) for d in (a, b)]
+    diff = ap_difference(*matched, n_resamples=200, seed=0)["AP"]["std"]
+    sa, sb = (ap_interval(m, n_resamples=200, seed=0)["AP"]["std"] for m in matched)
     assert diff < 0.8 * np.hypot(sa, sb)
 
 

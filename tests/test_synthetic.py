@@ -14,9 +14,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from detr_nb_utils.coco_categories import COCO_CATEGORIES
-from detr_nb_utils.data import CocoDetection
-from detr_nb_utils.synthetic import SHAPES, make_synthetic_coco
+from detr_nb_utils.data.categories import COCO_CATEGORIES
+from detr_nb_utils.data.coco import CocoDetection
+from detr_nb_utils.data.synthetic import SHAPES, make_synthetic_coco
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from detr_nb_utils.attention import detected_objects, run_with_attention
-from detr_nb_utils.model import build_detr
-from detr_nb_utils.viz_analysis import (box_colours, interactive_attention, plot_decoder_attention,
-                                        plot_encoder_attention, plot_match_counts, plot_query_usage)
+from detr_nb_utils.analysis.attention import detected_objects, run_with_attention
+from detr_nb_utils.models.detr import build_detr
+from detr_nb_utils.notebook.figures_attention import (
+    interactive_attention,
+    plot_decoder_attention,
+    plot_encoder_attention,
+)
+from detr_nb_utils.notebook.figures_queries import box_colours, plot_match_counts, plot_query_usage
 
 matplotlib.use("Agg")
 

@@ -1,0 +1,59 @@
+"""What every notebook's setup cell does: work from the project root, pick the progress-bar mode, say which
+profile runs, and where its figures and tables go.
+
+Progress bars: ``progress=None`` in a notebook's parameters means "widgets where a person watches": True when the
+kernel was started by a Jupyter server (JupyterLab, Notebook: they set ``JPY_SESSION_NAME``), False when it runs
+headless (papermill, nbval, a script), so executed notebooks hold no widget state and stderr no widget warnings.
+The engine then draws its ``tqdm.auto`` bars as widgets, or none. Used by notebooks 01-06.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from ..training.config import RunConfig
+from ..training.runtime import resolve_device
+from .figures import set_stamp
+
+DEMO_WARNING = ("DEMO PROFILE: synthetic shapes and a checkpoint with RANDOM weights. The numbers below test the "
+                "pipeline; they say nothing about DETR.")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) holding ``pyproject.toml`` and
+    ``notebooks/``; ``start`` itself when there is none."""
+    start = Path(start or Path.cwd()).resolve()
+    return next((p for p in (start, *start.parents) if (p / "pyproject.toml").is_file()
+                 and (p / "notebooks").is_dir()), start)
+
+
+def progress_policy(progress: bool | None) -> bool:
+    """``progress`` when given; else True only in a kernel started by a Jupyter server (widgets are seen)."""
+    return bool(os.environ.get("JPY_SESSION_NAME")) if progress is None else progress
+
+
+def report_dir_for(cfg: RunConfig, report_dir: str | None) -> Path:
+    """Where figures and tables go: ``report_dir`` when given; else ``report/`` for the study and
+    ``<out_dir>/report`` for the demo, so demo runs (nbval) never overwrite the study's figures. ``make demo``
+    asks for ``report/`` explicitly."""
+    if report_dir is not None:
+        return Path(report_dir)
+    return Path("report") if cfg.profile == "study" else Path(cfg.out_dir) / "report"
+
+
+def setup_notebook(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch.device, Path]:
+    """Change to the project root (the config's relative paths start there), set figure defaults, print the
+    profile (with a warning on demo data, whose saved figures get a "DEMO" stamp); return the device and the
+    report folder."""
+    os.chdir(project_root())
+    plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
+    device = resolve_device(cfg.device)
+    print(f"profile {cfg.profile!r}, device {device}, working in {Path.cwd()}")
+    set_stamp("DEMO: random weights, synthetic data" if cfg.profile == "demo" else None)
+    if cfg.profile == "demo":
+        print(DEMO_WARNING)
+    return device, report_dir_for(cfg, report_dir)
+

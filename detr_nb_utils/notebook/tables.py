@@ -1,0 +1,164 @@
+"""The tables of notebooks 01-05, :func:`save_table` that exports every notebook's tables (CSV and Markdown) into
+``report/tables``, and the closing sentences of 01-05, every number computed from the files they read.
+
+Nothing here trains: tables are built from a split manifest, a checkpoint's state dict, or run folders read with
+:func:`detr_nb_utils.training.runs.load_run`. AP is reported in percent (COCOeval's fractions x 100, as the paper
+prints them); losses are the weighted sums of :mod:`detr_nb_utils.models.loss` in three views (total, final
+layer, per-layer mean). 06_analysis's tables are :mod:`detr_nb_utils.analysis.comparison`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
+from ..analysis.conclusions import DEMO_NOTE
+from ..data.split import CROWDED_THRESHOLD, SIDES
+from ..models.checkpoint import LoadReport
+from ..models.detr import DETR, build_detr, parameter_table
+from ..models.loss import LOSS_VIEWS, loss_views, weight_dict
+from ..training.runs import RunRecord
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """``df`` (index included) as a GitHub-flavoured Markdown table; NaN printed as an empty cell."""
+    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    rows = [[cell(str(c)) for c in df.columns], ["---"] * df.shape[1], *([cell(v) for v in r] for r in df.to_numpy())]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
+
+
+def save_table(df: pd.DataFrame, name: str, report_dir: str | Path = "report", floatfmt: str = ".3f") -> None:
+    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` and ``.md``. Used by notebooks 01-06."""
+    folder = Path(report_dir) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / f"{name}.csv")
+    (folder / f"{name}.md").write_text(markdown_table(df, floatfmt))
+
+
+def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> None:
+    """Write a notebook's closing sentences to ``<report_dir>/tables/<name>.md`` (the report links them)."""
+    path = Path(report_dir) / "tables" / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.strip() + "\n")
+
+
+# ---- 01: the split -----------------------------------------------------------------------------------------
+
+
+def split_summary(manifest: dict) -> pd.DataFrame:
+    """Per side (source, train, val): images, boxes, crowd regions, images without boxes, most boxes in one image,
+    images over :data:`~detr_nb_utils.data.split.CROWDED_THRESHOLD` boxes. ``manifest``: ``make_split``'s."""
+    keys = {"n_images": "images", "n_boxes": "boxes", "n_crowd": "crowd", "n_images_without_boxes": "no boxes",
+            "max_boxes_per_image": "max boxes/image",
+            f"n_images_over_{CROWDED_THRESHOLD}_boxes": f"images > {CROWDED_THRESHOLD} boxes"}
+    return pd.DataFrame({side: {v: manifest[side][k] for k, v in keys.items()} for side in ("source", *SIDES)}).T
+
+
+def objects_per_image(split_dir: str | Path) -> pd.DataFrame:
+    """One row per image of each side: ``side``, ``image_id``, ``boxes`` (non-crowd annotations)."""
+    rows = []
+    for side in SIDES:
+        coco = json.loads((Path(split_dir) / f"{side}.json").read_text())
+        counts = dict.fromkeys((im["id"] for im in coco["images"]), 0)
+        for a in coco["annotations"]:
+            counts[a["image_id"]] += not a.get("iscrowd", 0)
+        rows += [(side, i, n) for i, n in counts.items()]
+    return pd.DataFrame(rows, columns=["side", "image_id", "boxes"])
+
+
+def split_takeaway(summary: pd.DataFrame, diversity: pd.DataFrame) -> str:
+    """Closing sentences of 01 from :func:`split_summary` and :func:`~detr_nb_utils.data.split.split_diversity`."""
+    over = f"images > {CROWDED_THRESHOLD} boxes"
+    present = diversity[diversity["source"] > 0]
+    worst = (present["val_share"] - present["source_share"]).abs().idxmax()
+    return (f"The split holds {summary.loc['train', 'images']} training and {summary.loc['val', 'images']} "
+            f"validation images with {summary.loc['train', 'boxes']} and {summary.loc['val', 'boxes']} boxes; "
+            f"{int((present['val'] > 0).sum())} of the source's {len(present)} categories appear in val. The "
+            f"largest gap between a category's val share and its source share is "
+            f"{100 * abs(present.loc[worst, 'val_share'] - present.loc[worst, 'source_share']):.2f} points "
+            f"({present.loc[worst, 'name']}). {summary.loc['val', over]} val images hold more than "
+            f"{CROWDED_THRESHOLD} objects, which a {CROWDED_THRESHOLD}-query model cannot all detect.")
+
+
+# ---- 02: the checkpoint and the variants -------------------------------------------------------------------
+
+
+def skeleton(dec_layers: int = 6, num_queries: int = 100) -> DETR:
+    """A DETR variant without storage (meta device): for counting parameters and planning surgery, instantly."""
+    with torch.device("meta"):
+        return build_detr(dec_layers=dec_layers, num_queries=num_queries)
+
+
+def parameter_counts(variants: Mapping[str, tuple] = VARIANTS) -> pd.DataFrame:
+    """Parameters per component (rows) of each variant (columns), with a ``total`` row. ``variants``: name ->
+    ``(dec_layers, num_queries, ...)``, e.g. :data:`VARIANTS`."""
+    return pd.DataFrame({name: parameter_table(skeleton(*v[:2]))["parameters"] for name, v in variants.items()})
+
+
+def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
+    """State-dict entries per action (loaded, sliced, dropped, re-initialised) for each variant's surgery."""
+    return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T
+
+
+def ap_vs_paper(metrics: Mapping[str, float]) -> pd.DataFrame:
+    """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside the paper's, in percent."""
+    return pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS}, "paper": PAPER_AP})
+
+
+def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.DataFrame, random_weights: bool) -> str:
+    """Closing sentences of 02 from :func:`parameter_counts`, :func:`surgery_table` and :func:`ap_vs_paper`."""
+    total = params.loc["total"]
+    cuts = "; ".join(f"{v} keeps {total[v]:,} parameters ({100 * total[v] / total.iloc[0]:.1f}%), "
+                     f"drops {surgery.loc[v].get('dropped', 0)} entries and slices {surgery.loc[v].get('sliced', 0)}"
+                     for v in params.columns[1:])
+    ours, paper = ap.loc["AP", "this split, epoch 0"], ap.loc["AP", "paper"]
+    head = DEMO_NOTE + " " if random_weights else ""
+    return (f"{head}The checkpoint's model has {total.iloc[0]:,} parameters; {cuts}. Before any fine-tuning it "
+            f"scores AP {ours:.1f} on this validation split, against {paper:.1f} in the paper on all of val2017.")
+
+
+# ---- 03-05: one run ----------------------------------------------------------------------------------------
+
+
+def with_train_views(record: RunRecord) -> pd.DataFrame:
+    """``record.metrics`` plus the training loss in the three views: ``train_loss_total`` (the optimised sum),
+    ``train_loss_final`` (last layer) and ``train_loss_layer_mean`` (total / decoder layers)."""
+    df = record.metrics.copy()
+    if "train_loss" in df:
+        layers = record.config.dec_layers
+        terms = {k: df[f"train_{k}"] for k in weight_dict(layers)}
+        df = df.assign(**{f"train_{k}": v for k, v in loss_views(terms, weight_dict(layers), layers).items()})
+    return df
+
+
+def run_table(record: RunRecord) -> pd.DataFrame:
+    """Per epoch: the three validation losses and the AP stats (percent) of one run."""
+    df = record.metrics[[f"val_{k}" for k in LOSS_VIEWS]].copy()
+    for k in AP_STATS:
+        df[k] = 100 * record.metrics[f"val_{k}"]
+    return df.rename(columns=lambda c: c.removeprefix("val_"))
+
+
+def run_takeaway(record: RunRecord) -> str:
+    """Closing sentences of 03-05: what fine-tuning did to AP and to the losses, from the run folder."""
+    m, name = record.metrics, record.run_dir.name
+    last, best = int(m.index.max()), record.best_epoch_ap
+    head = DEMO_NOTE + " " if bool(m["random_weights"].any()) else ""
+    status = "" if record.complete else f" The run is incomplete ({last} of {record.config.epochs} epochs)."
+    ap = "no epoch was evaluated" if best is None else (
+        f"val AP went from {100 * m.loc[0, 'val_AP']:.1f} at epoch 0 to {100 * m.loc[last, 'val_AP']:.1f} at epoch "
+        f"{last} (best {100 * m.loc[best, 'val_AP']:.1f}, epoch {best})")
+    return (f"{head}{name}: {ap}; the total val loss went from {m.loc[0, 'val_loss_total']:.3f} to "
+            f"{m.loc[last, 'val_loss_total']:.3f} and the final-layer loss from {m.loc[0, 'val_loss_final']:.3f} "
+            f"to {m.loc[last, 'val_loss_final']:.3f}.{status}")

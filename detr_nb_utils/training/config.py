@@ -1,0 +1,375 @@
+"""One frozen configuration for a fine-tuning run, its two profiles, and where the COCO files are.
+
+``make_config(profile=..., **params)`` turns a notebook's ``parameters`` cell (or the CLI's ``--set``) into a
+validated :class:`RunConfig`; ``RunConfig.to_json`` is saved beside every checkpoint and metrics file. The run
+folders' names are made here too (:func:`variant_name`, :func:`seeded_run_name`). Used by every notebook (the cell
+after ``parameters``) and by the command line (:mod:`detr_nb_utils.training.cli`).
+
+Profiles
+--------
+``study``: the original study's recipe on the real mini-COCO split (COCO val2017, 4,000 train / 1,000 val images,
+full-size images, the official checkpoint). ``demo``: offline, minutes on a laptop CPU: synthetic COCO-format data and
+an official-layout checkpoint with *random* weights, both generated on first use, tiny images, two epochs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ..data.transforms import MAX_SIZE, TRAIN_SCALES, VAL_SIZE
+from ..models.fast import PRECISIONS
+
+PROFILE_ENV = "DETR_NB_PROFILE"
+# the published checkpoint's shape; a config that loads it must match (num_queries/dec_layers may be smaller)
+CHECKPOINT_SHAPE = {"num_classes": 91, "enc_layers": 6, "hidden_dim": 256, "nheads": 8, "dim_feedforward": 2048}
+MAX_QUERIES, MAX_DEC_LAYERS = 100, 6
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's numbers. Defaults are the ``study`` profile (the original study's settings).
+
+    Paths are relative to the working directory (the project root for notebooks and the CLI). ``image_dir`` and
+    ``annotation_file`` ``None``: found under ``data_root`` by :func:`resolve_coco_layout`. ``checkpoint`` ``None``:
+    random initialisation (tests only). Image sizes are pixels: validation resizes the shorter side to ``min_size``
+    with the longer side at most ``max_size``; training picks the shorter side from ``train_scales``.
+    ``eval_batch_size`` matters for AP because images of a batch are padded to the largest one; the published numbers
+    use 2. ``precision="auto"``: bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32;
+    ``channels_last=None`` turns the channels-last layout on exactly when the forward runs in bf16 (the fast mode).
+    ``query_indices``: which of the checkpoint's 100 query
+    embeddings the model keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from
+    :func:`detr_nb_utils.analysis.queries.select_queries`); ``None`` is the original study's choice, the first
+    ``num_queries``, and a tuple naming exactly those is stored as ``None``. ``num_workers``: :func:`make_config` sets
+    the study's from the machine (:func:`default_num_workers`: up to 8 on a CUDA machine, 2 elsewhere); the demo uses
+    0. ``run_name`` ``None``: :func:`variant_name`, ``dec{dec_layers}_q{num_queries}`` with ``_idx`` and a hash of
+    ``query_indices`` appended when they are set, so runs keeping different query slots never share a folder.
+    """
+
+    profile: str = "study"
+    # data
+    data_root: str = "data/coco"
+    image_dir: str | None = None
+    annotation_file: str | None = None
+    split_dir: str = "data/mini_coco"
+    n_train: int = 4000
+    n_val: int = 1000
+    split_seed: int = 42
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    min_size: int = VAL_SIZE
+    max_size: int = MAX_SIZE
+    train_scales: tuple[int, ...] = TRAIN_SCALES
+    # model
+    checkpoint: str | None = "data/checkpoints/detr-r50-e632da11.pth"
+    num_classes: int = 91
+    num_queries: int = 100
+    query_indices: tuple[int, ...] | None = None
+    dec_layers: int = 6
+    enc_layers: int = 6
+    hidden_dim: int = 256
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    eos_coef: float = 0.1
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 2
+    eval_batch_size: int = 2
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    lr_drop: int | None = None
+    eval_every: int = 1
+    # runtime
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    num_workers: int = 2
+    progress: bool = True
+    out_dir: str = "runs/study"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # JSON gives lists and ints where tuples and floats are meant
+            value = getattr(self, f.name)
+            if f.name in ("train_scales", "query_indices") and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            elif f.type.startswith("float") and type(value) is int:
+                object.__setattr__(self, f.name, float(value))
+        for check in _CHECKS:
+            check(self)
+        if self.query_indices == tuple(range(self.num_queries)):  # the default choice, spelled out
+            object.__setattr__(self, "query_indices", None)
+
+    @property
+    def run_dir(self) -> Path:
+        """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.training.runs`)."""
+        return Path(self.out_dir) / (self.run_name or variant_name(self.dec_layers, self.num_queries,
+                                                                     self.query_indices))
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {[f.name for f in fields(cls)]}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> RunConfig:
+        """Read a config from a JSON file, or from JSON text."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def variant_name(dec_layers: int, num_queries: int, query_indices: tuple[int, ...] | None = None) -> str:
+    """``dec{dec_layers}_q{num_queries}``, plus ``_idx`` and 8 hex digits of a hash of ``query_indices`` when the
+    kept query slots are not the first ``num_queries``: the default run name of a variant."""
+    name = f"dec{dec_layers}_q{num_queries}"
+    if query_indices is not None:
+        name += "_idx" + hashlib.sha256(",".join(map(str, query_indices)).encode()).hexdigest()[:8]
+    return name
+
+
+#: ``<variant>_seed<seed>``: the run folder of one training seed of a variant (:func:`seed_configs`)
+SEEDED_RUN = re.compile(r"^(?P<variant>.+)_seed(?P<seed>\d+)$")
+
+
+def seeded_run_name(variant: str, seed: int) -> str:
+    """The run folder name of training seed ``seed`` of ``variant``, e.g. ``dec6_q100_seed42``."""
+    return f"{variant}_seed{seed}"
+
+
+def variant_of(run_name: str) -> str:
+    """``dec6_q100_seed42`` -> ``dec6_q100``: the variant a seeded run belongs to (a name without a seed suffix is
+    its own variant)."""
+    m = SEEDED_RUN.match(run_name)
+    return m["variant"] if m else run_name
+
+
+def _fail(name: str, value, allowed: str):
+    raise ValueError(f"RunConfig.{name} = {value!r} is invalid: must be {allowed}")
+
+
+def _int(cfg, name, low, high=None, optional=False, why=""):
+    v = getattr(cfg, name)
+    if optional and v is None:
+        return
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    if not ok:
+        rng = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
+        _fail(name, v, rng + (" or None" if optional else "") + why)
+
+
+def _float(cfg, name, low, high=None, low_open=False, high_open=False):
+    v = getattr(cfg, name)
+    ok = isinstance(v, float) and v == v
+    ok = ok and (v > low if low_open else v >= low) and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+        _fail(name, v, f"a number in {lo}{low}, {'inf' if high is None else high}{hi}")
+
+
+def _str(cfg, name, optional=False):
+    v = getattr(cfg, name)
+    if not (optional and v is None) and not (isinstance(v, str) and v.strip()):
+        _fail(name, v, "a non-empty string" + (" or None" if optional else ""))
+
+
+def _check_data(cfg: RunConfig) -> None:
+    if cfg.profile not in PROFILES:
+        _fail("profile", cfg.profile, f"one of {sorted(PROFILES)}")
+    for name in ("data_root", "split_dir", "out_dir"):
+        _str(cfg, name)
+    for name in ("image_dir", "annotation_file", "checkpoint"):
+        _str(cfg, name, optional=True)
+    for name in ("n_train", "n_val"):
+        _int(cfg, name, 1)
+    _int(cfg, "split_seed", 0)
+    for name in ("max_train_images", "max_val_images"):
+        _int(cfg, name, 1, optional=True)
+    _int(cfg, "min_size", 32, 4096)
+    _int(cfg, "max_size", cfg.min_size if isinstance(cfg.min_size, int) else 32, 8192)
+    s = cfg.train_scales
+    if not (isinstance(s, tuple) and s and all(isinstance(x, int) and 32 <= x <= cfg.max_size for x in s)):
+        _fail("train_scales", s, f"a non-empty tuple of integers in 32..max_size ({cfg.max_size})")
+
+
+def _check_model(cfg: RunConfig) -> None:
+    _int(cfg, "num_queries", 1, MAX_QUERIES, why=f" (the checkpoint has {MAX_QUERIES} query embeddings)")
+    _int(cfg, "dec_layers", 1, MAX_DEC_LAYERS, why=f" (the checkpoint has {MAX_DEC_LAYERS} decoder layers)")
+    _int(cfg, "num_classes", 1)
+    _int(cfg, "enc_layers", 1, 12)
+    _int(cfg, "nheads", 1)
+    _int(cfg, "hidden_dim", 2)
+    if cfg.hidden_dim % cfg.nheads or cfg.hidden_dim % 2:
+        _fail("hidden_dim", cfg.hidden_dim, f"even and divisible by nheads ({cfg.nheads})")
+    _int(cfg, "dim_feedforward", 1)
+    _float(cfg, "dropout", 0.0, 1.0, high_open=True)
+    _float(cfg, "eos_coef", 0.0, 1.0, low_open=True)
+    _check_query_indices(cfg)
+    if cfg.checkpoint is not None:
+        for name, want in CHECKPOINT_SHAPE.items():
+            if getattr(cfg, name) != want:
+                _fail(name, getattr(cfg, name), f"{want} to load the checkpoint {cfg.checkpoint} "
+                                                f"(set checkpoint=None to train from random weights)")
+
+
+def _check_query_indices(cfg: RunConfig) -> None:
+    v = cfg.query_indices
+    if v is None:
+        return
+    ints = isinstance(v, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if not ints:
+        why = "it is not a tuple of integers"
+    elif len(v) != cfg.num_queries:
+        why = f"it lists {len(v)} slots"
+    elif len(set(v)) != len(v):
+        why = f"it repeats slot(s) {sorted({i for i in v if v.count(i) > 1})}"
+    elif not all(0 <= i < MAX_QUERIES for i in v):
+        why = f"slot(s) {[i for i in v if not 0 <= i < MAX_QUERIES]} are out of range"
+    elif cfg.checkpoint is None:
+        why = "checkpoint is None, so there are no checkpoint queries to choose from"
+    else:
+        return
+    shown = repr(v) if not isinstance(v, tuple) or len(v) <= 6 else f"({v[0]!r}, {v[1]!r}, {v[2]!r}, ..., {v[-1]!r})"
+    raise ValueError(f"RunConfig.query_indices = {shown} is invalid ({why}): must be None or a tuple of "
+                     f"num_queries ({cfg.num_queries}) distinct integers in 0..{MAX_QUERIES - 1} (the checkpoint's "
+                     f"query slots), with a checkpoint")
+
+
+def _check_optim(cfg: RunConfig) -> None:
+    _int(cfg, "epochs", 0)
+    _int(cfg, "batch_size", 1)
+    _int(cfg, "eval_batch_size", 1)
+    _float(cfg, "lr", 0.0, low_open=True)
+    _float(cfg, "lr_backbone", 0.0)
+    _float(cfg, "weight_decay", 0.0)
+    _float(cfg, "clip_max_norm", 0.0)
+    _int(cfg, "lr_drop", 1, optional=True)
+    _int(cfg, "eval_every", 1)
+
+
+def _check_runtime(cfg: RunConfig) -> None:
+    _int(cfg, "seed", 0)
+    if not (isinstance(cfg.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device)):
+        _fail("device", cfg.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if cfg.precision not in PRECISIONS:
+        _fail("precision", cfg.precision, f"one of {PRECISIONS}")
+    if not isinstance(cfg.progress, bool):
+        _fail("progress", cfg.progress, "True or False")
+    if cfg.channels_last is not None and not isinstance(cfg.channels_last, bool):
+        _fail("channels_last", cfg.channels_last, "None (on exactly when the forward runs in bf16), True or False")
+    _int(cfg, "num_workers", 0, 64)
+    name = cfg.run_name
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
+        _fail("run_name", name, "None or a folder name of letters, digits, '.', '_' or '-'")
+
+
+_CHECKS = (_check_data, _check_model, _check_optim, _check_runtime)
+
+PROFILES: dict[str, dict] = {
+    "study": {},
+    "demo": dict(
+        data_root="data/synthetic/coco", split_dir="data/synthetic/mini_coco",
+        checkpoint="data/synthetic/detr-r50-random-weights.pth",
+        n_train=12, n_val=6, min_size=128, max_size=192, train_scales=(96, 112, 128),
+        epochs=2, num_workers=0, out_dir="runs/demo",
+    ),
+}
+
+
+def default_num_workers(device: str = "auto", cores: int | None = None) -> int:
+    """DataLoader workers for the study when none are asked for: ``min(8, cores - 2)`` (at least 2) when ``device``
+    is or resolves to a CUDA GPU, else 2. ``cores``: this process's share of the machine's cores (divided among
+    the processes ``torchrun`` starts on it).
+
+    A bf16 step on a recent GPU consumes images faster than two workers decode and augment them (the loader table
+    of ``benchmarks/RESULTS.md``), and the loader must not be what the GPU waits for. Two cores stay with
+    the main process. On the CPU the step consumes a few images/s and extra workers would compete with it.
+    """
+    cuda = device.startswith("cuda") or (device == "auto" and _cuda_available())
+    if cores is None:
+        cores = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, min(8, cores - 2)) if cuda else 2
+
+
+def _cuda_available() -> bool:
+    import torch  # the only use of torch in this module
+    return torch.cuda.is_available()
+
+
+def make_config(profile: str | None = None, **params) -> RunConfig:
+    """A validated :class:`RunConfig`: the profile's defaults, overridden by every ``params`` value not None.
+
+    ``profile`` ``None``: the environment variable ``DETR_NB_PROFILE`` (how nbval runs the notebooks in demo
+    mode), else ``"study"``. ``None`` in ``params`` means "the profile's default" (a notebook's parameters cell
+    may list every name); to set a field to ``None`` explicitly use ``dataclasses.replace(cfg, field=None)``.
+    """
+    profile = profile or os.environ.get(PROFILE_ENV) or "study"
+    if profile not in PROFILES:
+        _fail("profile", profile, f"one of {sorted(PROFILES)}")
+    valid = {f.name for f in fields(RunConfig)} - {"profile"}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"make_config: unknown parameter(s) {unknown}; valid: {sorted(valid)}")
+    values = dict(PROFILES[profile], **{k: v for k, v in params.items() if v is not None})
+    if "num_workers" not in values:
+        values["num_workers"] = default_num_workers(values.get("device", "auto"))
+    return RunConfig(profile=profile, **values)
+
+
+# (image folder, annotation file) relative to data_root, in the order they are tried
+COCO_LAYOUTS = {
+    "COCO val2017": ("val2017", "annotations/instances_val2017.json"),
+    "shared sample": ("images", "annotations/instances_val2017_sample.json"),
+    "synthetic": ("images", "annotations/instances.json"),
+}
+
+
+def resolve_coco_layout(data_root: str | Path) -> tuple[Path, Path]:
+    """``(image_dir, annotation_file)`` of the first layout of :data:`COCO_LAYOUTS` found under ``data_root``:
+    COCO's (``val2017/`` + ``annotations/instances_val2017.json``), the shared sample's (``images/`` +
+    ``annotations/instances_val2017_sample.json``) or the synthetic data's (``images/`` +
+    ``annotations/instances.json``). Raises ``FileNotFoundError`` listing what was looked for."""
+    root = Path(data_root)
+    for images, ann in COCO_LAYOUTS.values():
+        if (root / images).is_dir() and (root / ann).is_file():
+            return root / images, root / ann
+    tried = "; ".join(f"{k}: {root / i}/ + {root / a}" for k, (i, a) in COCO_LAYOUTS.items())
+    raise FileNotFoundError(f"no COCO-format dataset under {root}. Looked for {tried}. Download COCO with "
+                            f"`python -m detr_nb_utils.data.download coco --root {root}` or set image_dir and "
+                            f"annotation_file.")
+
+
+#: training seeds per variant when a notebook's ``n_seeds`` is None: one in the study (raise it where the GPU
+#: budget allows), two in the demo so that 06_analysis always has a spread to show
+DEFAULT_SEEDS = {"study": 1, "demo": 2}
+
+
+def seed_configs(cfg: RunConfig, n_seeds: int | None = None, name: str | None = None) -> list[RunConfig]:
+    """``n_seeds`` copies of ``cfg`` with seeds ``cfg.seed, cfg.seed + 1, …``, each in its own run folder
+    ``<name>_seed<seed>`` (``name``: default ``cfg.run_dir``'s name). ``n_seeds`` None: :data:`DEFAULT_SEEDS` of
+    the profile. Used by notebooks 03-05; 06_analysis groups the folders back by variant."""
+    n = DEFAULT_SEEDS[cfg.profile] if n_seeds is None else n_seeds
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        _fail("n_seeds", n_seeds, "an integer >= 1 (or None for the profile's default)")
+    base = name or cfg.run_dir.name
+    return [replace(cfg, seed=cfg.seed + k, run_name=seeded_run_name(base, cfg.seed + k)) for k in range(n)]

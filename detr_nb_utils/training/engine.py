@@ -1,0 +1,323 @@
+"""Fine-tuning DETR: the original study's recipe (AdamW, two learning rates, clipping), evaluated with COCO AP
+every epoch.
+
+:func:`run_experiment` does a whole run from a :class:`~.config.RunConfig`: data (the split, or
+synthetic data in the demo profile, made when missing), the model with the checkpoint loaded (and sliced to the
+variant), an epoch-0 evaluation of the loaded weights, then train / evaluate / save per epoch into the run folder
+(:mod:`.runs`), resuming a run folder where it stopped. :func:`evaluate_checkpoint` is the epoch-0
+evaluation on its own. Used by notebooks 02-05 and by ``python -m detr_nb_utils.training`` (also under torchrun).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from pycocotools.coco import COCO
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..data.coco import CocoDetection, build_dataset, collate_fn
+from ..data.download import sha256_file
+from ..data.split import MANIFEST, load_manifest, make_split
+from ..data.synthetic import make_random_checkpoint, make_synthetic_coco
+from ..models.checkpoint import LoadReport, load_pretrained
+from ..models.detr import build_detr
+from ..models.fast import model_forward, resolve_amp_dtype, resolve_channels_last, set_fast_mode, tune_cpu_allocator
+from ..models.loss import SetCriterion, weighted_total
+from . import runs
+from .config import RunConfig, resolve_coco_layout
+from .evaluation import evaluate
+from .runtime import barrier, rank_world, resolve_device, seed_everything
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the optimizer step."""
+
+    def __init__(self, epoch: int, step: int, loss_dict: dict[str, float]) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in loss_dict.items())
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {terms}. Training stopped before the "
+                         f"optimizer step; the run folder keeps the last finished epoch. Lower lr or clip_max_norm.")
+        self.epoch, self.step, self.loss_dict = epoch, step, loss_dict
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: names containing "backbone" at ``lr_backbone``, the rest at ``lr``
+    (the published parameter groups, in its order). Fused kernels on CUDA, and on the CPU in the fast mode
+    (bf16): same update rule, one kernel per step (benchmarks/RESULTS.md); fp32 on the CPU keeps the default."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if "backbone" not in n], "lr": cfg.lr},
+              {"params": [p for n, p in named if "backbone" in n], "lr": cfg.lr_backbone}]
+    device = named[0][1].device if named else torch.device("cpu")
+    fused = device.type == "cuda" or (device.type == "cpu" and resolve_amp_dtype(cfg.precision, device) is not None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.StepLR:
+    """The published StepLR: both learning rates x0.1 every ``lr_drop`` epochs; constant when ``lr_drop`` is None."""
+    if cfg.lr_drop is None:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=1.0)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_drop, gamma=0.1)
+
+
+def _step_values(loss_dict: dict, loss: torch.Tensor) -> torch.Tensor:
+    """``[loss, *terms]`` detached, averaged over processes when distributed (as the published logging)."""
+    values = torch.stack([loss.detach(), *(v.detach().float() for v in loss_dict.values())])
+    if rank_world()[1] > 1:
+        dist.all_reduce(values)
+        values /= rank_world()[1]
+    return values
+
+
+def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer: torch.optim.Optimizer,
+                    device: torch.device | str, epoch: int, cfg: RunConfig) -> dict[str, float]:
+    """One pass over ``loader``: forward (bf16 autocast when ``cfg.precision`` resolves to it), matching and
+    loss in fp32, ``Σ weight·term`` backward, gradient clipping to ``cfg.clip_max_norm``, AdamW step.
+
+    Returns the mean over steps of ``loss`` and of every unweighted term, plus ``lr``, ``lr_backbone``,
+    ``steps``. Raises :class:`NonFiniteLossError` before the optimizer step when the loss is not finite.
+    """
+    device = torch.device(device)
+    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
+    model.train()
+    criterion.train()
+    sums, keys, steps = None, None, 0
+    show = cfg.progress and rank_world()[0] == 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False, dynamic_ncols=True)
+    for images, mask, targets in bar:
+        images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        targets = [{k: t[k].to(device, non_blocking=True) for k in ("labels", "boxes")} for t in targets]
+        outputs = model_forward(model, images, mask, amp_dtype, channels_last)
+        loss_dict = criterion(outputs, targets)
+        loss = weighted_total(loss_dict, criterion.weight_dict)
+        values = _step_values(loss_dict, loss)
+        if not torch.isfinite(values[0]):
+            raise NonFiniteLossError(epoch, steps, {k: float(v) for k, v in zip(loss_dict, values[1:])})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
+        optimizer.step()
+        sums, keys, steps = (values if sums is None else sums + values), ["loss", *loss_dict], steps + 1
+        if show:
+            bar.set_postfix(loss=f"{float(sums[0]) / steps:.3f}")
+    if steps == 0:
+        raise ValueError(f"no training step in epoch {epoch}: {len(loader.dataset)} training images for batch_size "
+                         f"{cfg.batch_size} (the last incomplete batch is dropped); raise n_train/max_train_images")
+    out = {k: float(v) / steps for k, v in zip(keys, sums)}
+    return {**out, "lr": optimizer.param_groups[0]["lr"], "lr_backbone": optimizer.param_groups[1]["lr"],
+            "steps": steps}
+
+
+@dataclass(frozen=True)
+class DataSetup:
+    """Where a run's data lives: the image folder, the split's files, and the instances file it was made from."""
+
+    image_dir: Path
+    train_file: Path
+    val_file: Path
+    manifest_file: Path
+    annotation_file: Path
+
+
+def _source_files(cfg: RunConfig) -> tuple[Path, Path]:
+    """The image folder and the instances file the split is made from (demo: synthetic data, made if missing)."""
+    if cfg.image_dir and cfg.annotation_file:
+        return Path(cfg.image_dir), Path(cfg.annotation_file)
+    try:
+        image_dir, ann = resolve_coco_layout(cfg.data_root)
+    except FileNotFoundError:
+        if cfg.profile != "demo":
+            raise
+        synthetic = make_synthetic_coco(cfg.data_root, n_images=cfg.n_train + cfg.n_val, seed=cfg.split_seed)
+        image_dir, ann = synthetic.images, synthetic.annotations
+    return Path(cfg.image_dir or image_dir), Path(cfg.annotation_file or ann)
+
+
+def _prepare_data(cfg: RunConfig) -> DataSetup:
+    image_dir, ann = _source_files(cfg)
+    split_dir = Path(cfg.split_dir)
+    if not (split_dir / MANIFEST).is_file():
+        make_split(ann, split_dir, cfg.n_train, cfg.n_val, cfg.split_seed)
+    m = load_manifest(split_dir)
+    wanted = {"n_train": cfg.n_train, "n_val": cfg.n_val, "seed": cfg.split_seed}
+    found = {k: m[k] for k in wanted}
+    if found != wanted or m["source"]["sha256"] != sha256_file(ann):
+        raise ValueError(f"the split in {split_dir} was made with {found} from {m['source']['file']}, the config asks "
+                         f"for {wanted} from {ann}; choose another split_dir or delete {split_dir}")
+    if cfg.profile == "demo" and cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        make_random_checkpoint(cfg.checkpoint, seed=0)
+    return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST, ann)
+
+
+def prepare_data(cfg: RunConfig) -> DataSetup:
+    """Find the images and make what is missing: the split, and in the demo profile the synthetic data and the
+    random-weight checkpoint. Under torch.distributed rank 0 makes them while the others wait."""
+    if rank_world()[0] == 0:
+        setup = _prepare_data(cfg)
+    barrier()
+    return setup if rank_world()[0] == 0 else _prepare_data(cfg)
+
+
+def make_dataset(cfg: RunConfig, data: DataSetup, split: str) -> CocoDetection:
+    """The ``split`` ("train" or "val") side of the run's data with its transforms at ``cfg``'s sizes (validation:
+    shorter side ``min_size``; training: ``train_scales``, the published crop sizes scaled by ``min_size / 800``),
+    limited to ``max_train_images`` / ``max_val_images``. Used by the loaders and by notebook 02."""
+    train = split == "train"
+    return build_dataset(data.train_file if train else data.val_file, data.image_dir, split,
+                         max_images=cfg.max_train_images if train else cfg.max_val_images,
+                         scales=cfg.train_scales, max_size=cfg.max_size, val_size=cfg.min_size)
+
+
+def build_loader(cfg: RunConfig, data: DataSetup, split: str, device: torch.device) -> DataLoader:
+    """The ``split`` loader. train: a sampler shuffling from (``seed``, epoch) (call ``set_epoch``), last
+    incomplete batch dropped; val: in order, ``eval_batch_size`` per batch. Sharded under torch.distributed.
+
+    Pinned memory on CUDA. Workers are not persistent: fresh workers each epoch draw their augmentation seeds
+    from the main process's generator, which a checkpoint restores, so a resumed run repeats the crops of an
+    uninterrupted one, at the price of starting ``num_workers`` processes again each epoch."""
+    rank, world = rank_world()
+    train = split == "train"
+    dataset = make_dataset(cfg, data, split)
+    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if train else \
+        DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+    return DataLoader(dataset, batch_size=cfg.batch_size if train else cfg.eval_batch_size, sampler=sampler,
+                      drop_last=train, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, SetCriterion, LoadReport | None]:
+    """The variant ``cfg`` asks for with ``cfg.checkpoint`` loaded (None: random init), and its criterion.
+
+    ``lr_backbone == 0`` freezes the whole backbone, as the published ``train_backbone = lr_backbone > 0``;
+    ``cfg.query_indices`` chooses which of the checkpoint's query embeddings the model keeps. A run in bf16 gets
+    the fast mode (:func:`~detr_nb_utils.models.fast.set_fast_mode`).
+    """
+    model = build_detr(num_classes=cfg.num_classes, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers,
+                       enc_layers=cfg.enc_layers, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
+                       dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout)
+    if cfg.lr_backbone == 0:
+        model.backbone.requires_grad_(False)
+    report = None if cfg.checkpoint is None else load_pretrained(model, cfg.checkpoint, cfg.query_indices)
+    model.to(device)
+    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    set_fast_mode(model, amp_dtype is not None)
+    if resolve_channels_last(cfg.channels_last, amp_dtype):
+        model.to(memory_format=torch.channels_last)
+    criterion = SetCriterion(num_classes=cfg.num_classes, eos_coef=cfg.eos_coef, dec_layers=cfg.dec_layers)
+    return model, criterion.to(device), report
+
+
+def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader: DataLoader,
+              device: torch.device) -> dict:
+    dataset: CocoDetection = loader.dataset
+    coco: COCO = dataset.coco
+    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
+    return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
+                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True)
+
+
+def evaluate_checkpoint(cfg: RunConfig) -> dict:
+    """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
+    ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
+    is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap)."""
+    device = resolve_device(cfg.device)
+    data = prepare_data(cfg)
+    seed_everything(cfg.seed)
+    model, criterion, report = build_model(cfg, device)
+    metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device)
+    return {**metrics, "random_weights": bool(report is not None and report.random_weights)}
+
+
+class TrainingRun:
+    """One run while it trains: the model, optimizer and loaders, and the run folder that rank 0 writes."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.device = cfg, resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # keep freed activations for the next step instead of page-faulting them back
+        self.rank, self.world = rank_world()
+        self.data = prepare_data(cfg)
+        if self.rank == 0:
+            runs.prepare_run_dir(cfg, self.data.manifest_file)
+        barrier()
+        seed_everything(cfg.seed + self.rank)
+        self.model, self.criterion, report = build_model(cfg, self.device)
+        self.random_weights = bool(report is not None and report.random_weights)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.loaders = {s: build_loader(cfg, self.data, s, self.device) for s in ("train", "val")}
+        self.history: list[dict] = []
+        self.epoch: int | None = None
+        self._resume()
+        index = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=index) if self.world > 1 else self.model
+
+    def _resume(self) -> None:
+        """Continue from ``checkpoint_last.pth`` when the run folder has one (RNG states: single process only)."""
+        state = runs.load_last(self.cfg.run_dir)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.epoch = state["history"], state["epoch"]
+        if self.world == 1:
+            runs.set_rng_state(state["rng"])
+
+    def run(self) -> runs.RunRecord:
+        if self.epoch is None:
+            self._finish_epoch(0, {}, 0.0)
+        for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+            self.loaders["train"].sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            try:
+                train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
+                                        self.device, epoch, self.cfg)
+            except NonFiniteLossError as e:
+                e.args = (f"{e.args[0]} Last good checkpoint: {self.cfg.run_dir / runs.LAST}",)
+                raise
+            self.scheduler.step()
+            self._finish_epoch(epoch, train, time.perf_counter() - start)
+        barrier()
+        return runs.load_run(self.cfg.run_dir)
+
+    def _finish_epoch(self, epoch: int, train: dict, train_time: float) -> None:
+        """Evaluate (epoch 0, every ``eval_every`` epochs and the last), then rank 0 saves and logs the epoch."""
+        cfg, start = self.cfg, time.perf_counter()
+        evaluate_now = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device) if evaluate_now else {}
+        self.epoch = epoch
+        if self.rank != 0:
+            return
+        if "detections" in val:
+            runs.save_detections(cfg.run_dir, epoch, val.pop("detections"))
+        lrs = [train.pop(k, g["lr"]) for k, g in zip(("lr", "lr_backbone"), self.optimizer.param_groups)]
+        eval_time = time.perf_counter() - start
+        self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
+                             "eval_time_s": eval_time, "wall_time_s": train_time + eval_time,
+                             "random_weights": self.random_weights, **{f"train_{k}": v for k, v in train.items()},
+                             **{f"val_{k}": v for k, v in val.items()}})
+        run_dir = cfg.run_dir
+        if epoch >= 1 and evaluate_now and runs.best_epoch(self.history, "val_AP", "max") == epoch:
+            runs.save_best(run_dir, self.model, epoch, val, cfg)
+        runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
+        runs.write_logs(run_dir, self.history)
+        h = self.history[-1]  # one line per epoch, also in headless logs
+        tqdm.write(f"epoch {epoch}: train loss {h.get('train_loss', float('nan')):.3f}, val loss "
+                       f"{h.get('val_loss_total', float('nan')):.3f}, val AP {h.get('val_AP', float('nan')):.3f} "
+                       f"({h['wall_time_s']:.0f} s)")
+
+
+def run_experiment(cfg: RunConfig) -> runs.RunRecord:
+    """A whole run into ``cfg.run_dir``: epoch 0 (the loaded checkpoint, evaluated), then ``cfg.epochs`` epochs
+    of training, each evaluated and saved. A run folder holding finished epochs with the same config is
+    resumed from its last one (bit-identical metrics on CPU, single process); one with a different config is
+    refused (:class:`.runs.RunConfigMismatch`). Returns the run folder read back."""
+    return TrainingRun(cfg).run()

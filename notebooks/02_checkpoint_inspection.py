@@ -1,0 +1,201 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Inside the published checkpoint
+#
+# **Question.** What does `detr-r50-e632da11.pth` hold, what does each variant keep of it, and how good is it on our
+# validation split before any fine-tuning?
+#
+# Every variant starts from the official COCO-trained DETR-R50. The shallow variants keep its first 3
+# decoder layers; the reduced one also keeps only its first 50 object queries. This notebook shows what
+# that surgery does, looks at the queries, and measures the starting point (epoch 0) in COCO AP.
+#
+# Run it top to bottom in JupyterLab, or headless: `papermill notebooks/02_checkpoint_inspection.ipynb out.ipynb -p
+# profile demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's
+# default (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data,
+# random weights, minutes on a CPU). Paths are relative to the project root.
+
+# %% tags=["parameters"]
+profile = None  # "study" (the original study's settings) or "demo"; None: $DETR_NB_PROFILE, else "study"
+data_root = None  # folder holding COCO val2017
+split_dir = None  # the split made by notebook 01
+checkpoint = None  # the official detr-r50-e632da11.pth (demo: a random-weight stand-in, made if missing)
+device = None  # "auto", "cpu", "cuda"
+precision = "fp32"  # the published computation, for the comparison with the paper; "bf16": the fast mode
+seed = None
+max_val_images = None  # evaluate on the first N val images only; None: all
+min_size = None  # shorter image side at evaluation (800 in the study)
+max_size = None  # longer side at most (1333 in the study)
+num_workers = None
+n_draw = 6  # val images drawn with their predictions
+score_threshold = 0.7  # detections drawn: class probability at least this (the paper's demo uses 0.7)
+attention_image = 0  # the val image (index) whose attention maps are drawn
+interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
+report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
+progress = None  # progress bars; None: widgets in JupyterLab, none when headless
+
+# %%
+from detr_nb_utils import make_config, progress_policy
+
+cfg = make_config(
+    profile=profile, data_root=data_root, split_dir=split_dir, checkpoint=checkpoint, device=device,
+    precision=precision, seed=seed, max_val_images=max_val_images, min_size=min_size, max_size=max_size,
+    num_workers=num_workers,
+    progress=progress_policy(progress),
+)
+
+# %% [markdown]
+# ## Setup
+# Imports, the project root as working directory, the device; the profile is printed, with a warning when the data
+# and weights are the demo's.
+
+# %%
+from detr_nb_utils import COCO_NAMES, VARIANTS, adapt_state_dict, build_model, evaluate_checkpoint, skeleton
+from detr_nb_utils import collate_fn, make_dataset, predict_panels, prepare_data
+from detr_nb_utils import detected_objects, run_with_attention
+from detr_nb_utils import ap_vs_paper, checkpoint_takeaway, parameter_counts, surgery_table
+from detr_nb_utils import plot_detections, plot_parameter_counts, plot_query_norms, plot_query_similarity
+from detr_nb_utils import interactive_attention, plot_decoder_attention, plot_encoder_attention
+from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+
+device, report_dir = setup_notebook(cfg, report_dir)
+
+# %% [markdown]
+# ## 1. Load the checkpoint
+# `load_pretrained` reads the file with `weights_only=True` (a file holding pickled objects is refused) and
+# loads it strictly: every key and shape must match the model.
+
+# %%
+data = prepare_data(cfg)  # the split; in the demo also the synthetic data and the random-weight checkpoint
+model, criterion, load_report = build_model(cfg, device)
+print(load_report)
+
+# %% [markdown]
+# ## 2. Keys and shapes
+# One row per state-dict entry, in the published order:
+
+# %%
+keys = load_report.to_frame()
+print(len(keys), "entries")
+keys.head(8)
+
+# %%
+keys["key"].str.split(".").str[0].value_counts()
+
+# %% [markdown]
+# ## 3. Parameters per component, for each variant
+
+# %%
+params = parameter_counts()
+save_table(params, "02_parameter_counts", report_dir)
+params
+
+# %%
+fig = plot_parameter_counts(params)
+save_fig(fig, "02_parameter_counts", report_dir)
+
+# %% [markdown]
+# ## 4. The surgery each variant needs
+# `adapt_state_dict` keeps decoder layers `0 … dec_layers-1` (and the shared final decoder norm) and the first
+# `num_queries` rows of `query_embed.weight`, bit for bit; whatever the variant has no place for is dropped.
+# The variants are built on PyTorch's `meta` device: shapes only, no memory.
+
+# %%
+state = model.state_dict()
+reports = {name: adapt_state_dict(state, skeleton(*VARIANTS[name][:2]))[1] for name in VARIANTS}
+surgery = surgery_table(reports)
+save_table(surgery, "02_surgery", report_dir)
+surgery
+
+# %%
+reports["dec3_q50"].to_frame().query("action != 'loaded'").head(8)
+
+# %% [markdown]
+# ## 5. The object queries
+# Each of the 100 learned query embeddings is a detection slot. Their norms, and how similar they are to each
+# other (cosine similarity); the 50-query variant keeps the first 50 rows.
+
+# %%
+queries = model.query_embed.weight.detach().cpu()
+fig = plot_query_norms(queries)
+save_fig(fig, "02_query_norms", report_dir)
+
+# %%
+fig = plot_query_similarity(queries)
+save_fig(fig, "02_query_similarity", report_dir)
+
+# %% [markdown]
+# ## 6. Predictions on validation images
+# Ground truth dashed white; detections scoring at least `score_threshold` in orange.
+
+# %%
+val_set = make_dataset(cfg, data, "val")
+images, panels = predict_panels(model, val_set, range(min(n_draw, len(val_set))), device, score_threshold)
+fig = plot_detections(images, panels, COCO_NAMES, title=str(load_report))
+save_fig(fig, "02_predictions", report_dir)
+
+# %% [markdown]
+# ## 7. Where the model looks
+# Hooks on the attention modules record, for one forward pass, the encoder's self-attention (each feature
+# cell of the stride-32 map attends to all others; the paper's Fig. 3) and the decoder's cross-attention
+# (each query looks at the image; Fig. 6). Below: where each detected object's query looks in the last
+# decoder layer (its box in cyan), and where a few image points attend to in the last encoder layer. With no
+# detection at `score_threshold` (the demo's random weights), the 4 best-scoring queries are shown.
+
+# %%
+images, mask, _ = collate_fn([val_set[attention_image]])
+outputs, attention = run_with_attention(model, images.to(device), mask.to(device))
+image = val_set.read_image(attention_image)
+objects = detected_objects(outputs, 0, score_threshold)
+if objects.empty:
+    objects = detected_objects(outputs, 0, 0.0).head(4)
+objects
+
+# %%
+fig = plot_decoder_attention(image, attention, objects, COCO_NAMES)
+save_fig(fig, "02_decoder_attention", report_dir)
+
+# %%
+h, w = image.shape[-2:]
+points = [(h * fy, w * fx) for fy, fx in ((0.3, 0.3), (0.3, 0.7), (0.7, 0.3), (0.7, 0.7))]
+fig = plot_encoder_attention(image, attention, points)
+save_fig(fig, "02_encoder_attention", report_dir)
+
+# %% [markdown]
+# In JupyterLab (or with `interactive=True`): a slider over the objects and a menu over the points.
+
+# %%
+live = progress_policy(interactive)
+interactive_attention(image, attention, objects, points, COCO_NAMES, interactive=True) if live else None
+
+# %% [markdown]
+# ## 8. The starting point: COCO AP at epoch 0
+# The checkpoint evaluated on our validation split as published: every query submitted, no threshold, batches
+# of 2. The paper's 42.0 is on all 5,000 val2017 images.
+
+# %%
+metrics = evaluate_checkpoint(cfg)
+ap = ap_vs_paper(metrics)
+save_table(ap, "02_epoch0_ap", report_dir, floatfmt=".1f")
+ap
+
+# %% [markdown]
+# ## Takeaway
+
+# %%
+takeaway = checkpoint_takeaway(params, surgery, ap, metrics["random_weights"])
+save_takeaway(takeaway, "02_takeaway", report_dir)
+print(takeaway)
