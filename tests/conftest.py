@@ -1,4 +1,5 @@
-"""Shared fixtures: the real COCO val2017 sample, and a local HTTP server with Range support."""
+"""Shared fixtures: the real COCO val2017 samples (in the repository, and the larger shared one), and a local HTTP
+server with Range support."""
 
 from __future__ import annotations
 
@@ -10,16 +11,32 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COCO_SAMPLE = (REPO_ROOT / "../shared/coco_val2017_sample").resolve()
+COCO_SAMPLE = REPO_ROOT / "tests" / "data" / "coco_sample"
+SHARED_COCO_SAMPLE = (REPO_ROOT / "../shared/coco_val2017_sample").resolve()
+SAMPLE_ANNOTATIONS = Path("annotations") / "instances_val2017_sample.json"
 
 
 @pytest.fixture(scope="session")
 def coco_sample() -> Path:
-    """``../shared/coco_val2017_sample`` (read-only): ``images/*.jpg`` and ``annotations/instances_val2017_sample.json``."""
-    if not (COCO_SAMPLE / "annotations" / "instances_val2017_sample.json").is_file():
+    """``tests/data/coco_sample`` (read-only, committed): 24 real COCO val2017 images, ``images/*.jpg`` and
+    ``annotations/instances_val2017_sample.json``, made by ``tools/make_coco_sample.py`` (see its SOURCES.md).
+    In every clone: a missing sample is an error, never a skip."""
+    if not (COCO_SAMPLE / SAMPLE_ANNOTATIONS).is_file():
+        raise FileNotFoundError(f"{COCO_SAMPLE / SAMPLE_ANNOTATIONS} is missing: the real COCO sample is committed "
+                                "with the tests (restore it from git, or rebuild it with `python "
+                                "tools/make_coco_sample.py --source ../shared/coco_val2017_sample --out "
+                                "tests/data/coco_sample`)")
+    return COCO_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def shared_coco_sample() -> Path:
+    """``../shared/coco_val2017_sample`` (read-only): 206 real COCO val2017 images in the same layout, for the larger
+    checks; present on CI and dev machines, absent in a user clone, where the test skips."""
+    if not (SHARED_COCO_SAMPLE / SAMPLE_ANNOTATIONS).is_file():
         pytest.skip("needs ../shared/coco_val2017_sample (206 real COCO val2017 images); "
                     "present in CI and dev machines, absent in a user clone")
-    return COCO_SAMPLE
+    return SHARED_COCO_SAMPLE
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""split.py on the real 206-image COCO sample: counts, completeness, no overlap, determinism, manifest, errors."""
+"""split.py on the real COCO sample in tests/data (24 val2017 images): counts, completeness, no overlap, determinism,
+manifest, errors. The sample's counts are read from its annotation file, never typed in."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pycocotools.coco import COCO
 
 from detr_nb_utils.data.split import make_split, split_diversity, verify_split
 
-N_IMAGES, N_ANNS, N_CROWD = 206, 1786, 21
+N_TRAIN = 16  # the full split: 16 train images, the rest of the sample val
+SMALL = {"n_train": 14, "n_val": 6}  # a split leaving images out
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +30,10 @@ def source(ann_file) -> dict:
 
 
 @pytest.fixture(scope="module")
-def full_split(ann_file, tmp_path_factory):
-    """Every sample image used: 150 train + 56 val."""
+def full_split(ann_file, source, tmp_path_factory):
+    """Every sample image used: N_TRAIN train, the others val."""
     out = tmp_path_factory.mktemp("split")
-    return out, make_split(ann_file, out, n_train=150, n_val=56, seed=42)
+    return out, make_split(ann_file, out, n_train=N_TRAIN, n_val=len(source["images"]) - N_TRAIN, seed=42)
 
 
 def test_counts_no_overlap_and_complete_annotations(full_split, source):
@@ -41,7 +43,7 @@ def test_counts_no_overlap_and_complete_annotations(full_split, source):
         src_anns.setdefault(a["image_id"], []).append(a)
     sides = {side: json.loads((out / f"{side}.json").read_text()) for side in ("train", "val")}
     ids = {side: {im["id"] for im in coco["images"]} for side, coco in sides.items()}
-    assert (len(ids["train"]), len(ids["val"])) == (150, 56)
+    assert (len(ids["train"]), len(ids["val"])) == (N_TRAIN, len(source["images"]) - N_TRAIN)
     assert not ids["train"] & ids["val"]
     assert ids["train"] | ids["val"] == {im["id"] for im in source["images"]}
     for side, coco in sides.items():
@@ -50,7 +52,7 @@ def test_counts_no_overlap_and_complete_annotations(full_split, source):
         assert coco["annotations"] == want  # every annotation of its images, unchanged, original ids
         assert coco["categories"] == source["categories"] and len(coco["categories"]) == 80
         assert coco["info"] == source["info"] and coco["licenses"] == source["licenses"]
-    assert len(sides["train"]["annotations"]) + len(sides["val"]["annotations"]) == N_ANNS
+    assert len(sides["train"]["annotations"]) + len(sides["val"]["annotations"]) == len(source["annotations"])
 
 
 def test_outputs_load_in_pycocotools(full_split):
@@ -66,8 +68,11 @@ def test_manifest_contents(full_split, ann_file, source):
     assert manifest["seed"] == 42
     assert manifest["source"]["sha256"] == hashlib.sha256(ann_file.read_bytes()).hexdigest()
     src = manifest["source"]
-    assert (src["n_images"], src["n_annotations"], src["n_crowd"]) == (N_IMAGES, N_ANNS, N_CROWD)
-    assert src["n_boxes"] == N_ANNS - N_CROWD
+    n_crowd = sum(1 for a in source["annotations"] if a["iscrowd"])
+    assert n_crowd > 0, "the sample should hold crowd annotations, so that n_boxes differs from n_annotations"
+    assert (src["n_images"], src["n_annotations"], src["n_crowd"]) == \
+        (len(source["images"]), len(source["annotations"]), n_crowd)
+    assert src["n_boxes"] == len(source["annotations"]) - n_crowd
     for key in ("n_images", "n_annotations", "n_boxes", "n_crowd"):
         assert manifest["train"][key] + manifest["val"][key] == src[key], key
     per_cat = Counter(a["category_id"] for a in source["annotations"] if not a["iscrowd"])
@@ -79,11 +84,11 @@ def test_manifest_contents(full_split, ann_file, source):
 
 
 def test_same_seed_gives_byte_identical_files(ann_file, tmp_path):
-    a = make_split(ann_file, tmp_path / "a", n_train=100, n_val=40, seed=7)
-    b = make_split(ann_file, tmp_path / "b", n_train=100, n_val=40, seed=7)
+    a = make_split(ann_file, tmp_path / "a", **SMALL, seed=7)
+    b = make_split(ann_file, tmp_path / "b", **SMALL, seed=7)
     for name in ("train.json", "val.json", "split_manifest.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    c = make_split(ann_file, tmp_path / "c", n_train=100, n_val=40, seed=8)
+    c = make_split(ann_file, tmp_path / "c", **SMALL, seed=8)
     assert c["val"]["image_ids"] != a["val"]["image_ids"]
     assert a == b
     assert not list(tmp_path.glob("*/.*.tmp"))
@@ -91,7 +96,7 @@ def test_same_seed_gives_byte_identical_files(ann_file, tmp_path):
 
 def test_verify_split_accepts_good_and_names_tampering(ann_file, tmp_path):
     out = tmp_path / "s"
-    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    make_split(ann_file, out, **SMALL, seed=1)
     assert verify_split(out, ann_file)["seed"] == 1
 
     val = json.loads((out / "val.json").read_text())
@@ -103,14 +108,14 @@ def test_verify_split_accepts_good_and_names_tampering(ann_file, tmp_path):
 
     other = tmp_path / "other.json"
     other.write_text(json.dumps(json.loads(ann_file.read_text()), indent=2))
-    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    make_split(ann_file, out, **SMALL, seed=1)
     with pytest.raises(ValueError, match="different annotation file"):
         verify_split(out, other)
 
 
 def test_verify_split_catches_overlap_and_wrong_seed(ann_file, tmp_path):
     out = tmp_path / "s"
-    make_split(ann_file, out, n_train=100, n_val=40, seed=1)
+    make_split(ann_file, out, **SMALL, seed=1)
     manifest = json.loads((out / "split_manifest.json").read_text())
     manifest["seed"] = 2
     manifest["val"]["image_ids"][0] = manifest["train"]["image_ids"][0]
@@ -121,8 +126,15 @@ def test_verify_split_catches_overlap_and_wrong_seed(ann_file, tmp_path):
     assert "share 1 images" in msg and "seed 2" in msg and "val.json: image ids differ" in msg
 
 
+def test_more_images_than_the_file_holds_is_named(ann_file, source, tmp_path):
+    n = len(source["images"])
+    with pytest.raises(ValueError, match=rf"n_train \+ n_val = {n - 4} \+ 5 = {n + 1} .* only {n}\b"):
+        make_split(ann_file, tmp_path, n_train=n - 4, n_val=5)
+    assert list(tmp_path.iterdir()) == []
+    make_split(ann_file, tmp_path / "all", n_train=n - 5, n_val=5)  # exactly every image is fine
+
+
 @pytest.mark.parametrize("n_train, n_val, match", [
-    (200, 7, r"n_train \+ n_val = 200 \+ 7 = 207 .* only 206"),
     (-1, 5, "n_train must be a non-negative integer"),
     (10, 2.5, "n_val must be a non-negative integer"),
 ])
