@@ -10,12 +10,14 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
 from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn
 from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, make_transforms
 
+PUBLISHED_SCALES = tuple(range(480, 801, 32))  # the published train scales: shorter side 480, 512, ..., 800
 SMALL = dict(scales=(224, 256), max_size=400, crop_resize=(200, 250), crop_size=(120, 220), val_size=256)
 
 
@@ -40,6 +42,49 @@ def pixel_xyxy(target: dict) -> torch.Tensor:
     return box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
 
 
+def published_size(h: int, w: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """(h, w) the published DETR resize gives an h x w image for shorter side ``size``: ``resize`` ->
+    ``get_size_with_aspect_ratio`` in facebookresearch/detr datasets/transforms.py, restated here on its own."""
+    if max_size is not None and max(w, h) / min(w, h) * size > max_size:
+        size = round(max_size * min(w, h) / max(w, h))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+@pytest.fixture
+def crop_calls(monkeypatch) -> list[dict]:
+    """Records every ``RandomSizeCrop`` call: its input (size, boxes, labels), its window and its output."""
+    calls: list[dict] = []
+    make_params, forward = RandomSizeCrop.make_params, RandomSizeCrop.forward
+
+    def recording_make_params(self, flat_inputs):
+        calls[-1]["window"] = make_params(self, flat_inputs)
+        return calls[-1]["window"]
+
+    def recording_forward(self, image, target):
+        calls.append({"size_in": tuple(image.shape[-2:]), "boxes_in": target["boxes"].as_subclass(torch.Tensor),
+                      "labels_in": target["labels"]})
+        image, target = forward(self, image, target)
+        calls[-1].update(size_out=tuple(image.shape[-2:]), boxes_out=target["boxes"].as_subclass(torch.Tensor),
+                         labels_out=target["labels"])
+        return image, target
+
+    monkeypatch.setattr(RandomSizeCrop, "make_params", recording_make_params)
+    monkeypatch.setattr(RandomSizeCrop, "forward", recording_forward)
+    return calls
+
+
+def image_and_target(h: int, w: int, boxes: list[list[float]]) -> tuple[tv_tensors.Image, dict]:
+    """A black h x w uint8 image and a target with XYXY pixel ``boxes``, labelled 1, 2, ..."""
+    return tv_tensors.Image(torch.zeros(3, h, w, dtype=torch.uint8)), {
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY",
+                                          canvas_size=(h, w)),
+        "labels": torch.arange(1, len(boxes) + 1)}
+
+
 def anns_by_image(source: dict) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for a in source["annotations"]:
@@ -49,8 +94,17 @@ def anns_by_image(source: dict) -> dict[int, list[dict]]:
 
 def test_untransformed_targets_follow_the_contract(raw, source):
     anns = anns_by_image(source)
-    assert len(raw) == 206
-    assert raw.stats() == {"images": 206, "boxes": 1765, "crowd_excluded": 21, "degenerate_dropped": 0,
+    sizes = {im["id"]: (im["height"], im["width"]) for im in source["images"]}
+
+    def has_area(a: dict) -> bool:  # the COCO box clamped to its image keeps a positive width and height
+        (h, w), (x, y, bw, bh) = sizes[a["image_id"]], a["bbox"]
+        return min(x + bw, w) > max(x, 0) and min(y + bh, h) > max(y, 0)
+
+    crowd = sum(bool(a["iscrowd"]) for a in source["annotations"])
+    kept = sum(has_area(a) for a in source["annotations"] if not a["iscrowd"])
+    assert len(raw) == len(source["images"]) and crowd > 0
+    assert raw.stats() == {"images": len(source["images"]), "boxes": kept, "crowd_excluded": crowd,
+                           "degenerate_dropped": len(source["annotations"]) - crowd - kept,
                            "dropped_by_transforms": 0}
     crowd_images = {a["image_id"] for a in source["annotations"] if a["iscrowd"]}
     crowd_indices = [i for i, image_id in enumerate(raw.ids) if image_id in crowd_images]
@@ -90,7 +144,7 @@ def test_every_box_stays_inside_its_image(sample, split):
             n_orig = len(ds._targets[ds.ids[index]][0])
             assert t["size"].tolist() == list(image.shape[-2:])
             if split == "val":
-                assert min(image.shape[-2:]) == 256 or max(image.shape[-2:]) == 400
+                assert tuple(image.shape[-2:]) == published_size(*t["orig_size"].tolist(), 256, 400)
             assert len(t["boxes"]) == len(t["labels"]) == n_orig - (ds.num_dropped_by_transforms - before)
             b = box_convert(t["boxes"], "cxcywh", "xyxy")
             assert ((b >= -1e-6) & (b <= 1 + 1e-6)).all(), (index, b)
@@ -99,25 +153,98 @@ def test_every_box_stays_inside_its_image(sample, split):
     assert kept > 0
     if split == "val":
         assert ds.num_dropped_by_transforms == 0  # val never drops a box
-    else:
-        assert ds.num_dropped_by_transforms > 0  # crops do cut boxes away, and they are counted
 
 
-def test_random_size_crop_keeps_boxes_inside_at_paper_sizes(sample):
-    ds = CocoDetection(*sample, transforms=v2.Compose([v2.RandomShortestSize([400, 500, 600]),
-                                                       RandomSizeCrop(384, 600), v2.SanitizeBoundingBoxes()]))
-    torch.manual_seed(1)
-    for index in range(0, len(ds), 23):
-        image, t = ds[index]
-        h, w = image.shape[-2:]
-        assert 384 <= h <= 600 and 384 <= w <= 600
-        b = pixel_xyxy(t)
-        assert ((b[:, 0::2] >= 0) & (b[:, 0::2] <= w) & (b[:, 1::2] >= 0) & (b[:, 1::2] <= h)).all()
+def test_only_the_boxes_the_crop_empties_are_dropped(sample, crop_calls):
+    ds = build_dataset(*sample, "train", **SMALL)
+    torch.manual_seed(0)
+    emptied = cut = 0
+    for draw in range(3):
+        for index in range(len(ds)):
+            before, calls_before = ds.num_dropped_by_transforms, len(crop_calls)
+            ds[index]
+            if len(crop_calls) == calls_before:  # the resize-only branch drops nothing
+                assert ds.num_dropped_by_transforms == before
+                continue
+            call = crop_calls[-1]
+            top, left, h, w = (call["window"][k] for k in ("top", "left", "height", "width"))
+            assert call["size_out"] == (h, w)
+            clipped = call["boxes_in"] - torch.tensor([left, top, left, top])
+            clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
+            clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
+            empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+            assert torch.equal(call["boxes_out"], clipped[~empty])
+            assert torch.equal(call["labels_out"], call["labels_in"][~empty])
+            assert ds.num_dropped_by_transforms - before == int(empty.sum())  # nothing else dropped, all counted
+            emptied += int(empty.sum())
+            cut += int((~empty & (clipped != call["boxes_in"] - torch.tensor([left, top, left, top])).any(1)).sum())
+    assert emptied > 0 and cut > 0  # the draws did empty some boxes and cut others
+
+
+def test_a_box_cut_by_the_crop_keeps_its_clipped_part():
+    class FixedCrop(RandomSizeCrop):
+        def make_params(self, flat_inputs):
+            return dict(top=10, left=20, height=100, width=150)  # the window x 20..170, y 10..110
+
+    boxes = [[0, 0, 300, 200],      # the whole image: the whole window
+             [50, 60, 250, 90],     # cut on the right
+             [100, 5, 120, 30],     # cut at the top
+             [200, 150, 250, 190],  # outside the window
+             [170, 20, 200, 40],    # touches the window's right edge only: zero width
+             [30, 20, 60, 50.5]]    # inside
+    image, target = image_and_target(200, 300, boxes)
+    image[:, 10:110, 20:170] = 7
+    out_image, out = FixedCrop(1, 1)(image, target)
+    assert out_image.shape == (3, 100, 150) and (out_image == 7).all()
+    assert out["boxes"].canvas_size == (100, 150) and out["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY
+    assert torch.equal(out["boxes"].as_subclass(torch.Tensor),
+                       torch.tensor([[0, 0, 150, 100], [30, 50, 150, 80], [80, 0, 100, 20], [10, 10, 40, 40.5]]))
+    assert out["labels"].tolist() == [1, 2, 3, 6]
+
+
+def test_a_whole_image_box_survives_every_train_draw(crop_calls):
+    t = make_transforms("train")  # the published sizes: scales 480-800, crop branch 400-600 then 384-600
+    draws = 0
+    for h, w in [(480, 640), (427, 640), (640, 427), (375, 500), (612, 612), (320, 640)]:
+        torch.manual_seed(h * w)
+        for _ in range(25):
+            image, target = t(*image_and_target(h, w, [[0, 0, w, h]]))
+            out_h, out_w = image.shape[-2:]
+            assert target["labels"].tolist() == [1], (h, w, len(crop_calls))
+            torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor),
+                                       torch.tensor([[0.0, 0, out_w, out_h]]), atol=1e-3, rtol=0)
+            draws += 1
+    assert 0.3 < len(crop_calls) / draws < 0.7  # both branches drawn, the crop about half the time
+    for call in crop_calls:  # the paper's crop branch: shorter side 400, 500 or 600, then a 384-600 px window
+        assert min(call["size_in"]) in (400, 500, 600) and all(384 <= s <= 600 for s in call["size_out"])
+
+
+def test_output_sizes_follow_the_published_rule(source, crop_calls):
+    sizes = sorted({(im["height"], im["width"]) for im in source["images"]})
+    assert len(sizes) > 5
+    val = make_transforms("val")
+    for h, w in sizes:
+        assert tuple(val(*image_and_target(h, w, []))[0].shape[-2:]) == published_size(h, w, 800, 1333), (h, w)
+    torch.manual_seed(0)
+    cropped = 0
+    for scale in PUBLISHED_SCALES:
+        train = make_transforms("train", scales=(scale,))
+        for h, w in sizes:
+            calls_before = len(crop_calls)
+            got = tuple(train(*image_and_target(h, w, []))[0].shape[-2:])
+            if len(crop_calls) == calls_before:
+                assert got == published_size(h, w, scale, 1333), (h, w, scale)
+                continue
+            call = crop_calls[-1]
+            assert call["size_in"] in {published_size(h, w, s) for s in (400, 500, 600)}, (h, w, call["size_in"])
+            assert got == published_size(*call["size_out"], scale, 1333), (h, w, scale, call["size_out"])
+            cropped += 1
+    assert 0 < cropped < len(PUBLISHED_SCALES) * len(sizes)
 
 
 def test_boxes_follow_a_horizontal_flip_exactly(sample, raw):
     flipped = CocoDetection(*sample, transforms=v2.RandomHorizontalFlip(p=1.0))
-    for index in (0, 50, 120):
+    for index in (0, len(raw) // 2, len(raw) - 1):
         image, t = raw[index]
         image_f, t_f = flipped[index]
         assert torch.equal(image_f, image.flip(-1))

@@ -47,8 +47,9 @@ class CocoDetection(Dataset):
     the module docstring. Images are decoded as RGB (grayscale and CMYK JPEGs converted; EXIF orientation ignored,
     as COCO's annotations are). ``image_ids`` / ``max_images`` select a subset (ids in ascending order).
     Counters: ``num_crowd_excluded`` and ``num_degenerate_dropped`` (zero width/height after clamping; fixed at
-    construction) and ``num_dropped_by_transforms`` (boxes cropped away or under 1 px, accumulated per process:
-    with DataLoader workers each worker counts its own). ``stats()`` gathers them. Used by notebooks 03-05.
+    construction) and ``num_dropped_by_transforms`` (boxes the training crop leaves with zero width or height, the
+    only boxes a transform drops; accumulated per process: with DataLoader workers each worker counts its own).
+    ``stats()`` gathers them. Used by notebooks 03-05.
     """
 
     def __init__(self, ann_file: Path | str, img_dir: Path | str, transforms: v2.Transform | None = None, *,
