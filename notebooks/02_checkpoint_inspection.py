@@ -21,7 +21,8 @@
 #
 # Every variant starts from the official COCO-trained DETR-R50. The shallow variants keep its first 3
 # decoder layers; the reduced one also keeps only its first 50 object queries. This notebook shows what
-# that surgery does, looks at the queries, and measures the starting point (epoch 0) in COCO AP.
+# that surgery does, looks at the queries, and measures the starting point (epoch 0) in COCO AP, in fp32 (the
+# published computation, the study's precision) and in bf16 (the fast mode) on the same images.
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/02_checkpoint_inspection.ipynb out.ipynb -p
 # profile demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's
@@ -46,6 +47,7 @@ attention_image = 0  # the val image (index) whose attention maps are drawn
 interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
+n_resamples = 1000  # paired bootstrap resamples of the val images for the bf16 - fp32 AP difference
 
 # %%
 from detr_nb_utils import make_config, progress_policy
@@ -63,10 +65,13 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
+from dataclasses import replace
+
 from detr_nb_utils import COCO_NAMES, VARIANTS, adapt_state_dict, build_model, evaluate_checkpoint, skeleton
 from detr_nb_utils import collate_fn, make_dataset, predict_panels, prepare_data
 from detr_nb_utils import detected_objects, run_with_attention
 from detr_nb_utils import ap_vs_paper, checkpoint_takeaway, parameter_counts, surgery_table
+from detr_nb_utils import precision_ap_table, precision_takeaway
 from detr_nb_utils import plot_detections, plot_parameter_counts, plot_query_norms, plot_query_similarity
 from detr_nb_utils import interactive_attention, plot_decoder_attention, plot_encoder_attention
 from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
@@ -193,9 +198,24 @@ save_table(ap, "02_epoch0_ap", report_dir, floatfmt=".1f")
 ap
 
 # %% [markdown]
+# ## 9. fp32 or bf16?
+# The study computes in fp32, the published computation. The fast mode (`precision="bf16"`) runs the forward
+# under bf16 autocast, which rounds: before a study switches to it, here is what it does to the same checkpoint on
+# the same images. The difference bf16 - fp32 comes with its 95% interval over paired bootstrap resamples of the
+# images (both precisions scored on the same resampled images): an interval that excludes 0 means the fast mode
+# moves AP by more than the choice of images explains.
+
+# %%
+by_precision = {p: metrics if metrics["effective_precision"] == p else evaluate_checkpoint(replace(cfg, precision=p))
+                for p in ("fp32", "bf16")}
+gap = precision_ap_table(by_precision["fp32"], by_precision["bf16"], data.val_file, n_resamples)
+save_table(gap, "02_precision_ap", report_dir, floatfmt=".2f")
+gap
+
+# %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = checkpoint_takeaway(params, surgery, ap, metrics["random_weights"])
+takeaway = checkpoint_takeaway(params, surgery, ap, metrics["random_weights"]) + " " + precision_takeaway(gap)
 save_takeaway(takeaway, "02_takeaway", report_dir)
 print(takeaway)

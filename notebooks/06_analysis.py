@@ -19,10 +19,16 @@
 # **Question.** Which decoder is best on mini-COCO, and does the original study's ranking by total validation loss
 # survive measuring with COCO AP and depth-fair losses?
 #
-# This notebook reads the run folders written by 03-05 and never retrains. It works with whatever runs
-# exist and says which are missing. Sections 1-6 compare the three variants (the first seed of each);
-# 7-11 ask how sure the answer is: seeds, bootstrap intervals over the validation images, each variant
-# against its own starting point, which 50 queries, and what each variant costs.
+# This notebook reads the run folders written by 03-05 and never retrains. It finds them by what they hold (each
+# folder's `config.json`: layers, queries, query slots, seed), refuses to compare runs made on different splits or
+# in different precisions, works with whatever runs exist and says which are missing.
+#
+# The comparison is fixed before any result is seen. **Primary: the final epoch** of every run: the headline
+# table, the rankings and the differences use it. The best epoch is picked on the very validation images it is
+# scored on, so it is **secondary**, labelled so, and its interval re-picks the best epoch inside every bootstrap
+# resample. Changes from epoch 0 are signed: fine-tuning may lose AP. A 50-query model outputs only 50 detections
+# per image, so every variant is also scored at 50 detections per image (`AP@50det`), and the 100- against
+# 50-query comparisons are made on it. Pairwise differences are Holm-adjusted over their family.
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/06_analysis.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
@@ -32,7 +38,7 @@
 # %% tags=["parameters"]
 profile = None  # "study" or "demo"; None: $DETR_NB_PROFILE, else "study"
 out_dir = None  # where 03-05 wrote their run folders
-run_names = None  # None: every <variant>_seed<seed> folder in out_dir
+run_names = None  # None: every run folder in out_dir (found by its config.json, whatever its name)
 n_resamples = 1000  # bootstrap resamples of the validation images (95% intervals)
 latency_size = None  # [h, w] of the latency measurement; None: 800x1066 (study), 128x192 (demo)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
@@ -52,10 +58,11 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import QUERY_CHOICES, VARIANTS, first_seed_runs, load_runs, missing_variants
+from detr_nb_utils import QUERY_CHOICES, VARIANTS, by_variant, first_seed_runs, load_runs, missing_variants
 from detr_nb_utils import ap_per_layer, comparison_table, original_study_table, parameter_counts, with_train_views
-from detr_nb_utils import ApBootstrap, differences_table, finetuning_gain_table, layer_equivalence, seeds_table
-from detr_nb_utils import cost_vs_ap, ranking_conclusion, uncertainty_conclusion, variant_costs
+from detr_nb_utils import ApBootstrap, differences_table, finetuning_gain_table, headline_table, layer_equivalence
+from detr_nb_utils import cost_vs_ap, ranking_conclusion, ranking_table, rankings, seeds_table
+from detr_nb_utils import uncertainty_conclusion, variant_costs
 from detr_nb_utils import plot_ap_curves, plot_ap_intervals, plot_ap_per_layer, plot_loss_curves
 from detr_nb_utils import plot_parameter_counts, save_fig, save_table, save_takeaway, setup_notebook
 
@@ -63,29 +70,54 @@ device, report_dir = setup_notebook(cfg, report_dir)
 
 # %% [markdown]
 # ## 1. The run folders
+# Every folder of `out_dir` with a `config.json` is a run; its variant comes from the config, not the folder name.
+# `load_runs` stops here, naming both folders, when two runs used different split manifests or computed in
+# different precisions.
 
 # %%
 runs = load_runs(cfg.out_dir, run_names)  # every seed of every variant
+groups = by_variant(runs)
+main = {v: groups[v] for v in VARIANTS if v in groups}  # the three variants, every seed
 first = first_seed_runs(runs)
-records = {v: first[v] for v in VARIANTS if v in first}  # the first seed of each variant
+records = {v: first[v] for v in main}  # the first seed of each variant
 missing = missing_variants(runs, list(VARIANTS))
-print("found:", list(runs), "| missing:", missing)
-{name: f"{len(r.metrics) - 1} of {r.config.epochs} epochs" for name, r in runs.items()}
+print("found:", {v: list(g) for v, g in groups.items()}, "| missing:", missing)
+{name: f"{len(r.metrics) - 1} of {r.config.epochs} epochs, {r.effective_precision}" for name, r in runs.items()}
 
 # %% [markdown]
-# ## 2. The original study's table, and what it leaves out
-# The original study ranked the variants by their best total validation loss. Beside it: the same runs' best
-# final-layer loss, best per-layer mean loss, and best COCO AP (percent).
+# ## 2. The headline: AP at the final epoch
+# Each variant's AP at its final epoch (mean over its seeds) and at 50 detections per image, with 95% intervals:
+# a bootstrap over the validation images (`n_resamples` resamples with replacement; the matching of detections to
+# objects is done once, each resample only re-weights the images), which with several seeds also redraws the seeds.
 
 # %%
-original = original_study_table(records)
+bootstrap = ApBootstrap(runs, n_resamples)
+headline = headline_table(bootstrap, main)
+save_table(headline, "06_headline", report_dir, floatfmt=".2f")
+headline
+
+# %% [markdown]
+# The rankings every criterion gives (1 is the best; ties share a rank):
+
+# %%
+ranked = rankings(main, headline)
+ranking_table(ranked)
+
+# %% [markdown]
+# ## 3. The original study's table, and what it leaves out
+# The original study ranked the variants by their lowest total validation loss. Beside it: the same runs' lowest
+# final-layer and per-layer mean loss (fine-tuned epochs only: epoch 0 never counts as "best"), AP at the final
+# epoch and its signed change from epoch 0 (percent; means over the seeds).
+
+# %%
+original = original_study_table(main)
 save_table(original, "06_original_study", report_dir, floatfmt=".2f")
 original
 
 # %% [markdown]
-# ## 3. Epoch 0 and the best epoch
-# For each run: the checkpoint before fine-tuning, the epoch the original study would pick (lowest total loss) and
-# the epoch of highest AP.
+# ## 4. Epoch 0, the final epoch, and the picked epochs
+# For each run: the checkpoint before fine-tuning, the final epoch (primary), the epoch the original study would
+# pick (lowest total loss) and the epoch of highest AP (secondary).
 
 # %%
 comparison = comparison_table(records)
@@ -93,7 +125,7 @@ save_table(comparison, "06_comparison", report_dir, floatfmt=".2f")
 comparison
 
 # %% [markdown]
-# ## 4. Curves of all runs
+# ## 5. Curves of all runs
 
 # %%
 curves = {name: with_train_views(r) for name, r in records.items()}
@@ -105,9 +137,9 @@ fig = plot_ap_curves(curves)
 save_fig(fig, "06_ap_curves", report_dir)
 
 # %% [markdown]
-# ## 5. AP per decoder layer
+# ## 6. AP per decoder layer
 # Every decoder layer's output goes through the same heads, so each layer can be scored (the paper's Fig. 4).
-# At the best-AP epoch of each run:
+# At the final epoch of each run:
 
 # %%
 layers = ap_per_layer(records)
@@ -116,7 +148,16 @@ fig = plot_ap_per_layer(layers)
 save_fig(fig, "06_ap_per_layer", report_dir)
 
 # %% [markdown]
-# ## 6. Parameters
+# The 3-layer model at epoch 0 *is* the 6-layer model stopped after its third decoder layer (same weights,
+# same final norm), so its epoch-0 AP and loss terms must equal the 6-layer run's epoch-0 AP of layer 3 and its
+# third auxiliary loss terms (the losses still tell when AP is 0):
+
+# %%
+equivalence = layer_equivalence(records)
+equivalence
+
+# %% [markdown]
+# ## 7. Parameters
 
 # %%
 found = {n: (r.config.dec_layers, r.config.num_queries) for n, r in records.items()}
@@ -126,10 +167,10 @@ fig = plot_parameter_counts(params)
 save_fig(fig, "06_parameter_counts", report_dir)
 
 # %% [markdown]
-# ## 7. Seeds
+# ## 8. Seeds
 # Each variant was trained with `n_seeds` seeds (03-05). Epoch 0 does not depend on the seed (same weights,
-# same images); the best AP does, through the data order and dropout. Mean, sample standard deviation, min
-# and max over seeds (AP in percent):
+# same images); the final AP does, through the data order and dropout. Mean, sample standard deviation, min
+# and max over seeds (AP in percent); this spread covers the training runs only, the images held fixed:
 
 # %%
 seeds = seeds_table(runs)
@@ -137,15 +178,13 @@ save_table(seeds, "06_seeds", report_dir, floatfmt=".2f")
 seeds
 
 # %% [markdown]
-# ## 8. Zero-shot baselines and fine-tuning gains, with intervals
-# Every variant starts from the checkpoint, so its fine-tuning gain is measured against its own epoch 0. The
-# intervals: a bootstrap over the validation images (`n_resamples` resamples with replacement; the matching
-# of detections to objects is done once, each resample only re-weights the images), the gain from *paired*
-# resamples (the same images for both epochs).
+# ## 9. What fine-tuning changed, from each variant's own epoch 0
+# Every variant starts from the checkpoint, so its change is measured against its own epoch 0, on paired
+# resamples (the same images for both epochs); negative when fine-tuning lost AP. Secondary: the best fine-tuned
+# epoch, re-picked inside every resample, so the interval includes the selection.
 
 # %%
-bootstrap = ApBootstrap(runs, n_resamples)
-gains = finetuning_gain_table(bootstrap, records)
+gains = finetuning_gain_table(bootstrap, main)
 save_table(gains, "06_finetuning_gain", report_dir, floatfmt=".2f")
 gains
 
@@ -154,46 +193,39 @@ fig = plot_ap_intervals(gains)
 save_fig(fig, "06_ap_intervals", report_dir)
 
 # %% [markdown]
-# The 3-layer model at epoch 0 *is* the 6-layer model stopped after its third decoder layer (same weights,
-# same final norm), so its epoch-0 AP must equal the 6-layer run's epoch-0 AP of layer 3:
+# ## 10. Differences between the variants
+# AP(a) − AP(b) at the final epoch, paired intervals; on `AP@50det` when the two have different numbers of
+# queries. The three pairs are one family: `p Holm` is the bootstrap p-value adjusted for it.
 
 # %%
-equivalence = layer_equivalence(records)
-equivalence
-
-# %% [markdown]
-# ## 9. Differences between the variants
-# AP(a) − AP(b) at each run's best epoch, paired intervals:
-
-# %%
-diffs = differences_table(bootstrap, records)
-save_table(diffs, "06_differences", report_dir, floatfmt=".2f")
+diffs = differences_table(bootstrap, main)
+save_table(diffs, "06_differences", report_dir, floatfmt=".3f")
 diffs
 
 # %% [markdown]
-# ## 10. Which 50 queries
+# ## 11. Which 50 queries
 # The first 50 (the original study's choice), the 50 most matched on the train split, and 50 spread evenly (notebook
-# 05), at epoch 0 and fine-tuned; each against the first 50.
+# 05), at epoch 0 and fine-tuned; each against the first 50 at the final epoch, a second family.
 
 # %%
-choices = {v: first[v] for v in QUERY_CHOICES if v in first}
+choices = {v: groups[v] for v in QUERY_CHOICES if v in groups}
 query_table = finetuning_gain_table(bootstrap, choices)
 save_table(query_table, "06_query_choices", report_dir, floatfmt=".2f")
 query_table
 
 # %%
 query_diffs = differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
-save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".2f")
+save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".3f")
 query_diffs
 
 # %% [markdown]
-# ## 11. Cost versus accuracy
+# ## 12. Cost versus accuracy
 # Parameters, GFLOPs at 800x1066 (counted on PyTorch's meta device: shapes only), and the median latency of
-# one image on the CPU (and the GPU when there is one), beside each variant's AP and interval.
+# one image on the CPU (and the GPU when there is one), beside each variant's final AP and interval.
 
 # %%
 size = latency_size or ((128, 192) if cfg.profile == "demo" else (800, 1066))
-cost = cost_vs_ap(variant_costs(VARIANTS, size, device), gains)
+cost = cost_vs_ap(variant_costs(VARIANTS, size, device), headline)
 save_table(cost, "06_cost_vs_ap", report_dir, floatfmt=".2f")
 cost
 
@@ -202,7 +234,7 @@ cost
 # Every number and ranking below is read from the run folders.
 
 # %%
-text = ranking_conclusion(records, missing, gains) + "\n" + uncertainty_conclusion(
-    gains, diffs, query_diffs, equivalence, seeds, len(bootstrap.img_ids), n_resamples)
+text = ranking_conclusion(main, missing, headline) + "\n" + uncertainty_conclusion(
+    headline, gains, diffs, query_diffs, equivalence, seeds, len(bootstrap.img_ids), n_resamples)
 save_takeaway(text, "06_conclusion", report_dir)
 print(text)

@@ -19,6 +19,14 @@ def test_study_profile_is_the_seed_recipe(monkeypatch):
     assert str(cfg.run_dir) == "runs/study/dec6_q100"
 
 
+def test_one_numeric_regime_per_study(monkeypatch):
+    """The study computes in fp32 on every machine; bf16 is asked for by name; only the demo lets the machine pick."""
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    assert make_config().precision == make_config("study", device="cuda").precision == RunConfig().precision == "fp32"
+    assert make_config("study", precision="bf16").precision == "bf16"
+    assert make_config("demo").precision == "auto" and make_config("demo", precision="fp32").precision == "fp32"
+
+
 def test_environment_selects_the_profile_and_explicit_values_win(monkeypatch):
     monkeypatch.setenv(PROFILE_ENV, "demo")
     cfg = make_config(epochs=None, dec_layers=3, num_queries=50, lr=None)

@@ -2,6 +2,8 @@
 layers, queries, attention products), the full model lands where the paper says, latency is measured sanely."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -34,9 +36,15 @@ def _decoder_layer_flops(q: int, s: int) -> int:
 S = _cells(800) * _cells(1066)  # 25 x 34 = 850 positions at 800x1066
 
 
+def test_the_feature_map_arithmetic_is_the_backbones():
+    """``S``, the positions the transformer sees at 800x1066, is what the ResNet-50 of build_detr produces."""
+    for h, w in ((800, 1066), (800, 1333), (97, 131)):
+        (features,) = _skeleton().backbone[0].body(torch.empty(1, 3, h, w, device="meta")).values()
+        assert tuple(features.shape) == (1, 2048, _cells(h), _cells(w)), (h, w)
+
+
 def test_three_fewer_decoder_layers_save_exactly_three_layers_of_flops():
     six, three = count_gflops(_skeleton(6)), count_gflops(_skeleton(3))
-    assert S == 850
     assert (six - three) * 1e9 == pytest.approx(3 * _decoder_layer_flops(100, S), rel=1e-9)
 
 
@@ -69,13 +77,28 @@ def test_a_real_model_is_counted_without_touching_it():
     assert all(torch.equal(v, before[k]) and v.device.type == "cpu" for k, v in model.state_dict().items())
 
 
-def test_latency_is_measured_in_eval_mode_and_restores_the_mode():
+class _Slow(torch.nn.Module):
+    """A model whose forwards take known times: the first ``first_s`` seconds, the others ``then_s``; it records
+    the mode and the input of each call."""
+
+    def __init__(self, first_s: float, then_s: float) -> None:
+        super().__init__()
+        self.weight, self.first_s, self.then_s, self.calls = torch.nn.Parameter(torch.zeros(1)), first_s, then_s, []
+
+    def forward(self, images, mask):
+        time.sleep(self.first_s if not self.calls else self.then_s)
+        self.calls.append((self.training, torch.is_grad_enabled(), tuple(images.shape), tuple(mask.shape)))
+        return {"pred_logits": images.new_zeros(1, 1, 2)}
+
+
+def test_latency_times_the_forwards_after_warmup_in_eval_mode():
+    slow = _Slow(first_s=0.5, then_s=0.05).train()
+    result = measure_latency(slow, (48, 64), "cpu", warmup=1, repeats=3)
+    assert slow.training  # the mode is restored
+    assert slow.calls == [(False, False, (1, 3, 48, 64), (1, 48, 64))] * 4  # eval, no grad, batch 1, warmup + 3
+    assert 0.05 <= result["min_s"] and result["max_s"] < 0.5  # the slow warmup forward is not timed
+    assert (result["device"], result["image_size"], result["repeats"], result["amp"]) == ("cpu", "48x64", 3, "fp32")
     model = build_detr(enc_layers=1, dec_layers=1, num_queries=5, hidden_dim=32, nheads=2, dim_feedforward=32)
-    model.train()
-    result = measure_latency(model, (64, 64), "cpu", warmup=1, repeats=3)
-    assert model.training
-    assert 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
-    assert (result["device"], result["image_size"], result["repeats"], result["amp"]) == ("cpu", "64x64", 3, "fp32")
     with pytest.raises(ValueError, match=r"the model is on meta, not on device=cpu"):
         measure_latency(model.to("meta"), (64, 64), "cpu")
     with pytest.raises(ValueError, match="repeats >= 1"):

@@ -1,11 +1,15 @@
 """The fine-tuning engine on a tiny DETR and a few synthetic images: it learns, it resumes exactly, it stops on a
-non-finite loss without touching the last good checkpoint, and a run folder reads back."""
+non-finite loss without touching the last good checkpoint, a run folder reads back, a resume never changes the
+precision a run computes in, and a damaged last checkpoint is named with the ways forward."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
 import json
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,8 @@ from torch.utils.data import DataLoader
 from detr_nb_utils.analysis.bootstrap import MatchedDetections, ap_interval
 from detr_nb_utils.data.coco import build_dataset, collate_fn
 from detr_nb_utils.data.synthetic import make_synthetic_coco
+from detr_nb_utils.models.checkpoint import load_pretrained
+from detr_nb_utils.models.detr import build_detr
 from detr_nb_utils.models.fast import model_forward
 from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
@@ -89,6 +95,7 @@ def _metrics(run_dir):
 def test_interrupted_run_resumes_to_the_same_numbers_and_nan_keeps_last_checkpoint(tiny_cfg, monkeypatch):
     straight = engine.run_experiment(dataclasses.replace(tiny_cfg, run_name="straight"))
     assert straight.complete and list(straight.metrics.index) == [0, 1, 2]
+    assert [m[runs.PRECISION_FIELD] for m in _metrics(straight.run_dir)] == ["fp32"] * 3
 
     first = dataclasses.replace(tiny_cfg, run_name="resumed", epochs=1)
     engine.run_experiment(first)
@@ -153,3 +160,110 @@ def test_channels_last_follows_the_precision_unless_set(tiny_cfg, monkeypatch):
         calls.clear()
         engine.train_one_epoch(model, criterion, loader, engine.build_optimizer(model, cfg), "cpu", 1, cfg)
         assert calls == [expected], (precision, asked)  # the batch goes in the layout the weights are in
+
+
+# ---- resuming: one precision per run, and a damaged last checkpoint named ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tiny_cfg) -> RunConfig:
+    """A finished 1-epoch fp32 run folder; tests resume copies of it (:func:`_copy_run`)."""
+    cfg = dataclasses.replace(tiny_cfg, run_name="one_epoch", epochs=1)
+    engine.run_experiment(cfg)
+    return cfg
+
+
+def _copy_run(cfg: RunConfig, name: str, **changes) -> RunConfig:
+    """A copy of ``cfg``'s run folder as run ``name`` (its config.json rewritten to match), and its config."""
+    new = dataclasses.replace(cfg, run_name=name, **changes)
+    shutil.copytree(cfg.run_dir, new.run_dir)
+    new.to_json(new.run_dir / runs.CONFIG)
+    return new
+
+
+def _forget_precision(run_dir: Path) -> None:
+    """Make the run folder look like one written before runs recorded their effective precision."""
+    state = torch.load(run_dir / runs.LAST, weights_only=True)
+    for row in state["history"]:
+        del row[runs.PRECISION_FIELD]
+    torch.save(state, run_dir / runs.LAST)
+    runs.write_logs(run_dir, state["history"])
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def test_auto_resolving_to_another_precision_on_resume_is_refused(one_epoch, monkeypatch):
+    real = engine.resolve_amp_dtype
+
+    def auto_gives(dtype):  # what "auto" resolves to on the machine of the moment
+        monkeypatch.setattr(engine, "resolve_amp_dtype", lambda p, d: dtype if p == "auto" else real(p, d))
+
+    auto_gives(None)
+    cfg = dataclasses.replace(one_epoch, precision="auto", run_name="auto_fp32")
+    engine.run_experiment(cfg)
+    assert [m[runs.PRECISION_FIELD] for m in _metrics(cfg.run_dir)] == ["fp32", "fp32"]
+    before = _snapshot(cfg.run_dir)
+
+    auto_gives(torch.bfloat16)  # another machine: auto would now compute in bf16
+    with pytest.raises(runs.PrecisionMismatch) as err:
+        engine.run_experiment(dataclasses.replace(cfg, epochs=2))
+    msg = str(err.value)
+    assert str(cfg.run_dir) in msg and "computed in fp32" in msg and "would compute in bf16" in msg
+    assert "precision='auto' on cpu" in msg and f"delete {cfg.run_dir}" in msg and runs.BEST in msg
+    assert _snapshot(cfg.run_dir) == before  # a refused resume leaves the folder as it was
+    record = engine.run_experiment(cfg)  # a finished run is only read back: nothing computed, nothing mixed
+    assert record.complete and _snapshot(cfg.run_dir)[runs.METRICS] == before[runs.METRICS]
+
+    _forget_precision(cfg.run_dir)  # a folder from before the field: "auto" could have been either
+    auto_gives(None)
+    with pytest.raises(runs.PrecisionMismatch, match=r"before run folders recorded their effective_precision.*"
+                                                     r"precision 'auto' may have computed in bf16 or fp32"):
+        engine.run_experiment(dataclasses.replace(cfg, epochs=2))
+
+
+def test_a_folder_from_before_the_field_resumes_when_its_precision_was_fixed(one_epoch):
+    cfg = _copy_run(one_epoch, "legacy_fp32")
+    _forget_precision(cfg.run_dir)
+    engine.run_experiment(dataclasses.replace(cfg, epochs=2))
+    assert [m[runs.PRECISION_FIELD] for m in _metrics(cfg.run_dir)] == ["fp32"] * 3  # old rows filled in
+
+
+def _garble_largest_entry(path: Path) -> None:
+    """Overwrite 64 bytes in the middle of the largest record's data (a tensor's bytes, not the zip's structure)."""
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + 64] = bytes(255 - b for b in data[start:start + 64])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, what", [
+    ("truncate", r"it is truncated \(it ends before the zip directory"),
+    ("garble", r"its entry \S+ is corrupt \(its CRC-32 or header check fails\)"),
+    ("empty", r"it is empty"),
+])
+def test_a_damaged_last_checkpoint_is_named_with_the_ways_forward(one_epoch, damage, what):
+    cfg = _copy_run(one_epoch, f"damaged_{damage}")
+    last = cfg.run_dir / runs.LAST
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])
+    elif damage == "garble":
+        _garble_largest_entry(last)
+        assert torch.load(last, weights_only=True)["epoch"] == 1  # PyTorch alone would resume from garbled weights
+    else:
+        last.write_bytes(b"")
+    before = _snapshot(cfg.run_dir)
+    with pytest.raises(runs.DamagedRunFolder, match=rf"{last} is damaged: {what}") as err:
+        engine.run_experiment(dataclasses.replace(cfg, epochs=2))
+    msg = str(err.value)
+    assert f"Delete {cfg.run_dir} and run again to start the run afresh" in msg
+    assert f"checkpoint='{cfg.run_dir / runs.BEST}' with a new run_name" in msg
+    assert _snapshot(cfg.run_dir) == before
+    # the way forward offered: the best weights load as a pretrained checkpoint into the same variant
+    model = build_detr(num_queries=cfg.num_queries, dec_layers=cfg.dec_layers, enc_layers=cfg.enc_layers,
+                       hidden_dim=cfg.hidden_dim, nheads=cfg.nheads, dim_feedforward=cfg.dim_feedforward)
+    assert load_pretrained(model, cfg.run_dir / runs.BEST).summary().to_dict() == {"loaded": len(model.state_dict())}

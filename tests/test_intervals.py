@@ -1,4 +1,5 @@
-"""06's tables with intervals, on run folders made by hand: detections of known quality on the real sample."""
+"""06's tables with intervals, on run folders made by hand: detections of known quality on the real sample, found by
+what the folders hold, compared at the final epoch, with a fine-tuning that loses AP."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,99 +8,293 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_stats import perturbed_detections, sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis import comparison
-from detr_nb_utils.analysis.conclusions import uncertainty_conclusion
-from detr_nb_utils.training import runs as runs
+from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
+from detr_nb_utils.analysis.conclusions import agreements, ranking_conclusion, rankings, uncertainty_conclusion
+from detr_nb_utils.analysis.queries import select_queries
+from detr_nb_utils.notebook.tables import run_takeaway
+from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import make_config, seed_configs, variant_of
+
+TERMS = ("loss_ce", "loss_bbox", "loss_giou")
+
+
+def _losses(layers: int, base: float) -> dict:
+    """Loss terms that differ for every layer (layer k: base + k, aux layers suffixed ``_k``), and their views."""
+    row = {}
+    for k in range(layers):
+        suffix = "" if k == layers - 1 else f"_{k}"
+        row |= {f"val_{t}{suffix}": base + k + i / 10 for i, t in enumerate(TERMS)}
+    per_layer = [sum(row[f"val_{t}{'' if k == layers - 1 else f'_{k}'}"] for t in TERMS) for k in range(layers)]
+    return row | {"val_loss_total": sum(per_layer), "val_loss_final": per_layer[-1],
+                  "val_loss_layer_mean": sum(per_layer) / layers}
 
 
 def _write_run(out_dir: Path, name: str, split_dir: Path, dec_layers: int, num_queries: int, seed: int,
-               epochs: dict[int, dict], gt) -> None:
-    """A run folder holding what 06 reads: config, manifest, metrics.jsonl (AP as COCOeval gives it) and the
-    detections of each epoch."""
+               epochs: dict[int, dict], gt, query_indices=None, precision: str = "fp32",
+               layer_ap: dict[int, list[float]] | None = None, loss_base: dict[int, float] | None = None) -> None:
+    """A run folder holding what 06 reads: config, manifest, metrics.jsonl (AP as COCOeval gives it, a different AP
+    for every decoder layer: ``layer_ap[epoch]`` or the final AP x (k + 1) / layers; loss terms that differ per
+    layer) and the detections of each epoch."""
     cfg = dataclasses.replace(make_config("demo", out_dir=str(out_dir), split_dir=str(split_dir),
-                                          dec_layers=dec_layers, num_queries=num_queries, epochs=max(epochs)),
-                              seed=seed, run_name=name)
+                                          dec_layers=dec_layers, num_queries=num_queries, epochs=max(epochs),
+                                          query_indices=query_indices, precision="auto"), seed=seed, run_name=name)
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / runs.CONFIG).write_text(cfg.to_json())
     (cfg.run_dir / runs.MANIFEST).write_text(json.dumps({"n_train": 0, "n_val": len(gt.getImgIds())}))
-    from detr_nb_utils.analysis.bootstrap import MatchedDetections, ap_interval
     history = []
     for epoch, dets in epochs.items():
         runs.save_detections(cfg.run_dir, epoch, dets)
-        ap = ap_interval(MatchedDetections(gt, dets, sorted(gt.getImgIds())), n_resamples=2)["AP"]["point"]
-        row = {"epoch": epoch, "random_weights": False, "val_AP": ap, "val_loss_total": 1.0 / (1 + ap)}
-        row |= {f"val_AP_layer_{layer}": ap for layer in range(dec_layers)}
+        ap = MatchedDetections(gt, dets, sorted(gt.getImgIds())).point[0]
+        layer = (layer_ap or {}).get(epoch) or [ap * (k + 1) / dec_layers for k in range(dec_layers)]
+        row = {"epoch": epoch, "random_weights": False, runs.PRECISION_FIELD: precision, "val_AP": ap,
+               "val_num_images": len(gt.getImgIds()), **_losses(dec_layers, (loss_base or {}).get(epoch, 10.0 - ap))}
+        row |= {f"val_AP_layer_{k}": a for k, a in enumerate(layer)}
         history.append(row)
     runs.write_logs(cfg.run_dir, history)
 
 
 @pytest.fixture(scope="module")
-def run_folders(sample_gt, coco_sample, tmp_path_factory):  # noqa: F811
+def quality(sample_gt):  # noqa: F811
+    """Detection sets of known quality: ``good`` (and ``good too``, as good) > ``mid`` > ``bad``, with more than 50 detections on every image
+    (as a 100-query model), and ``layer3`` the 6-layer model's third layer at epoch 0."""
+    return {"good": perturbed_detections(sample_gt, 0.03, seed=1, drop=0.05, n_false=60),
+            "bad": perturbed_detections(sample_gt, 0.25, seed=2, drop=0.4, n_false=60),
+            "mid": perturbed_detections(sample_gt, 0.12, seed=3, drop=0.2, n_false=60),
+            "good too": perturbed_detections(sample_gt, 0.03, seed=5, drop=0.05, n_false=60),
+            "layer3": perturbed_detections(sample_gt, 0.2, seed=4, drop=0.3, n_false=60)}
+
+
+@pytest.fixture(scope="module")
+def run_folders(sample_gt, coco_sample, quality, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("intervals")
     split = tmp / "split"
     split.mkdir()
     shutil.copyfile(coco_sample / "annotations" / "instances_val2017_sample.json", split / "val.json")
-    good = perturbed_detections(sample_gt, 0.03, seed=1, drop=0.05)
-    bad = perturbed_detections(sample_gt, 0.25, seed=2, drop=0.4)
-    mid = perturbed_detections(sample_gt, 0.25, seed=3, drop=0.35)
+    q = quality
+    q50 = {k: top_per_image(v, 50) for k, v in q.items()}  # a 50-query model outputs 50 detections per image
+    img_ids = sorted(sample_gt.getImgIds())
+    ap = {k: MatchedDetections(sample_gt, v, img_ids).point[0] for k, v in q.items()}
     out = tmp / "runs"
-    # the baseline gains a lot by fine-tuning; the shallow one starts where the baseline's layer 3 was and gains
-    # nothing; the 50-query "spread" choice is as bad as the first 50
-    _write_run(out, "dec6_q100_seed42", split, 6, 100, 42, {0: bad, 1: good}, sample_gt)
-    _write_run(out, "dec6_q100_seed43", split, 6, 100, 43, {0: bad, 1: mid}, sample_gt)
-    _write_run(out, "dec3_q100_seed42", split, 3, 100, 42, {0: bad, 1: bad}, sample_gt)
-    _write_run(out, "dec3_q50_seed42", split, 3, 50, 42, {0: bad, 1: mid}, sample_gt)
-    _write_run(out, "dec3_q50_spread_seed42", split, 3, 50, 42, {0: bad, 1: mid}, sample_gt)
+    # the baseline improves with fine-tuning; at epoch 0 its layer 3 scores like `layer3`, with the loss terms of
+    # layer index 2 (base 10 + 2)
+    deep_layers = [ap["bad"] / 4, ap["bad"] / 3, ap["layer3"], ap["bad"] / 2, ap["bad"] * 0.9, ap["bad"]]
+    _write_run(out, "dec6_q100_seed42", split, 6, 100, 42, {0: q["bad"], 1: q["mid"], 2: q["good"]}, sample_gt,
+               layer_ap={0: deep_layers}, loss_base={0: 10.0})
+    _write_run(out, "dec6_q100_seed43", split, 6, 100, 43, {0: q["bad"], 1: q["mid"], 2: q["mid"]}, sample_gt,
+               layer_ap={0: deep_layers}, loss_base={0: 10.0})
+    # the shallow decoder, under a custom run_name: it starts where the baseline's layer 3 was, peaks at epoch 1 and
+    # LOSES AP by its final epoch
+    _write_run(out, "shallow_try", split, 3, 100, 42, {0: q["layer3"], 1: q["good"], 2: q["bad"]}, sample_gt,
+               loss_base={0: 10.0})
+    _write_run(out, "dec3_q50_seed42", split, 3, 50, 42, {0: q50["bad"], 1: q50["mid"], 2: q50["mid"]}, sample_gt)
+    _write_run(out, "evenly_spread", split, 3, 50, 42, {0: q50["bad"], 1: q50["mid"], 2: q50["mid"]}, sample_gt,
+               query_indices=tuple(select_queries("spread", 50, 100)))
+    # two fine-tuned epochs alike: which is best depends on the images drawn
+    _write_run(out, "dec3_q50_most_matched_seed42", split, 3, 50, 42,
+               {0: q50["bad"], 1: q50["good"], 2: q50["good too"]}, sample_gt, query_indices=tuple(range(50, 100)))
     (out / "not_a_run").mkdir()
+    (out / "report").mkdir()
     return out
 
 
-def test_runs_are_found_and_grouped_by_variant(run_folders):
-    names = comparison.discover_runs(run_folders)
-    assert names == ["dec3_q100_seed42", "dec3_q50_seed42", "dec3_q50_spread_seed42", "dec6_q100_seed42",
-                     "dec6_q100_seed43"]
+@pytest.fixture(scope="module")
+def analysed(run_folders):
     records = comparison.load_runs(run_folders)
-    assert {v: list(r) for v, r in comparison.by_variant(records).items()}["dec6_q100"] == \
-        ["dec6_q100_seed42", "dec6_q100_seed43"]
+    groups = comparison.by_variant(records)
+    main = {v: groups[v] for v in ("dec6_q100", "dec3_q100", "dec3_q50")}  # 06's order: the baseline first
+    bootstrap = comparison.ApBootstrap(records, n_resamples=300)
+    return records, groups, main, bootstrap
+
+
+def test_runs_are_found_by_content(run_folders, analysed):
+    records, groups, _, _ = analysed
+    assert set(comparison.discover_runs(run_folders)) == {p.name for p in run_folders.iterdir()} - {"not_a_run",
+                                                                                                   "report"}
+    assert {v: list(r) for v, r in groups.items()} == {
+        "dec3_q100": ["shallow_try"],  # a custom run_name is found, as the variant its config says
+        "dec3_q50": ["dec3_q50_seed42"],
+        "dec3_q50_most_matched": ["dec3_q50_most_matched_seed42"],  # slots 05 chose from match counts: named
+        "dec3_q50_spread": ["evenly_spread"],  # the evenly spread slots are recognised from the config
+        "dec6_q100": ["dec6_q100_seed42", "dec6_q100_seed43"]}
     assert comparison.first_seed_runs(records)["dec6_q100"].config.seed == 42
     assert comparison.missing_variants(records, ["dec6_q100", "dec9_q7"]) == ["dec9_q7"]
     seeds = comparison.seeds_table(records)
-    assert seeds.loc["dec6_q100", ("best AP", "seeds")] == 2 and seeds.loc["dec3_q100", ("best AP", "seeds")] == 1
+    assert seeds.loc["dec6_q100", ("final AP", "seeds")] == 2 and seeds.loc["dec3_q100", ("final AP", "seeds")] == 1
 
 
-def test_gains_differences_and_conclusion(run_folders):
-    records = comparison.load_runs(run_folders)
-    bootstrap = comparison.ApBootstrap(records, n_resamples=200)
-    first = comparison.first_seed_runs(records)
-    main = {v: first[v] for v in ("dec6_q100", "dec3_q100", "dec3_q50")}  # 06's order: the baseline first
-    zero = comparison.finetuning_gain_table(bootstrap, main)
-    assert zero.loc["dec6_q100", "gain excludes 0"] and zero.loc["dec6_q100", "gain low"] > 0
-    assert zero.loc["dec3_q100", "gain"] == 0 and not zero.loc["dec3_q100", "gain excludes 0"]
-    for col in ("epoch-0 AP", "best AP"):
-        assert (zero[f"{col} low"] <= zero[col]).all() and (zero[col] <= zero[f"{col} high"]).all()
-    assert zero.loc["dec6_q100", "best AP"] == pytest.approx(100 * main["dec6_q100"].metrics.loc[1, "val_AP"])
+def _copy(src: Path, dst: Path, **changes) -> None:
+    """``src`` copied to ``dst`` with metrics rows or manifest changed."""
+    shutil.copytree(src, dst)
+    if "manifest" in changes:
+        (dst / runs.MANIFEST).write_text(json.dumps(changes["manifest"]))
+    if "precision" in changes:
+        rows = [json.loads(line) for line in (dst / runs.METRICS).read_text().splitlines()]
+        rows = [{k: v for k, v in r.items() if k != runs.PRECISION_FIELD} | (
+            {runs.PRECISION_FIELD: changes["precision"]} if changes["precision"] else {}) for r in rows]
+        runs.write_logs(dst, rows)
+    if "seed" in changes:
+        cfg = json.loads((dst / runs.CONFIG).read_text()) | {"seed": changes["seed"]}
+        (dst / runs.CONFIG).write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"manifest": {"n_train": 1, "n_val": 24}}, r"were trained on different splits .*differ in n_train"),
+    ({"precision": "bf16"}, r"computed in fp32 and .* in bf16"),
+    ({"precision": None}, r"unknown \(precision 'auto', no effective_precision recorded\)"),
+    ({"seed": 42}, r"both hold dec6_q100 with seed 42"),
+])
+def test_incomparable_runs_are_refused_naming_both(run_folders, tmp_path, change, message):
+    out = tmp_path / "runs"
+    out.mkdir()
+    shutil.copytree(run_folders / "dec6_q100_seed42", out / "dec6_q100_seed42")
+    _copy(run_folders / "dec6_q100_seed43", out / "other_run", **change)
+    with pytest.raises(comparison.IncomparableRuns, match=message) as err:
+        comparison.load_runs(out)
+    assert str(out / "dec6_q100_seed42") in str(err.value) and str(out / "other_run") in str(err.value)
+    comparison.load_runs(out, ["other_run"])  # one run alone compares with nothing
+
+
+def test_headline_is_the_final_epoch_with_seeds_and_the_cap(analysed, sample_gt, quality):  # noqa: F811
+    _, _, main, bootstrap = analysed
+    head = comparison.headline_table(bootstrap, main)
+    final = {v: [r.metrics.loc[r.final_epoch, "val_AP"] for r in g.values()] for v, g in main.items()}
+    for v in main:
+        assert head.loc[v, "AP"] == pytest.approx(100 * np.mean(final[v]))  # the final epoch, mean over seeds
+        for col in ("AP", comparison.AP_CAPPED):
+            assert head.loc[v, f"{col} low"] <= head.loc[v, col] <= head.loc[v, f"{col} high"]
+    assert head.loc["dec6_q100", "seeds"] == 2 and head.loc["dec6_q100", "final epoch"] == 2
+    assert head.loc["dec6_q100", "seed std"] == pytest.approx(100 * np.std(final["dec6_q100"], ddof=1))
+    assert np.isnan(head.loc["dec3_q100", "seed std"])
+    # the cap: the 50-query model's 50 detections are all kept; the 100-query model's are cut to its 50 best
+    assert head.loc["dec3_q50", comparison.AP_CAPPED] == pytest.approx(head.loc["dec3_q50", "AP"])
+    img_ids = sorted(sample_gt.getImgIds())
+    capped = [MatchedDetections(sample_gt, top_per_image(quality[q], 50), img_ids).point[0] for q in ("good", "mid")]
+    assert head.loc["dec6_q100", comparison.AP_CAPPED] == pytest.approx(100 * np.mean(capped))  # seeds' finals
+    assert head.loc["dec6_q100", comparison.AP_CAPPED] < head.loc["dec6_q100", "AP"]  # true boxes below rank 50
+    # two seeds far apart: redrawing them widens the interval beyond what either seed's images alone give
+    alone = [bootstrap.stat("dec6_q100", [r], "final") for r in main["dec6_q100"].values()]
+    assert head.loc["dec6_q100", "AP high"] - head.loc["dec6_q100", "AP low"] > \
+        100 * max(a["high"] - a["low"] for a in alone)
+
+
+def test_changes_are_signed_and_the_best_epoch_is_repicked(analysed):
+    _, groups, main, bootstrap = analysed
+    gains = comparison.finetuning_gain_table(bootstrap, main)
+    shallow = main["dec3_q100"]["shallow_try"]
+    assert gains.loc["dec3_q100", "change"] < 0 and gains.loc["dec3_q100", "change high"] < 0  # a real loss
+    assert gains.loc["dec3_q100", "change excludes 0"]
+    assert gains.loc["dec6_q100", "change"] > 0 and gains.loc["dec6_q100", "change low"] > 0
+    assert gains.loc["dec3_q100", "change"] == pytest.approx(gains.loc["dec3_q100", "AP"]
+                                                             - gains.loc["dec3_q100", "epoch-0 AP"])
+    # secondary: the best fine-tuned epoch (1, never 0), its interval re-picked in every resample
+    assert gains.loc["dec3_q100", "best epochs"] == "1" and shallow.best_epoch_ap == 1
+    assert gains.loc["dec3_q100", "best AP (secondary)"] == pytest.approx(100 * shallow.metrics.loc[1, "val_AP"])
+    close = groups["dec3_q50_most_matched"]["dec3_q50_most_matched_seed42"]  # epochs 1 and 2 alike
+    best, at = bootstrap.quantity(close, "best")[1], [bootstrap.run_ap(close, e)[1] for e in (1, 2)]
+    assert (best == np.maximum(*at)).all()  # each resample takes its own best epoch: the selection is inside
+    assert ((at[0] > at[1]).any() and (at[1] > at[0]).any())  # and the resamples disagree on which it is
+    fixed = comparison.finetuning_gain_table(bootstrap, {"mm": [close]}).loc["mm"]
+    assert fixed["best AP (secondary)"] == pytest.approx(100 * max(bootstrap.run_ap(close, e)[0] for e in (1, 2)))
+
+
+def test_differences_are_holm_adjusted_and_the_query_pairs_use_the_cap(analysed):
+    _, groups, main, bootstrap = analysed
     diffs = comparison.differences_table(bootstrap, main)
-    row = diffs.set_index(["a", "b"]).loc[("dec6_q100", "dec3_q100")]
-    assert row["AP a - b"] > 0 and row["AP a - b excludes 0"]
-    equivalence = comparison.layer_equivalence(main)
-    assert equivalence["layers"] == 3 and equivalence["abs_diff"] == 0
-    choices = {v: r for v, r in comparison.first_seed_runs(records).items() if v in comparison.QUERY_CHOICES}
-    qdiffs = comparison.differences_table(bootstrap, choices, [("dec3_q50_spread", "dec3_q50")])
-    assert qdiffs.loc[0, "AP a - b"] == 0 and not qdiffs.loc[0, "AP a - b excludes 0"]
-    text = uncertainty_conclusion(zero, diffs, qdiffs, equivalence, comparison.seeds_table(records),
-                                         len(bootstrap.img_ids), 200)
-    assert "over the 206 validation images (200 resamples" in text
-    g = zero.loc["dec6_q100"]
-    gain = f"{g['gain']:+.1f} [{g['gain low']:+.1f}, {g['gain high']:+.1f}]"
-    assert f"gain over its own epoch 0 {gain} (larger than its interval)" in text
-    assert "dec6_q100 - dec3_q100" in text.split("Of these, larger than its interval")[1].split("\n")[0]
-    assert "Which 50 queries, best epochs" in text and "none is larger than its interval" in text
-    assert "equals the 6-layer model's layer-3 AP" in text
-    assert "dec6_q100" in text.split("Best AP over seeds")[1] and "(n=2)" in text
+    assert diffs.attrs["family"] == 3 and len(diffs) == 3
+    on = diffs.set_index(["a", "b"])["compared on"].to_dict()
+    assert on == {("dec6_q100", "dec3_q100"): "AP", ("dec6_q100", "dec3_q50"): comparison.AP_CAPPED,
+                  ("dec3_q100", "dec3_q50"): comparison.AP_CAPPED}
+    assert diffs["p Holm"].to_numpy() == pytest.approx(holm(diffs["p"].to_numpy()))
+    assert (diffs["p Holm"] >= diffs["p"]).all()
+    assert (diffs["excludes 0 (Holm)"] == (diffs["p Holm"] < 0.05)).all()
+    row = diffs.set_index(["a", "b"]).loc[("dec6_q100", "dec3_q50")]
+    assert row["a - b"] == pytest.approx(row[f"{comparison.AP_CAPPED} a - b"])
+    assert row["a - b"] < row["AP a - b"]  # the baseline's 100 detections per image counted for it before the cap
+    choices = {v: groups[v] for v in comparison.QUERY_CHOICES}
+    qdiffs = comparison.differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
+    spread = qdiffs.set_index("a").loc["dec3_q50_spread"]  # the same detections as the first 50
+    assert spread["a - b"] == 0 and spread["p"] == 1 and not spread["excludes 0 (Holm)"]
+    assert qdiffs.attrs["family"] == 2
+
+
+def test_layer_equivalence_compares_the_right_layer_and_its_losses(analysed):
+    _, _, main, _ = analysed
+    first = {v: next(iter(g.values())) for v, g in main.items()}
+    e = comparison.layer_equivalence(first)
+    assert e["layers"] == 3 and e["same"] and e["abs_diff"] == 0 and e["max_loss_rel_diff"] == 0
+    assert e["losses"]["loss_ce"] == (12.0, 12.0)  # layer index 2 of the deep run, the final layer of the shallow
+    shallow = first["dec3_q100"]
+    m = shallow.metrics.copy()
+    m.loc[0, "val_loss_ce"] = 13.0  # the deep run's layer index 3
+    off = comparison.layer_equivalence(first | {"dec3_q100": dataclasses.replace(shallow, metrics=m)})
+    assert off["same_AP"] and not off["same_losses"] and not off["same"]
+    m = m.copy()
+    m.loc[0, "val_AP"] = 0.0  # AP 0 on both sides: the losses still decide
+    deep = first["dec6_q100"]
+    d = deep.metrics.copy()
+    d.loc[0, "val_AP_layer_2"] = 0.0
+    zero = comparison.layer_equivalence({"dec6_q100": dataclasses.replace(deep, metrics=d),
+                                         "dec3_q100": dataclasses.replace(shallow, metrics=m)})
+    assert zero["same_AP"] and not zero["same"]
+
+
+def test_conclusions_from_the_data(analysed):
+    records, groups, main, bootstrap = analysed
+    head, gains = comparison.headline_table(bootstrap, main), comparison.finetuning_gain_table(bootstrap, main)
+    ranked = rankings(main, head)
+    assert ranked["AP"].tiers[0] == ["dec6_q100"] and ranked["AP"].ranks["dec6_q100"] == 1
+    assert ranked["AP"].values["dec3_q100"] == pytest.approx(head.loc["dec3_q100", "AP"])
+    assert set(agreements(ranked)) == {("total", "final_layer"), ("total", "AP"), ("original", "AP")}
+    diffs = comparison.differences_table(bootstrap, main)
+    choices = {v: groups[v] for v in comparison.QUERY_CHOICES}
+    qdiffs = comparison.differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
+    first = {v: next(iter(g.values())) for v, g in main.items()}
+    text = uncertainty_conclusion(head, gains, diffs, qdiffs, comparison.layer_equivalence(first),
+                                  comparison.seeds_table(records), len(bootstrap.img_ids), bootstrap.n_resamples)
+    n = len(bootstrap.img_ids)
+    assert f"over the {n} validation images ({bootstrap.n_resamples} resamples" in text
+    assert f"Only {n} validation images, fewer than 100" in text  # the sample is small: said, not hidden
+    assert "dec6_q100 has several training seeds" in text and "cover both the choice of validation images and " \
+        "the training seed" in text
+    assert "dec3_q100, dec3_q50 have one training seed: their intervals cover only the choice of validation " \
+        "images" in text
+    assert "Holm-adjusted over this family of 3" in text and "a second family" in text
+    assert "query choices a - b: dec3_q50_spread - dec3_q50." in text  # the one zero-width interval, named
+    assert "On AP and losses they agree" in text
+    assert "(n=2)" in text.split("The seeds' spread")[1]
+
+
+def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):
+    """The shallow decoder loses AP between epoch 0 and its final epoch: every table has a negative change and every
+    sentence about it says "lost"/"LOSS", never "gained"."""
+    records, _, main, bootstrap = analysed
+    shallow = main["dec3_q100"]["shallow_try"]
+    loss = 100 * (shallow.metrics.loc[2, "val_AP"] - shallow.metrics.loc[0, "val_AP"])
+    assert loss < 0
+    gains = comparison.finetuning_gain_table(bootstrap, main)
+    assert comparison.original_study_table(main).loc["dec3_q100", "AP change"] == pytest.approx(loss)
+    assert gains.loc["dec3_q100", "change"] == pytest.approx(loss)
+    comp = comparison.comparison_table({"dec3_q100": shallow})
+    assert comp.loc[("shallow_try", "final epoch"), "AP"] < comp.loc[("shallow_try", "epoch 0"), "AP"]
+    words = f"lost {abs(loss):.1f} points"
+    takeaway = run_takeaway(shallow)
+    assert f"fine-tuning {words}" in takeaway and "gained" not in takeaway.split("(best")[0]
+    n_val = int(shallow.metrics["val_num_images"].iloc[-1])
+    assert f"AP is computed on {n_val} validation images, fewer than 100" in takeaway  # degenerate, and said so
+    plain = ranking_conclusion(main)  # without intervals the change is given here
+    assert f"dec3_q100 {loss:+.1f} points (dec3_q100 {words})" in plain
+    text = uncertainty_conclusion(comparison.headline_table(bootstrap, main), gains,
+                                  comparison.differences_table(bootstrap, main), pd.DataFrame(), {},
+                                  comparison.seeds_table(records), len(bootstrap.img_ids), bootstrap.n_resamples)
+    line = next(s for s in text.splitlines() if s.startswith("dec3_q100:"))
+    assert f"fine-tuning {words}, change over its own epoch 0 {loss:+.1f}" in line
+    primary = line.split("Secondary")[0]
+    assert "a LOSS larger than sampling explains" in primary and "gain" not in primary
 
 
 def test_seed_configs_name_each_seed(tmp_path):

@@ -190,14 +190,14 @@ def test_real_sample_exports_and_takeaways(real_sample_run):
     for fig in ("01_category_distribution", "01_objects_per_image", "03_dec6_q100_loss_curves",
                 "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer", "06_ap_intervals"):
         assert (report / "figures" / f"{fig}.png").stat().st_size > 0 and (report / "figures" / f"{fig}.pdf").is_file()
-    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_comparison", "06_original_study",
+    for table in ("01_split_summary", "03_dec6_q100_epochs", "06_headline", "06_comparison", "06_original_study",
                   "06_finetuning_gain", "06_seeds", "06_cost_vs_ap"):
         assert (report / "tables" / f"{table}.csv").is_file() and (report / "tables" / f"{table}.md").is_file()
     assert "2 validation images" in (report / "tables" / "01_takeaway.md").read_text()
     conclusion = (report / "tables" / "06_conclusion.md").read_text()
     assert "dec3_q100" in conclusion and "dec3_q50" in conclusion  # says which runs are missing
     assert "95% percentile bootstrap over the 2 validation images (50 resamples" in conclusion
-    assert "dec6_q100: epoch-0 AP" in conclusion and "gain over its own epoch 0" in conclusion
+    assert "dec6_q100: epoch-0 AP" in conclusion and "change over its own epoch 0" in conclusion
 
 
 def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):

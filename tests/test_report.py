@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from detr_nb_utils.analysis.comparison import ap_per_layer, comparison_table, original_study_table
-from detr_nb_utils.analysis.conclusions import DEMO_NOTE, ranking_conclusion
+from detr_nb_utils.analysis.conclusions import DEMO_NOTE, agreements, ranking_conclusion, ranking_table, rankings
 from detr_nb_utils.notebook.figures import plot_ap_per_layer, plot_loss_curves, save_fig
 from detr_nb_utils.notebook.setup_cell import progress_policy, report_dir_for
 from detr_nb_utils.notebook.tables import markdown_table, parameter_counts, save_table
 from detr_nb_utils.training.config import make_config
-from detr_nb_utils.training.runs import RunRecord
+from detr_nb_utils.training.runs import RunRecord, best_epoch
 
 matplotlib.use("Agg")
 
@@ -33,72 +33,106 @@ def _record(name: str, layers: int, queries: int, total: list[float], final: lis
     for layer in range(layers):
         m[f"val_AP_layer_{layer}"] = [a * (layer + 1) / layers for a in ap]
     cfg = make_config("study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1)
-    best_ap = max(epochs, key=lambda e: (ap[e], -e))
+    history = [{"epoch": e, "val_AP": ap[e], "val_loss_total": total[e]} for e in epochs]
     return RunRecord(run_dir=Path("runs") / name, config=cfg, metrics=m, per_category_ap=pd.DataFrame(),
-                     best_epoch_ap=best_ap, best_epoch_loss=min(epochs, key=lambda e: total[e]),
-                     split_manifest={}, complete=True)
+                     best_epoch_ap=best_epoch(history, "val_AP", "max"),
+                     best_epoch_loss=best_epoch(history, "val_loss_total", "min"), split_manifest={}, complete=True)
 
 
 @pytest.fixture
 def records() -> dict[str, RunRecord]:
     """The original study's situation: the 3-layer totals are lower by construction, while the 6-layer model has
-    the best AP."""
+    the best AP. Epochs 0, 1, 2; the final epoch (2) is not the best one."""
     return {"dec6_q100": _record("dec6_q100", 6, 100, [75.0, 71.3, 72.0], [11.0, 10.5, 10.6], [0.40, 0.43, 0.42]),
             "dec3_q100": _record("dec3_q100", 3, 100, [54.0, 52.5, 53.0], [12.0, 11.0, 11.5], [0.38, 0.41, 0.40]),
             "dec3_q50": _record("dec3_q50", 3, 50, [53.0, 51.45, 52.0], [12.2, 11.2, 11.4], [0.37, 0.40, 0.39])}
 
 
-def test_conclusion_computes_rankings_and_flags_the_disagreement(records):
-    text = ranking_conclusion(records)
-    assert "lowest total validation loss: dec3_q50 (51.450) < dec3_q100 (52.500) < dec6_q100 (71.300)" in text
-    assert "By COCO AP (best epoch): dec6_q100 (43.0) > dec3_q100 (41.0) > dec3_q50 (40.0)" in text
-    assert "The rankings by total loss and by AP DISAGREE: total loss puts dec3_q100 above dec6_q100, AP puts " \
-           "dec6_q100 above dec3_q100; total loss puts dec3_q50 above dec6_q100" in text
-    assert "by total loss and by final-layer loss DISAGREE: total loss puts dec3_q100 above dec6_q100, " \
-           "final-layer loss puts dec6_q100 above dec3_q100" in text
-    assert "dec3_q50 above dec3_q100" in text  # 51.45 < 52.5 in total loss, 40.0 < 41.0 in AP
+def test_rankings_are_data_and_flag_the_disagreement(records):
+    ranked = rankings(records)
+    assert ranked["original"].tiers == [["dec3_q50"], ["dec3_q100"], ["dec6_q100"]]  # 51.45 < 52.5 < 71.3
+    assert ranked["original"].values["dec6_q100"] == 71.3  # best over the fine-tuned epochs
+    assert ranked["total"].values == {"dec6_q100": 72.0, "dec3_q100": 53.0, "dec3_q50": 52.0}  # the final epoch
+    assert ranked["final_layer"].tiers == [["dec6_q100"], ["dec3_q50"], ["dec3_q100"]]  # 10.6 < 11.4 < 11.5
+    assert ranked["AP"].tiers == [["dec6_q100"], ["dec3_q100"], ["dec3_q50"]]  # 42 > 40 > 39 at the final epoch
+    assert ranked["AP"].values["dec6_q100"] == pytest.approx(42.0)
+    flips = agreements(ranked)
+    assert set(flips[("total", "final_layer")]) == {("dec3_q50", "dec6_q100"), ("dec3_q100", "dec6_q100")}
+    assert set(flips[("original", "AP")]) == {("dec3_q50", "dec6_q100"), ("dec3_q100", "dec6_q100"),
+                                              ("dec3_q50", "dec3_q100")}
+    assert ranking_table(ranked).loc["dec6_q100"].to_dict() == {"original": 3, "total": 3, "final_layer": 1,
+                                                                 "layer_mean": 1, "AP": 1}
+    text = ranking_conclusion(records)  # rendered from the same data
+    assert ranked["original"].text() in text and ranked["AP"].text() in text
+    assert "The rankings by total loss and by final-layer loss DISAGREE" in text
     assert "The original study reported dec3_q50 (51.45) < dec3_q100 (52.50) < dec6_q100 (71.30)" in text
-    assert f"(6 against 3): dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss " \
-           f"{10.5 / 11.0:.2f}x" in text
-    assert "dec6_q100 +3.0" in text  # AP gained over epoch 0, in points
+    assert f"dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss {10.5 / 11.0:.2f}x" in text
+    assert "dec6_q100 +2.0 points (dec6_q100 gained 2.0 points)" in text  # final epoch minus epoch 0
     assert DEMO_NOTE not in text
 
 
 def test_conclusion_with_intervals(records):
-    """Given the bootstrap table, each best AP carries its interval and the gains are left to the interval part."""
-    table = pd.DataFrame({"best AP low": [41.5, 39.0, 38.2], "best AP high": [44.4, 42.9, 41.7]},
-                         index=["dec6_q100", "dec3_q100", "dec3_q50"])
-    text = ranking_conclusion(records, intervals=table)
-    assert "dec6_q100 (43.0) > dec3_q100 (41.0) > dec3_q50 (40.0) (95% intervals: dec6_q100 [41.5, 44.4], " \
-           "dec3_q100 [39.0, 42.9], dec3_q50 [38.2, 41.7])." in text
-    assert "AP gained by fine-tuning" not in text and "AP gained by fine-tuning" in ranking_conclusion(records)
+    """Given the headline table, each final AP carries its interval and the changes are left to the interval part."""
+    head = pd.DataFrame({"AP": [42.0, 40.0, 39.0], "AP low": [41.5, 39.0, 38.2], "AP high": [44.4, 42.9, 41.7],
+                         "AP@50det": [41.0, 39.5, 39.0]}, index=["dec6_q100", "dec3_q100", "dec3_q50"])
+    ranked = rankings(records, head)
+    assert ranked["AP@50det"].tiers == [["dec6_q100"], ["dec3_q100"], ["dec3_q50"]]
+    text = ranking_conclusion(records, headline=head)
+    assert f"{ranked['AP'].text()} (95% intervals: dec6_q100 [41.5, 44.4], dec3_q100 [39.0, 42.9], dec3_q50 " \
+           "[38.2, 41.7])." in text
+    assert ranked["AP@50det"].text() in text
+    assert "AP change from epoch 0" not in text and "AP change from epoch 0" in ranking_conclusion(records)
 
 
-def test_conclusion_agreement_ties_demo_and_missing(records):
+def test_ties_demo_and_missing(records):
     flat = {n: _record(n, r.config.dec_layers, r.config.num_queries, [50.0, 40.0], [9.0, 8.0], [0.0, 0.0], True)
             for n, r in records.items()}
+    ranked = rankings(flat)
+    assert ranked["AP"].tiers == [["dec6_q100", "dec3_q100", "dec3_q50"]]  # ties are ties, not a ranking
+    assert set(ranked["AP"].ranks.values()) == {1}
     text = ranking_conclusion(flat, missing=["dec9_q1"])
     assert text.startswith(DEMO_NOTE) and "Missing run folders (not compared): dec9_q1." in text
-    assert "dec6_q100 (0.0) = dec3_q100 (0.0) = dec3_q50 (0.0)" in text  # ties are ties, not a ranking
-    assert "AP does not separate the runs" in text and "DISAGREE" not in text
+    assert "AP does not separate the variants" in text and "by COCO AP DISAGREE" not in text
+    assert "Ties (equal as printed, so not ranked): " in text and "COCO AP: dec6_q100 = dec3_q100 = dec3_q50" in text
+    assert "(dec6_q100 did not change AP (as printed))" in text  # 0.0 to 0.0
     same = {n: _record(n, 3, 100, [t, t - 1], [9.0, 8.0], [a, a + 0.01]) for n, t, a in
             (("a", 50.0, 0.30), ("b", 51.0, 0.20), ("c", 52.0, 0.20))}
-    assert "The rankings by total loss and by AP agree (no pair of runs" in ranking_conclusion(same)
+    ranked = rankings(same)
+    assert ranked["AP"].tiers == [["a"], ["b", "c"]] and agreements(ranked)[("total", "AP")] == []
+    assert "The rankings by total loss and by COCO AP agree (no pair of variants" in ranking_conclusion(same)
     one = ranking_conclusion({"dec6_q100": records["dec6_q100"]}, missing=["dec3_q100"])
-    assert "Fewer than two runs" in one and "dec3_q100" in one
+    assert "Fewer than two variants" in one and "dec3_q100" in one
+
+
+def test_best_never_counts_epoch_0_and_losses_stay_losses():
+    """Epoch 0 scores best on every criterion and fine-tuning only loses: the tables pick fine-tuned epochs and the
+    changes are negative, called losses."""
+    worse = {"dec6_q100": _record("dec6_q100", 6, 100, [70.0, 72.0, 71.0], [10.0, 10.8, 10.6], [0.42, 0.40, 0.39]),
+             "dec3_q100": _record("dec3_q100", 3, 100, [50.0, 53.0, 52.0], [11.0, 11.5, 11.2], [0.40, 0.37, 0.38])}
+    original = original_study_table(worse)
+    assert original.loc["dec6_q100", "best total loss"] == 71.0  # not epoch 0's 70.0
+    assert original.loc["dec6_q100", "AP change"] == pytest.approx(-3.0)
+    comp = comparison_table(worse)
+    assert comp.loc[("dec6_q100", "highest AP (secondary)"), "epoch"] == 1
+    assert comp.loc[("dec3_q100", "lowest total loss (original study)"), "epoch"] == 2
+    text = ranking_conclusion(worse)
+    assert "dec6_q100 -3.0 points (dec6_q100 lost 3.0 points)" in text and "gained" not in text
 
 
 def test_tables_from_runs(records, tmp_path):
     original = original_study_table(records)
     assert original.loc["dec3_q50", "original study"] == 51.45
-    assert original.loc["dec6_q100", "best AP"] == pytest.approx(43.0)
+    assert original.loc["dec6_q100", "final AP"] == pytest.approx(42.0)
+    assert original.loc["dec6_q100", "AP change"] == pytest.approx(2.0)
     comp = comparison_table(records)
     assert comp.loc[("dec6_q100", "epoch 0"), "AP"] == pytest.approx(40.0)
+    assert comp.loc[("dec6_q100", "final epoch"), "epoch"] == 2
     assert comp.loc[("dec6_q100", "lowest total loss (original study)"), "epoch"] == 1
-    assert comp.loc[("dec3_q50", "highest AP"), "loss_final"] == 11.2
-    layers = ap_per_layer(records)
+    assert comp.loc[("dec3_q50", "highest AP (secondary)"), "loss_final"] == 11.2
+    layers = ap_per_layer(records)  # at the final epoch
     assert list(layers.columns) == [1, 2, 3, 4, 5, 6] and math.isnan(layers.loc["dec3_q50", 4])
-    assert layers.loc["dec6_q100", 6] == pytest.approx(0.43)
+    assert layers.loc["dec6_q100", 6] == pytest.approx(0.42) and ap_per_layer(records, "best").loc["dec6_q100", 6] \
+        == pytest.approx(0.43)
     save_table(comp, "comparison", tmp_path)
     md = (tmp_path / "tables" / "comparison.md").read_text().splitlines()
     assert md[0].startswith("| run | at | layers |") and len(md) == 2 + len(comp)

@@ -5,7 +5,18 @@ the images (with replacement) and re-scores each resample; :func:`ap_difference`
 sets on the *same* resampled images (paired), which is what a comparison of two variants needs. Each detection set
 is matched to the ground truth once (:class:`MatchedDetections`). The
 95% interval is the 2.5th-97.5th percentile of the resampled values; a difference whose interval excludes 0 is
-larger than the image sampling explains. :func:`seed_summary` gives the mean and spread over training seeds.
+larger than the image sampling explains. :func:`seed_summary` gives the mean and spread over training seeds;
+:func:`bootstrap_p` and :func:`holm` turn a family of resampled differences into Holm-adjusted p-values.
+
+:class:`ApBootstrap` does this for run folders (06_analysis): every (run, epoch) is scored on one shared set of
+image resamples, so any two are paired; a variant's value is the mean over its training seeds, and with several
+seeds each resample also redraws them with replacement (the interval then covers images and seeds); the best
+fine-tuned epoch is re-picked inside every resample, so the selection is inside its interval.
+
+The 50-query cap: COCO AP keeps up to 100 detections per image, a 50-query model outputs only 50.
+``MatchedDetections(..., max_det=50)`` keeps each image's 50 highest-scoring detections (:func:`top_per_image`)
+before matching: AP at 50 detections per image, on which 100 and 50 queries compare fairly. (pycocotools'
+``maxDets`` caps detections per image *and category*, so ``maxDets=50`` alone would not cap a 100-query model.)
 
 Speed: ``COCOeval.evaluate()`` (the IoU matching) runs once per detection set. A resample only changes how often
 each image counts, so each resample re-accumulates the per-image matches with those counts as weights
@@ -18,7 +29,12 @@ Detections are the run folder's ``detections/epoch_N.npz`` arrays (:func:`detr_n
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import math
+import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +43,7 @@ from pycocotools.cocoeval import COCOeval
 from scipy import sparse
 
 from ..training.coco_eval import results_array, run_cocoeval
-from ..training.config import variant_of
+from ..training.runs import RunRecord, detection_epochs, load_detections
 
 LEVEL = 0.95
 
@@ -118,7 +134,7 @@ class _Accumulator:
         return ap, ap50
 
 
-def _resample_counts(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
+def resample_counts(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
     """``[images, n_resamples]``: how often each image is drawn in each resample (n draws with replacement)."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_images, size=(n_resamples, n_images))
@@ -130,7 +146,7 @@ def _resample_counts(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
 def _resampled(accumulators: Sequence[_Accumulator], n_images: int, n_resamples: int, seed: int,
                batch: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per accumulator, (AP, AP50) of every resample; the same resamples for all (paired)."""
-    counts = _resample_counts(n_images, n_resamples, seed)
+    counts = resample_counts(n_images, n_resamples, seed)
     out = [([], []) for _ in accumulators]
     for start in range(0, n_resamples, batch):
         for acc, (ap, ap50) in zip(accumulators, out):
@@ -146,15 +162,40 @@ def percentile_interval(point: float, samples: np.ndarray, level: float = LEVEL)
     return {"point": float(point), "low": float(lo), "high": float(hi), "std": float(np.nanstd(samples))}
 
 
+def top_per_image(detections: Mapping[str, np.ndarray], max_det: int) -> dict[str, np.ndarray]:
+    """The ``max_det`` highest-scoring detections of each image (all of an image that has fewer), in their order."""
+    order = np.lexsort((-np.asarray(detections["score"], np.float64), detections["image_id"]))
+    image = np.asarray(detections["image_id"])[order]
+    rank = np.arange(len(order)) - np.searchsorted(image, image, side="left")  # position within its image
+    keep = np.sort(order[rank < max_det])
+    return {k: np.asarray(v)[keep] for k, v in detections.items()}
+
+
+def per_image_max(detections: Mapping[str, np.ndarray]) -> int:
+    """The most detections any image has (0 for none)."""
+    return int(np.unique(detections["image_id"], return_counts=True)[1].max()) if len(detections["image_id"]) else 0
+
+
 class MatchedDetections:
     """One detection set matched once (``COCOeval.evaluate``) on ``img_ids``: re-score it on any resample with
-    :func:`ap_interval` and :func:`ap_difference` without matching again (06_analysis keeps one per run and
-    epoch)."""
+    :func:`ap_interval`, :func:`ap_difference` and :func:`resampled_ap` without matching again (06_analysis keeps
+    one per run and epoch). ``max_det``: keep only each image's ``max_det`` highest-scoring detections
+    (:func:`top_per_image`; None: all, i.e. one per query)."""
 
-    def __init__(self, coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int]) -> None:
+    def __init__(self, coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int],
+                 max_det: int | None = None) -> None:
         self.img_ids = sorted(int(i) for i in img_ids)
+        self.max_det = max_det
+        if max_det is not None:
+            detections = top_per_image(detections, max_det)
         self.accumulator = _Accumulator(evaluate_images(coco_gt, detections, self.img_ids))
         self.point = tuple(float(v[0]) for v in self.accumulator.ap(np.ones((len(self.img_ids), 1))))
+
+
+def resampled_ap(matched: MatchedDetections, counts: np.ndarray, batch: int = 100) -> np.ndarray:
+    """AP (fractions) of ``matched`` on each resample of ``counts`` ``[images, B]`` (:func:`resample_counts`):
+    ``[B]``. Scoring several detection sets on the same ``counts`` pairs them."""
+    return np.concatenate([matched.accumulator.ap(counts[:, i:i + batch])[0] for i in range(0, counts.shape[1], batch)])
 
 
 def ap_interval(matched: MatchedDetections, n_resamples: int = 1000, seed: int = 0) -> dict:
@@ -187,12 +228,134 @@ def common_images(*detections: Mapping[str, np.ndarray]) -> list[int]:
     return sorted(set.intersection(*ids)) if ids else []
 
 
-def seed_summary(records: Mapping[str, float] | pd.Series) -> pd.DataFrame:
-    """Mean and spread over seeds: ``records`` maps run name (``<variant>_seed<k>``) -> a value (e.g. best AP).
+def seed_summary(values: Mapping[str, Sequence[float]]) -> pd.DataFrame:
+    """Mean and spread over seeds: ``values`` maps a variant to one value per training seed (e.g. final AP).
     One row per variant: ``seeds``, ``mean``, ``std`` (sample, NaN for one seed), ``min``, ``max``."""
-    s = pd.Series(dict(records), dtype=float)
-    if s.empty:
-        return pd.DataFrame(columns=["seeds", "mean", "std", "min", "max"]).rename_axis("variant")
-    g = s.groupby([variant_of(n) for n in s.index], sort=False)
-    return pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1), "min": g.min(),
-                         "max": g.max()}).rename_axis("variant")
+    rows = {v: pd.Series(list(x), dtype=float) for v, x in values.items()}
+    return pd.DataFrame({v: {"seeds": len(x), "mean": x.mean(), "std": x.std(ddof=1), "min": x.min(),
+                             "max": x.max()} for v, x in rows.items()},
+                        index=["seeds", "mean", "std", "min", "max"]).T.astype({"seeds": int}).rename_axis("variant")
+
+
+def bootstrap_p(samples: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the difference is 0" from resampled differences ``samples``: twice the
+    smaller share of resamples at or below 0 and at or above 0, counted as (k + 1) / (B + 1) so it is never 0."""
+    s = np.asarray(samples, np.float64)
+    s = s[~np.isnan(s)]
+    if not len(s):
+        return float("nan")
+    tail = min(np.count_nonzero(s <= 0), np.count_nonzero(s >= 0))
+    return float(min(1.0, 2 * (tail + 1) / (len(s) + 1)))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN left out of the family and returned as NaN): the
+    k-th smallest of m is multiplied by m - k + 1, then made non-decreasing, capped at 1."""
+    p = np.asarray(p_values, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    return out
+
+
+#: variant -> its runs: ``{run name: RunRecord}`` (:func:`.comparison.by_variant`), a sequence of records, or one
+Groups = Mapping[str, "Mapping[str, RunRecord] | Sequence[RunRecord] | RunRecord"]
+
+
+def runs_of(group) -> list[RunRecord]:
+    """A variant's runs from ``{name: record}``, a sequence of records, or one record."""
+    if isinstance(group, RunRecord):
+        return [group]
+    return list(group.values()) if isinstance(group, Mapping) else list(group)
+
+
+class ApBootstrap:
+    """Matches each (run, epoch)'s saved detections once, on the validation images every run of ``records`` was
+    evaluated on, and scores them on ``n_resamples`` resamples of those images (the same resamples for every run:
+    paired). :meth:`stat` and :meth:`diff` combine a variant's seeds (mean; with several seeds each resample also
+    redraws the seeds with replacement)."""
+
+    QUANTITIES = ("epoch 0", "final", "change", "best", "best change")
+
+    def __init__(self, records: Mapping[str, RunRecord], n_resamples: int = 1000, seed: int = 0) -> None:
+        self.records, self.n_resamples, self.seed = dict(records), n_resamples, seed
+        self._cache: dict[tuple, tuple[float, np.ndarray]] = {}
+        self.img_ids, self.gt = [], None
+        with_zero = [r for r in self.records.values() if self.has(r, 0)]
+        if with_zero:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.gt = COCO(str(Path(with_zero[0].config.split_dir) / "val.json"))
+            self.img_ids = common_images(*(load_detections(r.run_dir, 0) for r in with_zero))
+        self.counts = resample_counts(len(self.img_ids), n_resamples, seed)
+
+    def has(self, record: RunRecord, epoch: int | None) -> bool:
+        return epoch is not None and epoch in detection_epochs(record.run_dir)
+
+    def matched(self, record: RunRecord, epoch: int, max_det: int | None = None) -> MatchedDetections:
+        detections = load_detections(record.run_dir, epoch)
+        if max_det is not None and per_image_max(detections) <= max_det:
+            max_det = None  # nothing to cut: the same detections as the uncapped AP
+        return MatchedDetections(self.gt, detections, self.img_ids, max_det)
+
+    def run_ap(self, record: RunRecord, epoch: int, max_det: int | None = None) -> tuple[float, np.ndarray]:
+        """AP (fraction) of one run's epoch on all the images, and on each resample ``[B]``."""
+        key = (str(record.run_dir), epoch, max_det)
+        if key not in self._cache:
+            m = self.matched(record, epoch, max_det)
+            self._cache[key] = (m.point[0], resampled_ap(m, self.counts))
+        return self._cache[key]
+
+    def quantity(self, record: RunRecord, what: str, max_det: int | None = None) -> tuple[float, np.ndarray] | None:
+        """One run's ``what`` (one of :attr:`QUANTITIES`: AP at epoch 0 or at the final epoch, final minus epoch 0,
+        AP at the best fine-tuned epoch re-picked in every resample, that minus epoch 0): point and resamples, or
+        None when the run lacks the detections."""
+        if what not in self.QUANTITIES:
+            raise ValueError(f"ApBootstrap.quantity: what must be one of {self.QUANTITIES}, got {what!r}")
+        if what in ("change", "best change"):
+            a = self.quantity(record, "best" if what == "best change" else "final", max_det)
+            b = self.quantity(record, "epoch 0", max_det)
+            return None if a is None or b is None else (a[0] - b[0], a[1] - b[1])
+        if what == "best":
+            epochs = [e for e in detection_epochs(record.run_dir) if e >= 1 and e in record.metrics.index]
+            if not epochs:
+                return None
+            points, samples = zip(*(self.run_ap(record, e, max_det) for e in epochs))
+            return max(points), np.fmax.reduce(np.stack(samples), axis=0)
+        epoch = 0 if what == "epoch 0" else record.final_epoch
+        return self.run_ap(record, epoch, max_det) if self.has(record, epoch) else None
+
+    def _combined(self, variant: str, runs: Sequence[RunRecord], what: str, max_det: int | None):
+        """Mean over the seeds: point, resamples ``[B]`` (seeds redrawn per resample), per-seed points; or None."""
+        parts = [self.quantity(r, what, max_det) for r in runs]
+        if not parts or any(p is None for p in parts):
+            return None
+        points, samples = np.array([p[0] for p in parts]), np.stack([p[1] for p in parts])
+        if len(runs) > 1:  # the same draws for every statistic of this variant
+            rng = np.random.default_rng([self.seed, zlib.crc32(variant.encode())])
+            draws = rng.integers(0, len(runs), size=(self.n_resamples, len(runs)))
+            samples = np.nanmean(samples[draws, np.arange(self.n_resamples)[:, None]], axis=1)
+        else:
+            samples = samples[0]
+        return float(points.mean()), samples, points
+
+    def stat(self, variant: str, group, what: str = "final", max_det: int | None = None) -> dict | None:
+        """``what`` of a variant (its runs: ``group``) with its 95% interval: ``point``, ``low``, ``high``, ``std``
+        (fractions), ``seeds``, ``seed_std`` (sample std of the per-seed points; NaN for one seed)."""
+        c = self._combined(variant, runs_of(group), what, max_det)
+        if c is None:
+            return None
+        point, samples, points = c
+        return percentile_interval(point, samples) | {"seeds": len(points), "seed_std": float(
+            np.std(points, ddof=1)) if len(points) > 1 else math.nan}
+
+    def diff(self, a: tuple[str, object], b: tuple[str, object], what: str = "final",
+             max_det: int | None = None) -> dict | None:
+        """``what`` of variant ``a`` minus variant ``b`` (each ``(variant, group)``) on the same image resamples:
+        the interval entries, ``excludes_zero`` and the two-sided bootstrap ``p``."""
+        ca, cb = self._combined(a[0], runs_of(a[1]), what, max_det), self._combined(b[0], runs_of(b[1]), what, max_det)
+        if ca is None or cb is None:
+            return None
+        d = percentile_interval(ca[0] - cb[0], ca[1] - cb[1])
+        return d | {"excludes_zero": bool(d["low"] > 0 or d["high"] < 0), "p": bootstrap_p(ca[1] - cb[1])}

@@ -1,29 +1,46 @@
-"""06_analysis's tables: the runs grouped by variant and seed, each variant's losses and AP at its chosen epochs
-beside the original study's numbers, the AP of each decoder layer, the fine-tuning gains and the differences between
-variants with their 95% bootstrap intervals (:mod:`.bootstrap`), and cost against AP.
+"""06_analysis's tables: the runs found and grouped by what their folders hold, each variant's AP at the final epoch
+with its 95% interval (the headline), the change from its own epoch 0, the differences between variants (Holm-
+adjusted), the losses beside the original study's numbers, the AP of each decoder layer, and cost against AP.
 
-Run folders are named ``<variant>_seed<seed>`` (:func:`detr_nb_utils.training.config.seed_configs`); a variant is
-``dec<layers>_q<queries>`` with, for the 50-query choices of notebook 05, a suffix naming the strategy
-(``dec3_q50_most_matched``; ``dec3_q50`` keeps the first 50). Intervals are computed on the lowest seed of each
-variant (its saved detections); the seeds' spread is reported beside them. AP in percent (COCOeval's fractions
-x 100, as the paper prints them). Nothing here trains. The closing sentences are :mod:`.conclusions`.
+Runs are found by content, never by folder name: every folder of ``out_dir`` holding a ``config.json`` and a
+``metrics.jsonl`` is a run; its variant is its config's decoder layers, queries and query slots
+(:func:`variant_labels`: ``dec<layers>_q<queries>``, ``_spread`` for the evenly spread slots of notebook 05, else
+the folder's name without its ``_seed<k>``), its seed the config's. :func:`check_comparable` refuses runs made on
+different split manifests or in different effective precisions, naming both folders.
+
+The statistics, fixed before any result is seen:
+
+- **Primary: the final epoch** (each run's last evaluated epoch, ``config.epochs`` once complete). The headline
+  table, the rankings and the differences use it.
+- **Secondary: the best fine-tuned epoch** by validation AP (:func:`detr_nb_utils.training.runs.best_epoch`; never
+  epoch 0). It is picked on the same validation images it is scored on, so its interval re-picks the best epoch
+  inside every bootstrap resample: the selection is inside the interval.
+- **Changes are signed**: final (or best) minus the variant's own epoch 0, negative when fine-tuning lost AP.
+- **Seeds**: a variant's value is the mean over its training seeds; with more than one seed each bootstrap resample
+  also redraws the seeds with replacement, so the interval covers both the choice of images and the seed.
+- **Many comparisons**: the pairwise differences of a table are one family; their bootstrap p-values are
+  Holm-adjusted (:func:`.bootstrap.holm`).
+- **The 50-query cap**: ``AP@50det`` keeps each image's 50 highest-scoring detections (all a 50-query model can
+  output); a pair of variants with different numbers of queries is compared on it.
+
+AP in percent (COCOeval's fractions x 100, as the paper prints them). Nothing here trains. The closing sentences
+are :mod:`.conclusions`.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from pycocotools.coco import COCO
 
 from ..models.loss import LOSS_VIEWS
-from ..training.config import SEEDED_RUN, variant_name, variant_of
-from ..training.runs import METRICS, RunRecord, detection_epochs, load_detections, load_run
-from .bootstrap import MatchedDetections, ap_difference, ap_interval, common_images, seed_summary
+from ..training.config import MAX_QUERIES, RunConfig, variant_name, variant_of
+from ..training.runs import CONFIG, MANIFEST, METRICS, PRECISION_FIELD, RunRecord, load_run
+from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
+from .queries import select_queries
 
 #: run name (``RunConfig.run_dir``'s default) -> (decoder layers, queries, label): the three variants compared
 VARIANTS = {variant_name(layers, queries): (layers, queries, label)
@@ -36,21 +53,102 @@ PAPER_AP = {"AP": 42.0, "AP50": 62.4, "AP75": 44.2, "APs": 20.5, "APm": 45.8, "A
 AP_STATS = tuple(PAPER_AP)
 #: the 50-query choices of notebook 05: variant name -> strategy of detr_nb_utils.analysis.queries.select_queries
 QUERY_CHOICES = {"dec3_q50": "first", "dec3_q50_most_matched": "most_matched", "dec3_q50_spread": "spread"}
+#: detections per image kept for the capped AP: what the 50-query variant can output at most
+CAP = 50
+AP_CAPPED = f"AP@{CAP}det"
+#: the final layer's loss terms, compared with the deep model's auxiliary layer by :func:`layer_equivalence`
+LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")
+
+
+class IncomparableRuns(ValueError):
+    """Run folders that must not be compared (another split, another precision, the same variant and seed twice)."""
+
+
+# ---- finding the runs by content ---------------------------------------------------------------------------
+
+
+def _variant_key(cfg: RunConfig) -> tuple:
+    return cfg.dec_layers, cfg.num_queries, cfg.query_indices
+
+
+def _label(key: tuple, name: str) -> str:
+    layers, queries, slots = key
+    base = variant_name(layers, queries)
+    if slots is None:
+        return base
+    if list(slots) == select_queries("spread", queries, MAX_QUERIES):
+        return f"{base}_spread"
+    named = variant_of(name)  # e.g. most_matched: its slots depend on match counts the folder does not hold
+    return named if named.startswith(f"{base}_") else variant_name(layers, queries, slots)
+
+
+def variant_labels(configs: Mapping[str, RunConfig]) -> dict[str, str]:
+    """Run folder name -> its variant, from its config (layers, queries, query slots); one label per variant, taken
+    from its lowest seed's folder when the slots are not recognised, made unique with the slots' hash."""
+    keys = {n: _variant_key(c) for n, c in configs.items()}
+    labels: dict[tuple, str] = {}
+    for key in sorted(set(keys.values()), key=lambda k: (k[0], k[1], k[2] is not None, str(k[2]))):
+        lowest = min((n for n in keys if keys[n] == key), key=lambda n: (configs[n].seed, n))
+        label = _label(key, lowest)
+        labels[key] = label if label not in labels.values() else variant_name(*key)
+    return {n: labels[k] for n, k in keys.items()}
 
 
 def discover_runs(out_dir: str | Path) -> list[str]:
-    """The run folders under ``out_dir`` named ``<variant>_seed<seed>`` that hold finished epochs, by variant
-    and seed."""
-    found = [(m["variant"], int(m["seed"]), p.name) for p in Path(out_dir).glob("*_seed*")
-             if (m := SEEDED_RUN.match(p.name)) and (p / METRICS).is_file()]
-    return [name for *_, name in sorted(found)]
+    """Every folder under ``out_dir`` holding a ``config.json`` and finished epochs (whatever its name), ordered by
+    variant and seed."""
+    folders = [p for p in Path(out_dir).iterdir() if (p / CONFIG).is_file() and (p / METRICS).is_file()] \
+        if Path(out_dir).is_dir() else []
+    configs = {p.name: RunConfig.from_json(p / CONFIG) for p in folders}
+    labels = variant_labels(configs)
+    return sorted(configs, key=lambda n: (labels[n], configs[n].seed, n))
+
+
+def _manifest_difference(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return f"they differ in {', '.join(map(str, keys))}"
+
+
+def check_comparable(records: Mapping[str, RunRecord]) -> None:
+    """Raise :class:`IncomparableRuns`, naming both folders, when two runs were trained on different split manifests,
+    computed in different effective precisions (:attr:`RunRecord.effective_precision`; unknown counts as
+    different), or are the same variant with the same seed."""
+    items = list(records.items())
+    fix = "pass run_names to compare only runs made alike, or re-run the odd one out"
+    for (_, a), (_, b) in itertools.combinations(items, 2):
+        if a.split_manifest != b.split_manifest:
+            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} were trained on different splits (their {MANIFEST}: "
+                                   f"{_manifest_difference(a.split_manifest, b.split_manifest)}); AP on different "
+                                   f"validation images does not compare: {fix}.")
+    for (_, a), (_, b) in itertools.combinations(items, 2):
+        pa, pb = a.effective_precision, b.effective_precision
+        if pa is None or pb is None or pa != pb or "+" in pa:
+            say = {r.run_dir: p or f"unknown (precision 'auto', no {PRECISION_FIELD} recorded)"
+                   for r, p in ((a, pa), (b, pb))}
+            raise IncomparableRuns(f"{a.run_dir} computed in {say[a.run_dir]} and {b.run_dir} in {say[b.run_dir]}: "
+                                   f"runs of one comparison must compute in one precision; {fix}.")
+    labels = variant_labels({n: r.config for n, r in items})
+    for (na, a), (nb, b) in itertools.combinations(items, 2):
+        if labels[na] == labels[nb] and a.config.seed == b.config.seed:
+            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} both hold {labels[na]} with seed {a.config.seed}: "
+                                   f"counted twice they would shrink the seeds' spread; {fix}.")
+
+
+def load_runs(out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, RunRecord]:
+    """The run folders ``names`` (default: :func:`discover_runs`) under ``out_dir``, read back and checked by
+    :func:`check_comparable`."""
+    records = {n: load_run(Path(out_dir) / n) for n in (names or discover_runs(out_dir))
+               if (Path(out_dir) / n / METRICS).is_file()}
+    check_comparable(records)
+    return records
 
 
 def by_variant(records: Mapping[str, RunRecord]) -> dict[str, dict[str, RunRecord]]:
-    """``{variant: {run name: record}}``, seeds in ascending order."""
+    """``{variant: {run name: record}}`` (variants by content, :func:`variant_labels`), seeds in ascending order."""
+    labels = variant_labels({n: r.config for n, r in records.items()})
     out: dict[str, dict[str, RunRecord]] = {}
-    for name in sorted(records, key=lambda n: (variant_of(n), records[n].config.seed)):
-        out.setdefault(variant_of(name), {})[name] = records[name]
+    for name in sorted(records, key=lambda n: (labels[n], records[n].config.seed, n)):
+        out.setdefault(labels[name], {})[name] = records[name]
     return out
 
 
@@ -59,108 +157,135 @@ def first_seed_runs(records: Mapping[str, RunRecord]) -> dict[str, RunRecord]:
     return {v: next(iter(runs.values())) for v, runs in by_variant(records).items()}
 
 
-def seeds_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per variant, over its seeds: epoch-0 AP and best AP (percent), mean, spread, min and max."""
-    best = seed_summary({n: 100 * r.metrics["val_AP"].loc[r.best_epoch_ap] for n, r in records.items()})
-    zero = seed_summary({n: 100 * r.metrics.loc[0, "val_AP"] for n, r in records.items()})
-    return pd.concat({"best AP": best, "epoch-0 AP": zero}, axis=1)
-
-
-class ApBootstrap:
-    """Matches each (run, epoch)'s saved detections once, on the validation images every run of ``records`` was
-    evaluated on; ``ap`` and ``diff`` take run records (any of those runs) and epochs."""
-
-    def __init__(self, records: Mapping[str, RunRecord], n_resamples: int = 1000, seed: int = 0) -> None:
-        self.records, self.n_resamples, self.seed = dict(records), n_resamples, seed
-        if not self.records:
-            self.img_ids, self.gt = [], None
-            return
-        first = next(iter(self.records.values()))
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.gt = COCO(str(Path(first.config.split_dir) / "val.json"))
-        self.img_ids = common_images(*(load_detections(r.run_dir, 0) for r in self.records.values()))
-        self._cache: dict[tuple[str, int], MatchedDetections] = {}
-
-    def has(self, record: RunRecord, epoch: int | None) -> bool:
-        return epoch is not None and epoch in detection_epochs(record.run_dir)
-
-    def matched(self, record: RunRecord, epoch: int) -> MatchedDetections:
-        key = (str(record.run_dir), epoch)
-        if key not in self._cache:
-            self._cache[key] = MatchedDetections(self.gt, load_detections(record.run_dir, epoch), self.img_ids)
-        return self._cache[key]
-
-    def ap(self, record: RunRecord, epoch: int) -> dict:
-        return ap_interval(self.matched(record, epoch), self.n_resamples, self.seed)["AP"]
-
-    def diff(self, a: tuple[RunRecord, int], b: tuple[RunRecord, int]) -> dict:
-        return ap_difference(self.matched(*a), self.matched(*b), self.n_resamples, self.seed)["AP"]
-
-
-def _pct(d: dict, prefix: str) -> dict:
-    out = {prefix: 100 * d["point"], f"{prefix} low": 100 * d["low"], f"{prefix} high": 100 * d["high"]}
-    if "excludes_zero" in d:
-        out[f"{prefix} excludes 0"] = d["excludes_zero"]
-    return out
-
-
-def finetuning_gain_table(bootstrap: ApBootstrap, records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per variant (one record each): epoch-0 AP, best fine-tuned AP and the gain over its own epoch 0, each with
-    its 95% interval (the gain from paired resamples), and whether the gain's interval excludes 0."""
-    rows = {}
-    for name, r in records.items():
-        row = {"best epoch": r.best_epoch_ap, **_pct(bootstrap.ap(r, 0), "epoch-0 AP")}
-        if r.best_epoch_ap and bootstrap.has(r, r.best_epoch_ap):
-            row |= _pct(bootstrap.ap(r, r.best_epoch_ap), "best AP")
-            row |= _pct(bootstrap.diff((r, r.best_epoch_ap), (r, 0)), "gain")
-        rows[name] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-
-
-def differences_table(bootstrap: ApBootstrap, records: Mapping[str, RunRecord],
-                      pairs: Sequence[tuple[str, str]] | None = None, epoch: str = "best") -> pd.DataFrame:
-    """AP(a) - AP(b) in points with the 95% paired interval, for each pair (default: every pair of ``records``),
-    at each run's best-AP epoch (``epoch="best"``) or at epoch 0 (``epoch=0``)."""
-    pairs = list(pairs or itertools.combinations(records, 2))
-    rows = []
-    for a, b in pairs:
-        ea, eb = (records[a].best_epoch_ap, records[b].best_epoch_ap) if epoch == "best" else (epoch, epoch)
-        ra, rb = records[a], records[b]
-        if bootstrap.has(ra, ea) and bootstrap.has(rb, eb):
-            rows.append({"a": a, "b": b, "epoch a": ea, "epoch b": eb,
-                         **_pct(bootstrap.diff((ra, ea), (rb, eb)), "AP a - b")})
-    columns = ["a", "b", "epoch a", "epoch b", "AP a - b", "AP a - b low", "AP a - b high", "AP a - b excludes 0"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100", shallow: str = "dec3_q100") -> dict:
-    """The shallow model at epoch 0 is the deep model's layer ``L`` (same weights, same final norm): its epoch-0
-    AP against the deep run's epoch-0 ``AP_layer_{L-1}``, fractions, with their absolute difference."""
-    if deep not in records or shallow not in records:
-        return {}
-    layers = records[shallow].config.dec_layers
-    a = float(records[shallow].metrics.loc[0, "val_AP"])
-    b = float(records[deep].metrics.loc[0, f"val_AP_layer_{layers - 1}"])
-    return {"layers": layers, "shallow_AP": a, "deep_layer_AP": b, "abs_diff": abs(a - b)}
-
-
-def cost_vs_ap(cost: pd.DataFrame, gains: pd.DataFrame) -> pd.DataFrame:
-    """The cost table (:func:`detr_nb_utils.cost.cost_table`) joined with each variant's AP and interval."""
-    keep = [c for c in gains.columns if c.startswith(("best AP", "epoch-0 AP")) or c == "best epoch"]
-    return cost.join(gains[keep], how="left")
-
-
-def load_runs(out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, RunRecord]:
-    """The run folders ``names`` (default: :func:`discover_runs`) under ``out_dir``, read back."""
-    return {n: load_run(Path(out_dir) / n) for n in (names or discover_runs(out_dir))
-            if (Path(out_dir) / n / METRICS).is_file()}
-
-
 def missing_variants(records: Mapping[str, RunRecord], wanted: Sequence[str]) -> list[str]:
     """The ``wanted`` variants without any run folder."""
     have = set(by_variant(records))
     return [v for v in wanted if v not in have]
 
+
+def _ap_at(record: RunRecord, epoch: int | None) -> float:
+    m = record.metrics
+    return 100 * float(m.loc[epoch, "val_AP"]) if epoch is not None and epoch in m.index else math.nan
+
+
+def seeds_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
+    """Per variant, over its seeds: AP at the final epoch (primary), at epoch 0 and at the best fine-tuned epoch
+    (secondary), percent: seeds, mean, sample std, min, max."""
+    groups = by_variant(records)
+    return pd.concat({what: seed_summary({v: [_ap_at(r, pick(r)) for r in runs.values()] for v, runs in groups.items()})
+                      for what, pick in (("final AP", lambda r: r.final_epoch), ("epoch-0 AP", lambda r: 0),
+                                         ("best AP (secondary)", lambda r: r.best_epoch_ap))}, axis=1)
+
+
+def _pct(d: dict | None, prefix: str, excludes: bool = False) -> dict:
+    if d is None:
+        return {}
+    out = {prefix: 100 * d["point"], f"{prefix} low": 100 * d["low"], f"{prefix} high": 100 * d["high"]}
+    if excludes:
+        out[f"{prefix} excludes 0"] = bool(d["low"] > 0 or d["high"] < 0)
+    return out
+
+
+def _final_epochs(runs: Sequence[RunRecord]) -> int | str:
+    epochs = sorted({r.final_epoch for r in runs if r.final_epoch is not None})
+    return epochs[0] if len(epochs) == 1 else ", ".join(map(str, epochs))
+
+
+def headline_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
+    """The primary comparison, one row per variant: AP at the final epoch and ``AP@50det`` (each image's 50
+    highest-scoring detections), mean over the seeds, each with its 95% interval (images, and seeds when there are
+    several), the seeds and their sample std of the final AP, percent. ``attrs``: ``n_images``, ``n_resamples``."""
+    rows = {}
+    for v, group in groups.items():
+        runs = runs_of(group)
+        ap = bootstrap.stat(v, runs, "final")
+        rows[v] = {"layers": runs[0].config.dec_layers, "queries": runs[0].config.num_queries, "seeds": len(runs),
+                   "final epoch": _final_epochs(runs), "complete": all(r.complete for r in runs),
+                   **_pct(ap, "AP"), **_pct(bootstrap.stat(v, runs, "final", CAP), AP_CAPPED),
+                   "seed std": 100 * ap["seed_std"] if ap else math.nan}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    return table
+
+
+def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
+    """Per variant: AP at epoch 0, at the final epoch and the signed ``change`` between them (primary; negative
+    when fine-tuning lost AP), then, secondary, the best fine-tuned epochs and AP there with its change from
+    epoch 0, both re-picked inside every resample. Each with its 95% interval and, for changes, whether it
+    excludes 0. Percent; mean over the seeds."""
+    rows = {}
+    for v, group in groups.items():
+        runs = runs_of(group)
+        rows[v] = {"seeds": len(runs), "final epoch": _final_epochs(runs),
+                   **_pct(bootstrap.stat(v, runs, "epoch 0"), "epoch-0 AP"),
+                   **_pct(bootstrap.stat(v, runs, "final"), "AP"),
+                   **_pct(bootstrap.stat(v, runs, "change"), "change", excludes=True),
+                   "best epochs": ", ".join(str(r.best_epoch_ap) for r in runs if r.best_epoch_ap is not None),
+                   **_pct(bootstrap.stat(v, runs, "best"), "best AP (secondary)"),
+                   **_pct(bootstrap.stat(v, runs, "best change"), "best change (secondary)", excludes=True)}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    return table
+
+
+def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tuple[str, str]] | None = None
+                      ) -> pd.DataFrame:
+    """Variant ``a`` minus variant ``b`` at the final epoch for each pair of ``groups`` (default: every pair), in
+    points with the 95% paired interval. A pair whose query counts differ is ``compared on`` ``AP@50det``, others
+    on AP (both are given). ``p``: two-sided bootstrap p-value; ``p Holm``: Holm-adjusted over the table's pairs,
+    one family (``attrs["family"]`` pairs); ``excludes 0 (Holm)``: ``p Holm`` below 5%."""
+    pairs = list(itertools.combinations(groups, 2)) if pairs is None else list(pairs)
+    rows = []
+    for a, b in [(a, b) for a, b in pairs if a in groups and b in groups]:
+        ra, rb = runs_of(groups[a]), runs_of(groups[b])
+        capped = ra[0].config.num_queries != rb[0].config.num_queries
+        d = {k: bootstrap.diff((a, ra), (b, rb), "final", m) for k, m in (("AP", None), (AP_CAPPED, CAP))}
+        on = AP_CAPPED if capped else "AP"
+        if d[on] is not None:
+            rows.append({"a": a, "b": b, "compared on": on, **_pct(d[on], "a - b", excludes=True), "p": d[on]["p"],
+                         "AP a - b": 100 * d["AP"]["point"], f"{AP_CAPPED} a - b": 100 * d[AP_CAPPED]["point"]})
+    columns = ["a", "b", "compared on", "a - b", "a - b low", "a - b high", "a - b excludes 0", "p", "p Holm",
+               "excludes 0 (Holm)", "AP a - b", f"{AP_CAPPED} a - b"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["p Holm"] = holm(table["p"].to_numpy(float))
+    table["excludes 0 (Holm)"] = table["p Holm"] < 1 - LEVEL
+    table.attrs.update(family=len(table))
+    return table
+
+
+def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100", shallow: str = "dec3_q100",
+                      rtol: float = 1e-4) -> dict:
+    """The shallow model at epoch 0 is the deep model's layer ``L`` (same weights, same final norm): its epoch-0
+    AP and final-layer loss terms (:data:`LOSS_TERMS`) against the deep run's epoch-0 ``AP_layer_{L-1}`` and
+    auxiliary terms ``loss_*_{L-1}``. Returns ``layers``, ``shallow_AP``, ``deep_layer_AP`` (fractions),
+    ``abs_diff``, ``losses`` (term -> (shallow, deep)), ``max_loss_rel_diff``, ``same_AP``, ``same_losses`` (each
+    within ``rtol`` relative), ``same``; {} when a run or its epoch 0 is missing. The losses decide where AP is 0."""
+    if deep not in records or shallow not in records:
+        return {}
+    ms, md = records[shallow].metrics, records[deep].metrics
+    layers, deep_layers = records[shallow].config.dec_layers, records[deep].config.dec_layers
+    if 0 not in ms.index or 0 not in md.index or layers > deep_layers:
+        return {}
+    suffix = "" if layers == deep_layers else f"_{layers - 1}"
+    a, b = float(ms.loc[0, "val_AP"]), float(md.loc[0, f"val_AP_layer_{layers - 1}"])
+    losses = {t: (float(ms.loc[0, f"val_{t}"]), float(md.loc[0, f"val_{t}{suffix}"])) for t in LOSS_TERMS
+              if f"val_{t}" in ms and f"val_{t}{suffix}" in md}
+    rel = [abs(x - y) / max(abs(x), abs(y), 1e-12) for x, y in losses.values()]
+    same_ap, same_losses = abs(a - b) < 5e-5, bool(losses) and max(rel) <= rtol
+    return {"layers": layers, "deep_layers": deep_layers, "shallow_AP": a, "deep_layer_AP": b, "abs_diff": abs(a - b),
+            "losses": losses,
+            "max_loss_rel_diff": max(rel) if rel else math.nan, "same_AP": same_ap, "same_losses": same_losses,
+            "same": same_ap and same_losses}
+
+
+def cost_vs_ap(cost: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
+    """The cost table (:func:`detr_nb_utils.cost.cost_table`) joined with each variant's final-epoch AP and
+    ``AP@50det`` and their intervals (:func:`headline_table`)."""
+    keep = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
+    return cost.join(headline[keep], how="left")
+
+
+# ---- the losses and the single runs ------------------------------------------------------------------------
 
 
 def _row(record: RunRecord, epoch: int | None, at: str) -> dict:
@@ -168,38 +293,64 @@ def _row(record: RunRecord, epoch: int | None, at: str) -> dict:
     row = {"run": record.run_dir.name, "layers": record.config.dec_layers, "queries": record.config.num_queries,
            "at": at, "epoch": epoch}
     ok = epoch is not None and epoch in m.index
-    row.update({k: m.loc[epoch, f"val_{k}"] if ok else math.nan for k in LOSS_VIEWS})
-    row.update({k: 100 * m.loc[epoch, f"val_{k}"] if ok else math.nan for k in AP_STATS})
+    row.update({k: m.loc[epoch, f"val_{k}"] if ok and f"val_{k}" in m else math.nan for k in LOSS_VIEWS})
+    row.update({k: 100 * m.loc[epoch, f"val_{k}"] if ok and f"val_{k}" in m else math.nan for k in AP_STATS})
     return row
 
 
 def comparison_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per run, three rows: epoch 0 (the checkpoint, before fine-tuning), the original study's pick (the epoch of lowest
-    total val loss) and the epoch of highest val AP; each with the three val losses and AP..APl (percent)."""
+    """Per run, four rows: epoch 0 (the checkpoint, before fine-tuning), the final epoch (the primary comparison),
+    the original study's pick (the fine-tuned epoch of lowest total val loss) and the fine-tuned epoch of highest
+    val AP (secondary: picked on the validation images); each with the three val losses and AP..APl (percent)."""
     rows = []
     for r in records.values():
-        rows += [_row(r, 0, "epoch 0"), _row(r, r.best_epoch_loss, "lowest total loss (original study)"),
-                 _row(r, r.best_epoch_ap, "highest AP")]
+        rows += [_row(r, 0, "epoch 0"), _row(r, r.final_epoch, "final epoch"),
+                 _row(r, r.best_epoch_loss, "lowest total loss (original study)"),
+                 _row(r, r.best_epoch_ap, "highest AP (secondary)")]
     columns = ["run", "layers", "queries", "at", "epoch", *LOSS_VIEWS, *AP_STATS]
     return pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
 
 
-def original_study_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """The original study's table (best total validation loss per variant) with what our runs measure beside it."""
-    rows = {}
-    for name, r in records.items():
-        m = r.metrics
-        rows[name] = {"original study": ORIGINAL_STUDY_LOSS.get(name, math.nan),
-                      "best total loss": m["val_loss_total"].min(), "best final-layer loss": m["val_loss_final"].min(),
-                      "best per-layer mean": m["val_loss_layer_mean"].min(), "best AP": 100 * m["val_AP"].max()}
-    columns = ["original study", "best total loss", "best final-layer loss", "best per-layer mean", "best AP"]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("run")
+def _fine_tuned(record: RunRecord, column: str) -> pd.Series:
+    m = record.metrics
+    return m.loc[m.index >= 1, column] if column in m else pd.Series(dtype=float)
 
 
-def ap_per_layer(records: Mapping[str, RunRecord], epoch: str | int = "best") -> pd.DataFrame:
-    """AP (fraction) of each decoder layer's predictions (columns 1..L) per run, at the best-AP epoch or ``epoch``."""
+def original_study_table(groups: Groups) -> pd.DataFrame:
+    """The original study's table (best total validation loss per variant) with what our runs measure beside it:
+    the lowest total, final-layer and per-layer mean loss over the fine-tuned epochs (epoch 0 never counts), AP at
+    the final epoch and its signed change from epoch 0 (percent points); means over the seeds."""
+    rows = {}
+    for v, group in groups.items():
+        runs = runs_of(group)
+
+        def mean(f, runs=runs) -> float:
+            return float(np.mean([f(r) for r in runs]))
+
+        rows[v] = {"original study": ORIGINAL_STUDY_LOSS.get(v, math.nan),
+                   "best total loss": mean(lambda r: _fine_tuned(r, "val_loss_total").min()),
+                   "best final-layer loss": mean(lambda r: _fine_tuned(r, "val_loss_final").min()),
+                   "best per-layer mean": mean(lambda r: _fine_tuned(r, "val_loss_layer_mean").min()),
+                   "final AP": mean(lambda r: _ap_at(r, r.final_epoch)),
+                   "AP change": mean(lambda r: _ap_at(r, r.final_epoch) - _ap_at(r, 0))}
+    columns = ["original study", "best total loss", "best final-layer loss", "best per-layer mean", "final AP",
+               "AP change"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("variant")
+
+
+def final_losses(groups: Groups) -> pd.DataFrame:
+    """Per variant, the three validation losses at the final epoch (means over the seeds)."""
+    at = (lambda r, k: r.metrics.loc[r.final_epoch, f"val_{k}"] if r.final_epoch is not None else math.nan)
+    return pd.DataFrame({v: {k: float(np.mean([at(r, k) for r in runs_of(g)])) for k in LOSS_VIEWS}
+                         for v, g in groups.items()}, index=list(LOSS_VIEWS)).T.rename_axis("variant")
+
+
+def ap_per_layer(records: Mapping[str, RunRecord], epoch: str | int = "final") -> pd.DataFrame:
+    """AP (fraction) of each decoder layer's predictions (columns 1..L) per run, at the final epoch (``"final"``),
+    the best fine-tuned epoch (``"best"``) or ``epoch``."""
     rows = {}
     for name, r in records.items():
-        e = r.best_epoch_ap if epoch == "best" else epoch
-        rows[name] = {layer + 1: r.metrics.loc[e, f"val_AP_layer_{layer}"] for layer in range(r.config.dec_layers)}
+        e = {"final": r.final_epoch, "best": r.best_epoch_ap}.get(epoch, epoch)
+        rows[name] = {layer + 1: r.metrics.loc[e, f"val_AP_layer_{layer}"] if e in r.metrics.index else math.nan
+                      for layer in range(r.config.dec_layers)}
     return pd.DataFrame(rows).T

@@ -260,10 +260,12 @@ def figure_grid(n: int, cols: int, size: float) -> tuple[Figure, np.ndarray]:
     return fig, axes.flat
 
 
-def plot_ap_intervals(table: pd.DataFrame, columns: Sequence[str] = ("epoch-0 AP", "best AP")) -> Figure:
+def plot_ap_intervals(table: pd.DataFrame,
+                      columns: Sequence[str] = ("epoch-0 AP", "AP", "best AP (secondary)")) -> Figure:
     """AP per variant with its 95% bootstrap interval as error bars, one marker per column of ``table`` (from
-    :func:`detr_nb_utils.analysis.comparison.finetuning_gain_table`: ``<column>``, ``<column> low``, ``<column>
-    high``, percent)."""
+    :func:`detr_nb_utils.analysis.comparison.finetuning_gain_table`: epoch 0, the final epoch (``AP``, the primary
+    comparison) and the best fine-tuned epoch, re-picked in every resample; ``<column>``, ``<column> low``,
+    ``<column> high``, percent)."""
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * max(len(table), 1), 3.2), layout="constrained")
     x = np.arange(len(table))
     columns = [c for c in columns if c in table.columns]

@@ -8,6 +8,8 @@ layer, per-layer mean). 06_analysis's tables are :mod:`detr_nb_utils.analysis.co
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -15,14 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from pycocotools.coco import COCO
 
+from ..analysis.bootstrap import MatchedDetections, ap_difference, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
-from ..analysis.conclusions import DEMO_NOTE
+from ..analysis.conclusions import DEMO_NOTE, MIN_IMAGES, change_words
 from ..data.split import CROWDED_THRESHOLD, SIDES
 from ..models.checkpoint import LoadReport
 from ..models.detr import DETR, build_detr, parameter_table
 from ..models.loss import LOSS_VIEWS, loss_views, weight_dict
-from ..training.runs import RunRecord
+from ..training.runs import PRECISION_FIELD, RunRecord
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -128,6 +132,45 @@ def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.Data
             f"scores AP {ours:.1f} on this validation split, against {paper:.1f} in the paper on all of val2017.")
 
 
+def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO, n_resamples: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
+    """The same checkpoint evaluated in fp32 and in bf16 (two :func:`~detr_nb_utils.evaluate_checkpoint` results,
+    each with its ``detections`` and ``effective_precision``), scored on the images both evaluated: rows ``AP``,
+    ``AP50``; columns ``fp32``, ``bf16``, ``bf16 - fp32`` (percent points), ``low`` and ``high`` (its 95% interval
+    over ``n_resamples`` paired bootstrap resamples of the images, :func:`~detr_nb_utils.ap_difference`, ``seed``)
+    and ``excludes 0``. ``attrs``: ``n_images``, ``n_resamples``. ``val_file``: the val split's annotation file (or
+    its ``COCO``). The evidence to read before a study switches to the fast mode (02_checkpoint_inspection)."""
+    for name, m in (("fp32", fp32), ("bf16", bf16)):
+        if m.get(PRECISION_FIELD) != name:
+            raise ValueError(f"precision_ap_table: the {name} result was computed in {m.get(PRECISION_FIELD)!r}; "
+                             f"evaluate it with precision={name!r}")
+    if not isinstance(val_file, COCO):
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            val_file = COCO(str(val_file))
+    img_ids = common_images(fp32["detections"], bf16["detections"])
+    fast, published = (MatchedDetections(val_file, m["detections"], img_ids) for m in (bf16, fp32))
+    diff = ap_difference(fast, published, n_resamples, seed)
+    rows = {k: {"fp32": 100 * published.point[i], "bf16": 100 * fast.point[i], "bf16 - fp32": 100 * diff[k]["point"],
+                "low": 100 * diff[k]["low"], "high": 100 * diff[k]["high"], "excludes 0": diff[k]["excludes_zero"]}
+            for i, k in enumerate(("AP", "AP50"))}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("metric")
+    table.attrs.update(n_images=diff["n_images"], n_resamples=diff["n_resamples"])
+    return table
+
+
+def precision_takeaway(table: pd.DataFrame) -> str:
+    """The sentence of 02 on :func:`precision_ap_table`: how far bf16 moves AP, and whether image sampling explains
+    it (02's closing cell puts it after :func:`checkpoint_takeaway`, which labels the demo's random weights)."""
+    ap = table.loc["AP"]
+    verdict = ("the interval excludes 0: the fast mode moves AP by more than the choice of images explains, so runs "
+               "in bf16 do not compare with runs in fp32" if ap["excludes 0"] else
+               "the interval includes 0: on these images bf16 moves AP by no more than the choice of images explains")
+    return (f"On the same {table.attrs['n_images']} validation images the checkpoint scores AP {ap['bf16']:.1f} "
+            f"in bf16 and {ap['fp32']:.1f} in fp32: bf16 - fp32 = {ap['bf16 - fp32']:+.2f} points, 95% interval "
+            f"[{ap['low']:+.2f}, {ap['high']:+.2f}] over {table.attrs['n_resamples']} paired bootstrap resamples of "
+            f"the images; {verdict}.")
+
+
 # ---- 03-05: one run ----------------------------------------------------------------------------------------
 
 
@@ -151,14 +194,23 @@ def run_table(record: RunRecord) -> pd.DataFrame:
 
 
 def run_takeaway(record: RunRecord) -> str:
-    """Closing sentences of 03-05: what fine-tuning did to AP and to the losses, from the run folder."""
+    """Closing sentences of 03-05: what fine-tuning did to AP (signed: a loss is called a loss) from epoch 0 to the
+    final epoch, the best fine-tuned epoch (secondary), and to the losses, from the run folder. Says when AP is
+    degenerate: fewer than 100 validation images, or no change at all."""
     m, name = record.metrics, record.run_dir.name
-    last, best = int(m.index.max()), record.best_epoch_ap
+    last, final, best = int(m.index.max()), record.final_epoch, record.best_epoch_ap
     head = DEMO_NOTE + " " if bool(m["random_weights"].any()) else ""
     status = "" if record.complete else f" The run is incomplete ({last} of {record.config.epochs} epochs)."
-    ap = "no epoch was evaluated" if best is None else (
-        f"val AP went from {100 * m.loc[0, 'val_AP']:.1f} at epoch 0 to {100 * m.loc[last, 'val_AP']:.1f} at epoch "
-        f"{last} (best {100 * m.loc[best, 'val_AP']:.1f}, epoch {best})")
+    if final is None or final == 0:
+        ap = "no fine-tuned epoch was evaluated"
+    else:
+        a0, af = 100 * m.loc[0, "val_AP"], 100 * m.loc[final, "val_AP"]
+        ap = (f"val AP went from {a0:.1f} at epoch 0 to {af:.1f} at the final epoch {final}: fine-tuning "
+              f"{change_words(af - a0)} (best fine-tuned epoch {best}: {100 * m.loc[best, 'val_AP']:.1f}, "
+              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0)")
+    n_val = m["val_num_images"].dropna() if "val_num_images" in m else []
+    few = (f" AP is computed on {int(n_val.iloc[-1])} validation images, fewer than {MIN_IMAGES}: it moves in coarse "
+           "steps, so small changes say little." if len(n_val) and n_val.iloc[-1] < MIN_IMAGES else "")
     return (f"{head}{name}: {ap}; the total val loss went from {m.loc[0, 'val_loss_total']:.3f} to "
             f"{m.loc[last, 'val_loss_total']:.3f} and the final-layer loss from {m.loc[0, 'val_loss_final']:.3f} "
-            f"to {m.loc[last, 'val_loss_final']:.3f}.{status}")
+            f"to {m.loc[last, 'val_loss_final']:.3f}.{few}{status}")

@@ -57,6 +57,12 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` ("fp32", "bf16" or "auto") computes in on ``device``: "bf16" (autocast) or "fp32". A run
+    records it in every metrics row (:data:`.runs.PRECISION_FIELD`) and resumes only in the same."""
+    return "fp32" if resolve_amp_dtype(precision, torch.device(device)) is None else "bf16"
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.StepLR:
     """The published StepLR: both learning rates x0.1 every ``lr_drop`` epochs; constant when ``lr_drop`` is None."""
     if cfg.lr_drop is None:
@@ -226,13 +232,15 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
     ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
-    is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap)."""
+    is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap);
+    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16")."""
     device = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
     model, criterion, report = build_model(cfg, device)
     metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device)
-    return {**metrics, "random_weights": bool(report is not None and report.random_weights)}
+    return {**metrics, "random_weights": bool(report is not None and report.random_weights),
+            runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
 
 
 class TrainingRun:
@@ -243,7 +251,9 @@ class TrainingRun:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # keep freed activations for the next step instead of page-faulting them back
         self.rank, self.world = rank_world()
+        self.precision = effective_precision(cfg.precision, self.device)
         self.data = prepare_data(cfg)
+        last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
         if self.rank == 0:
             runs.prepare_run_dir(cfg, self.data.manifest_file)
         barrier()
@@ -255,13 +265,26 @@ class TrainingRun:
         self.loaders = {s: build_loader(cfg, self.data, s, self.device) for s in ("train", "val")}
         self.history: list[dict] = []
         self.epoch: int | None = None
-        self._resume()
+        self._resume(last)
         index = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=index) if self.world > 1 else self.model
 
-    def _resume(self) -> None:
-        """Continue from ``checkpoint_last.pth`` when the run folder has one (RNG states: single process only)."""
+    def _checked_last(self) -> dict | None:
+        """``checkpoint_last.pth`` of the run folder (None: nothing to resume), refused when damaged
+        (:class:`.runs.DamagedRunFolder`) or when this run would compute in another precision than its finished
+        epochs (:class:`.runs.PrecisionMismatch`); rows from before the precision was recorded get it when known."""
         state = runs.load_last(self.cfg.run_dir)
+        if state is not None:
+            how = f"precision={self.cfg.precision!r} on {self.device}"
+            recorded = runs.check_resume_precision(self.cfg.run_dir, state, self.precision, how,
+                                                   training_left=state["epoch"] < self.cfg.epochs)
+            for row in state["history"] if recorded else ():
+                row.setdefault(runs.PRECISION_FIELD, recorded)
+        return state
+
+    def _resume(self, state: dict | None) -> None:
+        """Continue from ``state``, the run folder's last checkpoint, when it has one (RNG states: single process
+        only)."""
         if state is None:
             return
         self.model.load_state_dict(state["model"])
@@ -302,7 +325,8 @@ class TrainingRun:
         eval_time = time.perf_counter() - start
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
                              "eval_time_s": eval_time, "wall_time_s": train_time + eval_time,
-                             "random_weights": self.random_weights, **{f"train_{k}": v for k, v in train.items()},
+                             "random_weights": self.random_weights, runs.PRECISION_FIELD: self.precision,
+                             **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
         run_dir = cfg.run_dir
         if epoch >= 1 and evaluate_now and runs.best_epoch(self.history, "val_AP", "max") == epoch:
@@ -319,5 +343,7 @@ def run_experiment(cfg: RunConfig) -> runs.RunRecord:
     """A whole run into ``cfg.run_dir``: epoch 0 (the loaded checkpoint, evaluated), then ``cfg.epochs`` epochs
     of training, each evaluated and saved. A run folder holding finished epochs with the same config is
     resumed from its last one (bit-identical metrics on CPU, single process); one with a different config is
-    refused (:class:`.runs.RunConfigMismatch`). Returns the run folder read back."""
+    refused (:class:`.runs.RunConfigMismatch`), as is one whose finished epochs were computed in another precision
+    than this run would compute in (:class:`.runs.PrecisionMismatch`: ``"auto"`` resolves per device) and one whose
+    ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). Returns the run folder read back."""
     return TrainingRun(cfg).run()

@@ -15,8 +15,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import random
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +129,91 @@ def detection_epochs(run_dir: str | Path) -> list[int]:
     return sorted(int(p.stem.removeprefix("epoch_")) for p in files if p.stem.removeprefix("epoch_").isdigit())
 
 
+#: the field of every metrics row (``metrics.jsonl``, and the history in ``checkpoint_last.pth``) that says which
+#: precision the run computed in: "fp32" or "bf16", what ``precision`` resolved to on the run's device (never "auto")
+PRECISION_FIELD = "effective_precision"
+_LAST_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config", "history")
+
+
+class DamagedRunFolder(RuntimeError):
+    """A run folder's ``checkpoint_last.pth`` cannot be read; the message names the file and the ways forward."""
+
+
+class PrecisionMismatch(RunConfigMismatch):
+    """Resuming a run folder would compute in another precision than the one its finished epochs were computed in."""
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with the bytes of the PyTorch file ``path``, or None. Every entry's CRC-32 is checked:
+    ``torch.load`` reads garbled tensor data without complaint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":
+            return "it is truncated (it ends before the zip directory PyTorch writes last)"
+        return "it is empty" if not head else f"it starts with {head!r}, not a PyTorch file"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"its zip structure is broken ({e})"
+    return None if bad is None else f"its entry {bad} is corrupt (its CRC-32 or header check fails): the bytes on " \
+                                    "disk changed after it was written"
+
+
 def load_last(run_dir: Path) -> dict | None:
-    """The state in ``checkpoint_last.pth``, or None when the run has not finished an epoch."""
-    path = Path(run_dir) / LAST
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    """The state in ``checkpoint_last.pth``, or None when the run has not finished an epoch.
+
+    Raises :class:`DamagedRunFolder` when the file is truncated, garbled (every entry's CRC-32 is checked first) or
+    not a last checkpoint, naming the file and the ways forward instead of PyTorch's zip-reader error."""
+    run_dir = Path(run_dir)
+    path = run_dir / LAST
+    if not path.is_file():
+        return None
+    what = _damage(path)
+    if what is None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile) as e:
+            what = f"PyTorch cannot read it: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        else:
+            missing = [k for k in _LAST_KEYS if not (isinstance(state, dict) and k in state)]
+            if not missing:
+                return state
+            what = f"it lacks {missing}"
+    best = run_dir / BEST
+    keep = (f"; or keep the weights of its best epoch, {best}, by passing checkpoint='{best}' with a new run_name "
+            "(training starts again from those weights, with a fresh optimizer; leave query_indices None: the file "
+            "holds only the slots the run kept)") if best.is_file() else f" ({run_dir} holds no {BEST} to start from)"
+    raise DamagedRunFolder(f"{path} is damaged: {what}. The run in {run_dir} cannot resume from it. Delete {run_dir} "
+                           f"and run again to start the run afresh{keep}.")
+
+
+def check_resume_precision(run_dir: Path, state: dict, effective: str, how: str, training_left: bool) -> str | None:
+    """The effective precision ("fp32" or "bf16") the run folder's finished epochs were computed in, after checking
+    that resuming computes in the same: raises :class:`PrecisionMismatch` naming the folder, both precisions and
+    the ways forward.
+
+    ``state``: :func:`load_last`'s; ``effective``: the precision the resumed run computes in, ``how``: how it got it
+    (e.g. "precision='auto' on cpu"); ``training_left``: whether epochs remain (a finished run is only read back).
+    A folder written before :data:`PRECISION_FIELD` existed is known by its config when its precision was not
+    "auto"; otherwise the answer is None, and resuming it with epochs left is refused, since it could mix.
+    """
+    recorded = {h[PRECISION_FIELD] for h in state["history"] if h.get(PRECISION_FIELD)}
+    if not recorded and state["config"].get("precision") in ("fp32", "bf16"):
+        recorded = {state["config"]["precision"]}
+    if recorded == {effective} or not training_left:
+        return recorded.pop() if len(recorded) == 1 else None
+    ways = (f"delete {run_dir} to run it afresh in {effective}, or start a new run_name from its best weights "
+            f"(checkpoint='{Path(run_dir) / BEST}').")
+    if not recorded:
+        raise PrecisionMismatch(f"{run_dir} was written before run folders recorded their {PRECISION_FIELD}, and "
+                                f"its precision 'auto' may have computed in bf16 or fp32; resuming it would compute in "
+                                f"{effective} ({how}) and could mix the two in one run. To be sure, {ways}")
+    raise PrecisionMismatch(f"{run_dir} was computed in {', '.join(sorted(recorded))} (the {PRECISION_FIELD} of its "
+                            f"{METRICS}); resuming it would compute in {effective} ({how}), and one run must not mix "
+                            f"precisions. Resume it where precision resolves to {', '.join(sorted(recorded))} again "
+                            f"(the machine and device that trained it), or {ways}")
 
 
 def _json_safe(value):
@@ -149,14 +232,14 @@ def write_logs(run_dir: Path, history: list[dict]) -> None:
 
 
 def best_epoch(history: list[dict], key: str, mode: str) -> int | None:
-    """Fine-tuned epoch (>= 1) of the best finite ``key`` (``mode`` "max" or "min"); the earliest on ties.
+    """The fine-tuned epoch (>= 1) of the best finite ``key`` (``mode`` "max" or "min"); the earliest on ties.
 
-    Epoch 0, the checkpoint before any training, is the starting point and is reported on its own; it is
-    the answer only while no trained epoch has been evaluated. None if no epoch has ``key``.
+    The one definition of "best" everywhere (checkpoint_best.pth, notebooks 03-06): epoch 0, the checkpoint before
+    any training, is the starting point, reported on its own and never picked, so "best minus epoch 0" can be
+    negative. None when no fine-tuned epoch has ``key``.
     """
-    scored = [(h[key], h["epoch"]) for h in history if isinstance(h.get(key), float) and math.isfinite(h[key])]
-    if any(e >= 1 for _, e in scored):
-        scored = [(s, e) for s, e in scored if e >= 1]
+    scored = [(h[key], h["epoch"]) for h in history
+              if h["epoch"] >= 1 and isinstance(h.get(key), float) and math.isfinite(h[key])]
     if not scored:
         return None
     best = max(s for s, _ in scored) if mode == "max" else min(s for s, _ in scored)
@@ -166,9 +249,11 @@ def best_epoch(history: list[dict], key: str, mode: str) -> int | None:
 @dataclass
 class RunRecord:
     """A run folder, read back: ``metrics`` (one row per finished epoch, indexed by ``epoch``; columns
-    ``train_*``, ``val_*``, ``lr``, times), ``per_category_ap`` (epochs x category names), the best epochs by
-    val AP and by the original study's total validation loss, the split manifest, and whether every epoch
-    finished. ``best_checkpoint``: the weights of the best-AP epoch (loadable by ``load_pretrained``)."""
+    ``train_*``, ``val_*``, ``lr``, times), ``per_category_ap`` (epochs x category names), the best fine-tuned
+    epochs (:func:`best_epoch`) by val AP and by the original study's total validation loss, the split manifest,
+    and whether every epoch finished. ``final_epoch``: the last evaluated epoch (06_analysis's pre-registered
+    comparison); ``effective_precision``: what the run computed in; ``best_checkpoint``: the weights of the
+    best-AP epoch (loadable by ``load_pretrained``)."""
 
     run_dir: Path
     config: RunConfig
@@ -182,6 +267,22 @@ class RunRecord:
     @property
     def best_checkpoint(self) -> Path:
         return self.run_dir / BEST
+
+    @property
+    def final_epoch(self) -> int | None:
+        """The last epoch with a finite val AP: the run's final result (``config.epochs`` once complete)."""
+        ap = self.metrics["val_AP"].dropna() if "val_AP" in self.metrics else pd.Series(dtype=float)
+        return int(ap.index.max()) if len(ap) else None
+
+    @property
+    def effective_precision(self) -> str | None:
+        """What the run computed in: the :data:`PRECISION_FIELD` its metrics rows record ("fp32", "bf16", or both
+        joined by "+" for a run that mixed them); for a folder written before that field existed, its config's
+        ``precision`` when that is not "auto"; None when unknown (an "auto" run that recorded nothing)."""
+        recorded = self.metrics[PRECISION_FIELD].dropna() if PRECISION_FIELD in self.metrics else []
+        if len(recorded):
+            return "+".join(sorted(set(recorded)))
+        return self.config.precision if self.config.precision in ("fp32", "bf16") else None
 
 
 def load_run(path: str | Path) -> RunRecord:
