@@ -198,11 +198,3 @@ def test_cli_fetches_coco_and_the_checkpoint_asset(coco_zips, monkeypatch, tmp_p
     assert url == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
     assert dest == tmp_path / "ck" / "detr-r50-e632da11.pth"
     assert kw["sha256_prefix"] == "e632da11" and kw["progress"] is False
-
-
-def test_real_coco_table_matches_the_issue():
-    by_name = {a.name: a for a in download.COCO_ASSETS}
-    assert by_name["val2017.zip"].size == 815_585_330
-    assert by_name["val2017.zip"].md5 == "442b8da7639aecaf257c1dceb8ba8c80"
-    assert by_name["annotations_trainval2017.zip"].size == 252_907_541
-    assert by_name["annotations_trainval2017.zip"].md5 == "f4bbac642086de4f52a3fdda2de5fa2c"
