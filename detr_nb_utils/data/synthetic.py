@@ -1,18 +1,29 @@
-"""The offline demo's stand-ins: a small synthetic COCO-format detection dataset, and an official-layout DETR
-checkpoint with random weights (:func:`make_random_checkpoint`).
+"""The offline demo's stand-ins: a small synthetic COCO-format detection dataset, an official-layout DETR
+checkpoint with random weights (:func:`make_random_checkpoint`), and the shape world the demo's tiny DETR is
+pre-trained on (:class:`ShapeStream`, :func:`world_sample`).
 
 JPEGs of a few filled shapes on noisy, textured backgrounds; each shape's box is labelled with a REAL COCO category
 id (non-contiguous: 1, 3, 18, 44, 62, so an id-shift bug shows), the file lists all 80 COCO categories, a few
 ``iscrowd=1`` regions (RLE) and a couple of images with no annotations. Used by every notebook's demo profile
 (notebooks 01-06 when COCO is not on disk) and by the tests.
+
+The shape world draws the same kind of image, one seed space per part (:data:`WORLD_PARTS`): image ``index`` of part
+``part`` comes from ``SeedSequence(seed, spawn_key=(WORLD_PARTS[part], index))``, while the demo's dataset draws all
+its images in turn from ``SeedSequence(seed)`` (``default_rng(seed)``, no spawn key). Different seed sequences give
+different generator states, so the pre-training stream and the held-out set never draw an image of the demo's
+dataset, whatever the seeds (``tests/test_tiny_detr.py`` checks it), nor one of each other.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +32,17 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from torch import nn
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..models.box_ops import normalise_boxes
 from ..models.detr import build_detr
 from . import atomic
 from .categories import COCO_CATEGORIES
+from .coco import coco_boxes_to_xyxy
+from .transforms import make_transforms
 
 #: category id -> (shape, fill colour RGB). Each category looks distinct, so a model can learn them.
 SHAPES: dict[int, tuple[str, tuple[int, int, int]]] = {
@@ -36,6 +53,8 @@ SHAPES: dict[int, tuple[str, tuple[int, int, int]]] = {
     62: ("rectangle", (190, 50, 200)),   # chair
 }
 _META = "synthetic.json"
+#: the shape world's parts and their spawn keys (see the module docstring): the pre-training stream, the held-out set
+WORLD_PARTS: dict[str, int] = {"pretrain": 1, "heldout": 2}
 
 
 @dataclass(frozen=True)
@@ -111,24 +130,57 @@ def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: 
     return img, anns
 
 
-def _build(tmp: Path, n_images: int, seed: int, image_size: tuple[int, int]) -> None:
+def demo_samples(n_images: int, seed: int, image_size: tuple[int, int]) -> Iterator[tuple[Image.Image, list]]:
+    """The demo dataset's images and annotation dicts (without ids), in order, all drawn from one generator
+    ``default_rng(seed)``: 1-4 shapes each, images ``n_images // 2 + 1`` and ``n_images`` empty (when
+    ``n_images >= 4``), every 7th image from the 2nd with a crowd region."""
     h, w = image_size
     rng = np.random.default_rng(seed)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "annotations").mkdir()
     empty = {n_images - 1, n_images // 2} if n_images >= 4 else set()
     crowd = {i for i in range(1, n_images, 7)} - empty
-    images, annotations = [], []
     for i in range(n_images):
-        image_id = i + 1
         n_shapes = 0 if i in empty else int(rng.integers(1, 5))
-        img, anns = _draw_image(rng, h, w, n_shapes, crowd=i in crowd)
+        yield _draw_image(rng, h, w, n_shapes, crowd=i in crowd)
+
+
+def world_rng(part: str, index: int, seed: int = 0) -> np.random.Generator:
+    """The generator of image ``index`` of the shape world's ``part``: ``SeedSequence(seed, spawn_key=(key, index))``,
+    a seed space the demo's dataset (``default_rng(seed)``, no spawn key) never uses."""
+    if part not in WORLD_PARTS:
+        raise ValueError(f"part must be one of {sorted(WORLD_PARTS)}, got {part!r}")
+    if not (isinstance(index, int) and index >= 0):
+        raise ValueError(f"index must be an integer >= 0, got {index!r}")
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(WORLD_PARTS[part], index)))
+
+
+def world_sample(part: str, index: int, seed: int = 0, image_size: tuple[int, int] = (160, 224),
+                 max_objects: int = 4, crowd_share: float = 1 / 7) -> tuple[Image.Image, list, np.random.Generator]:
+    """Image ``index`` of the shape world's ``part`` (:data:`WORLD_PARTS`), its annotation dicts (without ids) and
+    the generator that drew it (:func:`world_rng`, for any further draw about this image).
+
+    1..``max_objects`` shapes (fewer when one finds no free place), a crowd region with probability ``crowd_share``;
+    the demo's kind of image at ``image_size`` (height, width) pixels, from its own seed space (module docstring).
+    """
+    rng = world_rng(part, index, seed)
+    n_shapes = int(rng.integers(1, max_objects + 1))
+    img, anns = _draw_image(rng, *image_size, n_shapes, crowd=bool(rng.random() < crowd_share))
+    return img, anns, rng
+
+
+def _build(tmp: Path, samples: Iterator[tuple[Image.Image, list]], image_size: tuple[int, int],
+           description: str) -> None:
+    h, w = image_size
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "annotations").mkdir()
+    images, annotations = [], []
+    for i, (img, anns) in enumerate(samples):
+        image_id = i + 1
         name = f"{image_id:012d}.jpg"
         img.save(tmp / "images" / name, format="JPEG", quality=90)
         images.append({"id": image_id, "file_name": name, "height": h, "width": w, "license": 1})
         for a in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **a})
-    coco = {"info": {"description": f"detr-mini-coco synthetic shapes (seed {seed})", "version": "1.0",
+    coco = {"info": {"description": description, "version": "1.0",
                      "year": 2017, "contributor": "detr_nb_utils.synthetic", "date_created": "n/a"},
             "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
             "images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
@@ -136,20 +188,31 @@ def _build(tmp: Path, n_images: int, seed: int, image_size: tuple[int, int]) -> 
 
 
 def make_synthetic_coco(out_dir: Path | str, n_images: int = 24, seed: int = 0,
-                        image_size: tuple[int, int] = (160, 224)) -> SyntheticCoco:
+                        image_size: tuple[int, int] = (160, 224), world_part: str | None = None) -> SyntheticCoco:
     """Write (or reuse) ``out_dir/images/*.jpg`` and ``out_dir/annotations/instances.json``; return the paths.
 
     ``image_size`` is (height, width) in pixels. Deterministic for a seed; built in a temporary folder and renamed
     into place; a second call with the same arguments reuses the folder, one with different arguments is an
     error (delete ``out_dir`` or pick another). Images ``n_images // 2 + 1`` and ``n_images`` have no
     annotations (when ``n_images >= 4``); every 7th image from the 2nd holds one crowd region.
-    Used by the demo profile of notebooks 01-06 and by the tests.
+    Used by the demo profile of notebooks 01-06 and by the tests. ``world_part`` (e.g. ``"heldout"``): instead,
+    images ``0 … n_images-1`` of that part of the shape world (:func:`world_sample`), the pre-training's held-out
+    set (:mod:`detr_nb_utils.training.pretrain`).
     """
     out_dir = Path(out_dir)
     h, w = image_size
     if n_images < 1 or h < 64 or w < 64:
         raise ValueError(f"need n_images >= 1 and image_size >= (64, 64), got {n_images} and {image_size}.")
+    if world_part is not None and world_part not in WORLD_PARTS:
+        raise ValueError(f"world_part must be None (the demo's dataset) or one of {sorted(WORLD_PARTS)}, "
+                         f"got {world_part!r}")
     params = {"n_images": n_images, "seed": seed, "image_size": [h, w], "version": 1}
+    description = f"detr-mini-coco synthetic shapes (seed {seed})"
+    samples = demo_samples(n_images, seed, (h, w))
+    if world_part is not None:
+        params["world_part"] = world_part
+        description += f", {world_part} part of the shape world"
+        samples = (world_sample(world_part, i, seed, (h, w))[:2] for i in range(n_images))
     result = SyntheticCoco(out_dir, out_dir / "images", out_dir / "annotations" / "instances.json")
     if out_dir.exists():
         meta = out_dir / _META
@@ -160,7 +223,7 @@ def make_synthetic_coco(out_dir: Path | str, n_images: int = 24, seed: int = 0,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        _build(tmp, n_images, seed, (h, w))
+        _build(tmp, samples, (h, w), description)
         (tmp / _META).write_text(json.dumps(params))
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
@@ -204,3 +267,52 @@ def _calibrate_frozen_bn(body: nn.Module, images: torch.Tensor) -> None:
     finally:
         for h in hooks:
             h.remove()
+
+
+class ShapeStream(IterableDataset):
+    """An endless stream of the shape world's ``part`` (the pre-training images by default), as ``(image, target)``
+    pairs in :class:`~detr_nb_utils.data.coco.CocoDetection`'s contract, for a DataLoader with
+    :func:`~detr_nb_utils.data.coco.collate_fn`.
+
+    Item ``i`` is :func:`world_sample` ``(part, start + i, seed, image_size)``, made exactly as the demo's files are
+    read: saved as JPEG (quality 90) and decoded again, then resized so the shorter side is one of ``scales`` (drawn
+    by the image's own generator; longer side at most ``max_size``), scaled to [0, 1] and ImageNet-normalised (the
+    validation transform of :func:`~detr_nb_utils.data.transforms.make_transforms`). Targets: ``boxes`` float32
+    ``[n,4]`` normalised (cx, cy, w, h), ``labels`` int64 ``[n]`` COCO category ids (crowd regions are drawn but not
+    targets, as in training), ``image_id`` (= ``start + i``), ``orig_size`` and ``size`` (h, w). Deterministic for
+    ``seed``, in any process: the stream uses no global random state. Under DataLoader workers, worker ``k`` of
+    ``n`` yields items ``k, k+n, …``, so the batches hold the same images as in one process.
+    """
+
+    def __init__(self, seed: int = 0, image_size: tuple[int, int] = (160, 224), scales: Sequence[int] = (128,),
+                 max_size: int = 192, start: int = 0, part: str = "pretrain", max_objects: int = 4) -> None:
+        super().__init__()
+        if part not in WORLD_PARTS:
+            raise ValueError(f"part must be one of {sorted(WORLD_PARTS)}, got {part!r}")
+        self.seed, self.image_size, self.part, self.max_objects = seed, tuple(image_size), part, max_objects
+        self.start, self.scales = start, tuple(scales)
+        self.transforms = {s: make_transforms("val", val_size=s, max_size=max_size) for s in self.scales}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        info = get_worker_info()
+        first, step = (0, 1) if info is None else (info.id, info.num_workers)
+        return (self[self.start + i] for i in itertools.count(first, step))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img, anns, rng = world_sample(self.part, index, self.seed, self.image_size, self.max_objects)
+        scale = self.scales[int(rng.integers(len(self.scales)))]
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=90)
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            image = decode_jpeg(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8),
+                                mode=ImageReadMode.RGB)
+        h, w = image.shape[-2:]
+        objects = [a for a in anns if not a["iscrowd"]]
+        xyxy, keep = coco_boxes_to_xyxy(np.array([a["bbox"] for a in objects], dtype=np.float32), h, w)
+        boxes = normalise_boxes(torch.from_numpy(xyxy[keep]), (h, w))  # resizing keeps normalised boxes
+        labels = torch.as_tensor([a["category_id"] for a in objects], dtype=torch.int64)[torch.from_numpy(keep)]
+        image = self.transforms[scale](tv_tensors.Image(image)).as_subclass(torch.Tensor)
+        return image, {"boxes": boxes, "labels": labels, "image_id": torch.tensor(index, dtype=torch.int64),
+                       "orig_size": torch.tensor([h, w], dtype=torch.int64),
+                       "size": torch.tensor(list(image.shape[-2:]), dtype=torch.int64)}

@@ -2,7 +2,8 @@
 
 ``state_dict()`` has exactly the keys and shapes of ``detr-r50-e632da11.pth`` (458 entries for 6 decoder
 layers, 100 queries, 91 classes), so the official weights load with ``strict=True``. Used by every notebook
-(``from detr_nb_utils import build_detr``).
+(``from detr_nb_utils import build_detr``). ``build_detr(**TINY_DETR)`` is the demo world's tiny DETR: the same
+model with a small convolutional backbone and a narrower transformer (:data:`TINY_DETR`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import Backbone, Joiner
+from .backbone import Backbone, ConvBackbone, Joiner
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
@@ -37,7 +38,8 @@ class DETR(nn.Module):
     """DEtection TRansformer.
 
     Args:
-        backbone: :class:`~detr_nb_utils.models.backbone.Joiner` (ResNet-50 + sine positions).
+        backbone: :class:`~detr_nb_utils.models.backbone.Joiner` (ResNet-50, or the tiny
+            :class:`~detr_nb_utils.models.backbone.ConvBackbone`, + sine positions).
         transformer: :class:`~detr_nb_utils.models.transformer.Transformer`.
         num_classes: largest category id + 1 (91 for COCO); the class head has ``num_classes + 1``
             outputs, the last ("no object") at index ``num_classes``.
@@ -84,23 +86,36 @@ class DETR(nn.Module):
         return out
 
 
+BACKBONES = ("resnet50", "tiny")
+#: the demo world's tiny DETR, ``build_detr(**TINY_DETR)``: a 4-convolution backbone of stride
+#: 16 and a 64-wide transformer with 2 encoder layers; decoder depth, queries and classes as published
+TINY_DETR = {"backbone": "tiny", "hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dim_feedforward": 256}
+
+
 def build_detr(num_classes: int = 91, num_queries: int = 100, dec_layers: int = 6, enc_layers: int = 6,
                hidden_dim: int = 256, nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1,
-               aux_loss: bool = True, pretrained_backbone: bool = False) -> DETR:
+               aux_loss: bool = True, pretrained_backbone: bool = False, backbone: str = "resnet50") -> DETR:
     """The published DETR-R50 (defaults) or a variant of it.
 
     ``pretrained_backbone=False`` never touches the network: the DETR checkpoint overwrites the backbone.
+    ``backbone``: ``"resnet50"`` (the published model) or ``"tiny"`` (:class:`~.backbone.ConvBackbone`, trained from
+    scratch, no pretrained weights; see :data:`TINY_DETR`). Only the backbone's keys differ between the two.
     """
+    if backbone not in BACKBONES:
+        raise ValueError(f"build_detr: backbone must be one of {BACKBONES}, got {backbone!r}")
+    if backbone == "tiny" and pretrained_backbone:
+        raise ValueError("build_detr: the tiny backbone has no pretrained weights; use pretrained_backbone=False")
     for name, value, low in (("num_classes", num_classes, 1), ("num_queries", num_queries, 1),
                              ("dec_layers", dec_layers, 1), ("enc_layers", enc_layers, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"build_detr: {name} must be an integer >= {low}, got {value!r}")
     if hidden_dim % nheads or hidden_dim % 2:
         raise ValueError(f"build_detr: hidden_dim ({hidden_dim}) must be even and divisible by nheads ({nheads})")
-    backbone = Joiner(Backbone(pretrained=pretrained_backbone), PositionEmbeddingSine(hidden_dim // 2))
+    body = Backbone(pretrained=pretrained_backbone) if backbone == "resnet50" else ConvBackbone()
     transformer = Transformer(d_model=hidden_dim, nhead=nheads, enc_layers=enc_layers, dec_layers=dec_layers,
                               dim_feedforward=dim_feedforward, dropout=dropout)
-    return DETR(backbone, transformer, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss)
+    return DETR(Joiner(body, PositionEmbeddingSine(hidden_dim // 2)), transformer, num_classes=num_classes,
+                num_queries=num_queries, aux_loss=aux_loss)
 
 
 COMPONENTS = ("backbone", "transformer.encoder", "transformer.decoder", "input_proj", "query_embed",

@@ -67,8 +67,10 @@ def set_fast_mode(model: nn.Module, enabled: bool) -> nn.Module:
     the backbone, :class:`CheapDropout` and :class:`FastMultiheadAttention` in the transformer.
 
     The modules keep their parameters (an optimizer built before or after keeps working) and the state dict is
-    unchanged. Call it once, when the model is built for a bf16 run."""
-    model.backbone[0].fold_batchnorm = enabled
+    unchanged. Call it once, when the model is built for a bf16 run. A backbone without BatchNorm (the tiny
+    :class:`~detr_nb_utils.models.backbone.ConvBackbone`, no ``fold_batchnorm``) has nothing to fold."""
+    if hasattr(model.backbone[0], "fold_batchnorm"):
+        model.backbone[0].fold_batchnorm = enabled
     for module in model.transformer.modules():
         if isinstance(module, nn.Dropout):
             module.__class__ = CheapDropout if enabled else nn.Dropout
@@ -166,7 +168,10 @@ def cached_folded_weights(model: nn.Module) -> Iterator[None]:
     forwards use the cache; it is dropped on leaving the block. Used by
     :func:`detr_nb_utils.training.evaluation.evaluate`."""
     backbone = model.backbone[0]
-    backbone.folded_weight_cache = {} if backbone.fold_batchnorm else None
+    if not getattr(backbone, "fold_batchnorm", False):  # nothing folded, nothing to cache
+        yield
+        return
+    backbone.folded_weight_cache = {}
     try:
         yield
     finally:
