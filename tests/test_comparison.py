@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_stats import perturbed_detections, sample_gt  # noqa: F401 (fixture)
+from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis import comparison
 from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
