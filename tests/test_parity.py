@@ -142,6 +142,14 @@ def test_rule_gives_the_weights_the_published_model_ran_with(layers, queries):
     assert weights_digest(project_model(layers, queries).state_dict()) == fixture(layers, queries)["weights_sha256"]
 
 
+def _assert_layers_close(actual: dict, expected: dict, label: str) -> None:
+    """Every decoder layer's logits and boxes within the fp32 tolerance, the failing layer named."""
+    for suffix in expected:
+        for key in ("pred_logits", "pred_boxes"):
+            torch.testing.assert_close(actual[suffix][key], expected[suffix][key], **FP32_TOL,
+                                       msg=lambda m, s=suffix, k=key: f"{label} layer {s or 'final'} {k}: {m}")
+
+
 @pytest.mark.parametrize(("layers", "queries"), VARIANTS, ids=IDS)
 def test_every_decoder_layer_matches_published(layers, queries):
     outputs, _, _ = run_fp32(layers, queries)
@@ -149,10 +157,7 @@ def test_every_decoder_layer_matches_published(layers, queries):
     assert list(actual) == list(expected)
     report = max_diffs(actual, expected)
     print(f"dec{layers}_q{queries} fp32 max |diff| logits/boxes per layer: {report}")
-    for suffix in expected:
-        for key in ("pred_logits", "pred_boxes"):
-            torch.testing.assert_close(actual[suffix][key], expected[suffix][key], **FP32_TOL,
-                                       msg=lambda m, s=suffix, k=key: f"layer {s or 'final'} {k}: {m}")
+    _assert_layers_close(actual, expected, "fp32")
 
 
 @pytest.mark.parametrize(("layers", "queries"), VARIANTS, ids=IDS)
@@ -186,10 +191,7 @@ def test_fast_mode_in_fp32_matches_published(layers, queries):
     actual, expected = per_layer(outputs), per_layer(fixture(layers, queries)["outputs"])
     assert list(actual) == list(expected)
     print(f"dec{layers}_q{queries} fast mode fp32 max |diff| logits/boxes per layer: {max_diffs(actual, expected)}")
-    for suffix in expected:
-        for key in ("pred_logits", "pred_boxes"):
-            torch.testing.assert_close(actual[suffix][key], expected[suffix][key], **FP32_TOL,
-                                       msg=lambda m, s=suffix, k=key: f"fast fp32 layer {s or 'final'} {k}: {m}")
+    _assert_layers_close(actual, expected, "fast fp32")
 
 
 @pytest.mark.parametrize(("layers", "queries"), VARIANTS, ids=IDS)
