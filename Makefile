@@ -1,8 +1,9 @@
 # detr-mini-coco — the commands the README names.
 #   make setup   .venv/ with the package (editable) and its dev tools
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
-#   make demo    all six notebooks offline on synthetic data, figures into report/
+#   make demo    all six notebooks offline in the demo world, figures into runs/demo/report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU)
+#   make pretrain   pre-train the demo world's tiny DETR (data/pretrained/tiny_detr.pth; ~40 min on 2 CPU cores)
 #   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,7 +13,7 @@ KERNEL := $(VENV)/.kernel
 NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
 PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study notebooks clean-demo
+.PHONY: setup kernel test demo study pretrain notebooks clean-demo
 
 setup: $(STAMP)
 
@@ -33,13 +34,13 @@ test: setup kernel
 	$(PY) -m pytest -q tests
 	DETR_NB_PROFILE=demo $(PY) -m pytest -q --nbval-lax notebooks/
 
-# $(call run-notebooks,PROFILE): the six notebooks in order; executed copies in runs/PROFILE/notebooks/,
-# figures and tables into report/
+# $(call run-notebooks,PROFILE): the six notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
+# and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
 define run-notebooks
 	mkdir -p runs/$(1)/notebooks
 	for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(1) profile)"; \
-	  $(PAPERMILL) notebooks/$$nb.ipynb runs/$(1)/notebooks/$$nb.ipynb -p profile $(1) -p report_dir report \
+	  $(PAPERMILL) notebooks/$$nb.ipynb runs/$(1)/notebooks/$$nb.ipynb -p profile $(1) \
 	    || exit 1; \
 	done
 endef
@@ -51,6 +52,10 @@ study: setup kernel
 	$(PY) -m detr_nb_utils.data.download coco --root data/coco
 	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
 	$(call run-notebooks,study)
+
+# the committed checkpoint the demo fine-tunes; re-running reproduces it (same weights with the same torch and threads)
+pretrain: setup
+	$(PY) -m detr_nb_utils.training.pretrain --out data/pretrained/tiny_detr.pth
 
 # the notebooks' source is notebooks/NN_name.py (jupytext py:percent), paired with the .ipynb; sync the pair
 notebooks: setup

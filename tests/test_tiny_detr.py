@@ -19,7 +19,8 @@ from detr_nb_utils.models.detr import TINY_DETR, build_detr, parameter_table
 from detr_nb_utils.models.fast import cached_folded_weights, model_forward, set_fast_mode
 from detr_nb_utils.training.engine import build_optimizer, train_one_epoch
 from detr_nb_utils.training.evaluation import evaluate
-from detr_nb_utils.training.pretrain import PretrainConfig, build_tiny, parse_args, pretrain, torch_threads
+from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detr_nb_utils.training.pretrain import DEMO_SCALES, PretrainConfig, build_tiny, parse_args, pretrain, torch_threads
 
 DEMO = {"n_images": 18, "seed": 42}  # the demo profile's dataset: n_train + n_val images, split_seed
 QUICK = dict(steps=3, batch_size=2, heldout_images=4, eval_every=3, log_every=3, scales=(64,), eval_size=64)
@@ -206,6 +207,32 @@ def test_stream_contract_and_determinism():
     ids = [[int(t["image_id"]) for t in batch[2]] for _, batch in one]
     assert ids == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert sorted(i for _, b in two for i in (int(t["image_id"]) for t in b[2])) == list(range(8))
+
+
+def test_augmented_stream_boxes_follow_the_image_and_repeat_in_any_process():
+    """With the fine-tuning's augmentation (flips, scales, crops) every box still frames its shape, and the draws
+    depend on the image index only."""
+    stream = ShapeStream(seed=2, scales=DEMO_SCALES, max_size=160, augment=True)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    hits = total = 0
+    sizes = set()
+    for i in range(40):
+        image, target = stream[i]
+        h, w = image.shape[-2:]
+        sizes.add((h, w))
+        assert target["size"].tolist() == [h, w] and ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
+        rgb = (image * std + mean) * 255
+        for (cx, cy, _, _), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            pixel = rgb[:, min(int(cy * h), h - 1), min(int(cx * w), w - 1)]
+            hits += bool((pixel - torch.tensor(SHAPES[label][1])).abs().max() < 50)
+            total += 1
+    assert total > 60 and hits >= 0.85 * total, (hits, total)
+    assert len(sizes) >= 6 and min(min(s) for s in sizes) < 70  # many scales, crops among them
+    loader = DataLoader(stream, batch_size=4, collate_fn=collate_fn, num_workers=2)
+    _, _, targets = next(iter(loader))  # worker 0's batch: items 0, 2, 4, 6
+    assert [int(t["image_id"]) for t in targets] == [0, 2, 4, 6]
+    for t in targets:
+        assert torch.equal(t["boxes"], stream[int(t["image_id"])][1]["boxes"])
 
 
 # The learning test: a fresh tiny DETR (2 decoder layers, 20 queries) fits 8 images of the world from scratch. Measured

@@ -94,8 +94,10 @@ def _overlap(a: list[float], b: list[float]) -> float:
     return max(iw, 0) * max(ih, 0) / min(a[2] * a[3], b[2] * b[3])
 
 
-def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: bool) -> tuple[Image.Image, list]:
-    """One image and its annotation dicts (without ids): shapes, plus optionally a crowd of tiny dots."""
+def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: bool,
+                size_divisors: tuple[int, int] = (8, 2)) -> tuple[Image.Image, list]:
+    """One image and its annotation dicts (without ids): shapes, plus optionally a crowd of tiny dots. A shape's
+    width is drawn in ``[w // a, w // b)`` and its height likewise, for ``size_divisors`` ``(a, b)``."""
     img = Image.fromarray(_background(rng, h, w))
     draw = ImageDraw.Draw(img)
     anns = []
@@ -103,7 +105,7 @@ def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: 
         cat = int(rng.choice(list(SHAPES)))
         shape, colour = SHAPES[cat]
         for _ in range(20):  # keep shapes mostly unoccluded, so every box shows its object
-            bw, bh = int(rng.integers(w // 8, w // 2)), int(rng.integers(h // 8, h // 2))
+            bw, bh = (int(rng.integers(n // size_divisors[0], n // size_divisors[1])) for n in (w, h))
             x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
             if all(_overlap(a["bbox"], [x, y, bw, bh]) < 0.15 for a in anns):
                 break
@@ -130,17 +132,29 @@ def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: 
     return img, anns
 
 
+#: shapes per image in the demo's crowded images (every 10th from the 6th), smaller than the others
+CROWDED_SHAPES = (8, 13)
+_CROWDED_SIZES = (12, 4)
+
+
 def demo_samples(n_images: int, seed: int, image_size: tuple[int, int]) -> Iterator[tuple[Image.Image, list]]:
     """The demo dataset's images and annotation dicts (without ids), in order, all drawn from one generator
-    ``default_rng(seed)``: 1-4 shapes each, images ``n_images // 2 + 1`` and ``n_images`` empty (when
-    ``n_images >= 4``), every 7th image from the 2nd with a crowd region."""
+    ``default_rng(seed)``. 1-4 shapes each, as in the pre-training world, except: the images at 0-based positions
+    ``n_images // 2``, ``n_images - 1`` (when ``n_images >= 4``) and ``50, 150, 250, …`` are empty (COCO val2017
+    has 1% of images without annotations); every 10th from position 5 holds 8-12 smaller shapes (fewer when no free
+    place is left), a kind of image the pre-training never shows, so fine-tuning has something to learn; every 7th
+    from position 1 has a crowd region."""
     h, w = image_size
     rng = np.random.default_rng(seed)
-    empty = {n_images - 1, n_images // 2} if n_images >= 4 else set()
+    empty = ({n_images - 1, n_images // 2} if n_images >= 4 else set()) | set(range(50, n_images, 100))
     crowd = {i for i in range(1, n_images, 7)} - empty
+    crowded = set(range(5, n_images, 10)) - empty
     for i in range(n_images):
-        n_shapes = 0 if i in empty else int(rng.integers(1, 5))
-        yield _draw_image(rng, h, w, n_shapes, crowd=i in crowd)
+        if i in crowded:
+            yield _draw_image(rng, h, w, int(rng.integers(*CROWDED_SHAPES)), crowd=i in crowd,
+                              size_divisors=_CROWDED_SIZES)
+        else:
+            yield _draw_image(rng, h, w, 0 if i in empty else int(rng.integers(1, 5)), crowd=i in crowd)
 
 
 def world_rng(part: str, index: int, seed: int = 0) -> np.random.Generator:
@@ -285,13 +299,16 @@ class ShapeStream(IterableDataset):
     """
 
     def __init__(self, seed: int = 0, image_size: tuple[int, int] = (160, 224), scales: Sequence[int] = (128,),
-                 max_size: int = 192, start: int = 0, part: str = "pretrain", max_objects: int = 4) -> None:
+                 max_size: int = 192, start: int = 0, part: str = "pretrain", max_objects: int = 4,
+                 augment: bool = False) -> None:
         super().__init__()
         if part not in WORLD_PARTS:
             raise ValueError(f"part must be one of {sorted(WORLD_PARTS)}, got {part!r}")
         self.seed, self.image_size, self.part, self.max_objects = seed, tuple(image_size), part, max_objects
-        self.start, self.scales = start, tuple(scales)
+        self.start, self.scales, self.augment = start, tuple(scales), augment
         self.transforms = {s: make_transforms("val", val_size=s, max_size=max_size) for s in self.scales}
+        # the fine-tuning's augmentation, crop sizes scaled by the largest scale as the demo's by its min_size
+        self.train_transform = make_transforms("train", self.scales, max_size, val_size=max(self.scales))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         info = get_worker_info()
@@ -310,9 +327,18 @@ class ShapeStream(IterableDataset):
         h, w = image.shape[-2:]
         objects = [a for a in anns if not a["iscrowd"]]
         xyxy, keep = coco_boxes_to_xyxy(np.array([a["bbox"] for a in objects], dtype=np.float32), h, w)
-        boxes = normalise_boxes(torch.from_numpy(xyxy[keep]), (h, w))  # resizing keeps normalised boxes
         labels = torch.as_tensor([a["category_id"] for a in objects], dtype=torch.int64)[torch.from_numpy(keep)]
-        image = self.transforms[scale](tv_tensors.Image(image)).as_subclass(torch.Tensor)
+        if self.augment:  # drawn from a generator seeded by this image's own: the same crops in any process
+            target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(xyxy[keep]), format="XYXY", canvas_size=(h, w)),
+                      "labels": labels}
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**63)))
+                image, target = self.train_transform(tv_tensors.Image(image), target)
+            image, labels = image.as_subclass(torch.Tensor), target["labels"]
+            boxes = normalise_boxes(target["boxes"].as_subclass(torch.Tensor), image.shape[-2:])
+        else:
+            boxes = normalise_boxes(torch.from_numpy(xyxy[keep]), (h, w))  # resizing keeps normalised boxes
+            image = self.transforms[scale](tv_tensors.Image(image)).as_subclass(torch.Tensor)
         return image, {"boxes": boxes, "labels": labels, "image_id": torch.tensor(index, dtype=torch.int64),
                        "orig_size": torch.tensor([h, w], dtype=torch.int64),
                        "size": torch.tensor(list(image.shape[-2:]), dtype=torch.int64)}

@@ -1,14 +1,15 @@
 """Pre-training the demo world's tiny DETR from scratch on synthetic shapes, so that the demo fine-tunes a model
 that has learnt something, as the study fine-tunes the official checkpoint.
 
-``python -m detr_nb_utils.training.pretrain --out data/pretrained/tiny_detr.pth --steps 8000`` trains
+``python -m detr_nb_utils.training.pretrain`` (``make pretrain``; defaults: the committed checkpoint's run) trains
 ``build_detr(**TINY_DETR)`` (6 decoder layers, 100 queries, 91 classes: the official checkpoint's layout apart from
 the backbone and the widths) on the shape world's pre-training stream (:class:`~detr_nb_utils.data.synthetic.
 ShapeStream`), with the project's matcher, set loss (auxiliary losses included) and training step
 (:func:`.engine.train_one_epoch`: AdamW, gradient clipping 0.1), and evaluates COCO AP on a fixed held-out set of
 the same world (:func:`.evaluation.evaluate`). Beside the checkpoint ``<out>`` it writes ``<stem>.csv`` (the
 training curve: step, losses, AP at each evaluation) and ``<stem>.json`` (final AP, SHA-256 of the checkpoint,
-wall time, the configuration). All three are written atomically.
+wall time, the configuration, and ``demo_val``: the checkpoint's epoch-0 AP on the demo profile's validation split,
+which a test holds the committed checkpoint to). All three are written atomically.
 
 The checkpoint is the project's format, a dict with ``model`` (the fp32 state dict), ``arch`` (the
 :func:`~detr_nb_utils.models.detr.build_detr` arguments) and ``pretrain`` (steps, seed, AP), loadable by
@@ -44,6 +45,7 @@ from ..data import atomic
 from ..data.coco import build_dataset, collate_fn
 from ..data.download import sha256_file
 from ..data.synthetic import ShapeStream, make_synthetic_coco
+from ..data.transforms import TRAIN_SCALES, VAL_SIZE
 from ..models.detr import TINY_DETR, build_detr
 from ..models.fast import resolve_amp_dtype, resolve_channels_last, set_fast_mode
 from ..models.loss import SetCriterion
@@ -52,11 +54,17 @@ from .evaluation import evaluate
 from .runtime import resolve_device, seed_everything
 
 
+#: the published training scales (480..800) scaled to the demo's 96-pixel images, as the demo fine-tunes at
+DEMO_SCALES = tuple(round(s * 96 / VAL_SIZE) for s in TRAIN_SCALES)
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything that decides a pre-training run's weights. Image sizes are pixels (height, width); the world's
     images are drawn at ``image_size`` (the demo dataset's) and resized to a shorter side in ``scales`` (training)
-    or ``eval_size`` (held-out set), the longer side at most ``max_size``. ``lr_drop``: the step at which both
+    or ``eval_size`` (held-out set), the longer side at most ``max_size``. ``augment``: train with the fine-tuning's
+    augmentation (flip, multi-scale resize, random crops; :class:`ShapeStream`), as the official checkpoint was
+    trained with the augmentation it is fine-tuned with; without it, one resize to a scale of ``scales``. ``lr_drop``: the step at which both
     learning rates drop x0.1 (``None``: 2/3 of ``steps``). ``minutes``: stop at the first log point past this wall
     time (``None``: run every step). ``threads``: torch's CPU threads for the model; ``num_workers``: DataLoader
     processes drawing the images (the default, one thread and one worker, keeps both cores of a 2-core machine
@@ -67,7 +75,7 @@ class PretrainConfig:
     ``weight_decay``)."""
 
     out: str = "data/pretrained/tiny_detr.pth"
-    steps: int = 8000
+    steps: int = 12000
     minutes: float | None = None
     seed: int = 0
     batch_size: int = 16
@@ -81,9 +89,10 @@ class PretrainConfig:
     num_queries: int = 100
     dec_layers: int = 6
     image_size: tuple[int, int] = (160, 224)
-    scales: tuple[int, ...] = (96,)
+    scales: tuple[int, ...] = DEMO_SCALES
     eval_size: int = 96
-    max_size: int = 192
+    max_size: int = 160
+    augment: bool = True
     heldout_images: int = 200
     eval_every: int = 1000
     log_every: int = 100
@@ -172,7 +181,8 @@ def _train(cfg: PretrainConfig, heldout_dir: Path, log) -> tuple[nn.Module, list
     model, criterion = build_tiny(cfg, device)
     optimizer = build_optimizer(model, cfg)
     val_loader = heldout_loader(cfg, heldout_dir)
-    stream = ShapeStream(seed=cfg.seed, image_size=cfg.image_size, scales=cfg.scales, max_size=cfg.max_size)
+    stream = ShapeStream(seed=cfg.seed, image_size=cfg.image_size, scales=cfg.scales, max_size=cfg.max_size,
+                         augment=cfg.augment)
     batches: Iterator = iter(DataLoader(stream, batch_size=cfg.batch_size, collate_fn=collate_fn,
                                         num_workers=cfg.num_workers))
     curve, done, start = [], 0, time.perf_counter()
@@ -222,10 +232,30 @@ def save(model: nn.Module, cfg: PretrainConfig, curve: list[dict], final: dict) 
 
 def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """A whole pre-training run: :func:`train` (the held-out set in a temporary folder), then :func:`save`.
-    Returns the summary written to ``<stem>.json``."""
+    Returns the summary written to ``<stem>.json`` (the command line adds :func:`record_demo_val`)."""
     with tempfile.TemporaryDirectory(prefix="tiny-detr-heldout-") as tmp:
         model, curve, final = train(cfg, Path(tmp) / "heldout", log)
     return save(model, cfg, curve, final)
+
+
+def demo_val_ap(checkpoint: str | Path, **params) -> dict[str, float]:
+    """Epoch-0 ``AP``, ``AP50``, ``AP75`` of ``checkpoint`` (6 decoder layers, 100 queries) on the demo profile's
+    validation split, in fp32: what 02 and 03 show at epoch 0. ``params``: :func:`.config.make_config` overrides
+    (e.g. other ``data_root``/``split_dir``; by default the demo's, made when missing)."""
+    from .config import make_config  # the fine-tuning side of the package, only needed here
+    from .engine import evaluate_checkpoint
+    cfg = make_config("demo", checkpoint=str(checkpoint), progress=False, **params)
+    metrics = evaluate_checkpoint(cfg)
+    return {k: metrics[k] for k in ("AP", "AP50", "AP75")}
+
+
+def record_demo_val(checkpoint: str | Path) -> dict:
+    """Add ``demo_val`` (:func:`demo_val_ap`) to the checkpoint's summary ``<stem>.json``; return the summary."""
+    record = Path(checkpoint).with_suffix(".json")
+    summary = json.loads(record.read_text())
+    summary["demo_val"] = demo_val_ap(checkpoint)
+    atomic.write_text(record, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 @contextlib.contextmanager
@@ -262,8 +292,10 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    summary = pretrain(cfg)
-    print(f"{cfg.out}: AP {summary['AP']:.3f} after {summary['steps']} steps in {summary['wall_time_s']:.0f} s, "
+    pretrain(cfg)
+    summary = record_demo_val(cfg.out)
+    print(f"{cfg.out}: held-out AP {summary['AP']:.3f} after {summary['steps']} steps in "
+          f"{summary['wall_time_s']:.0f} s; demo validation AP {summary['demo_val']['AP']:.3f}; "
           f"sha256 {summary['sha256']}")
     return 0
 
