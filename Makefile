@@ -3,6 +3,7 @@
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
 #   make demo    all six notebooks offline in the demo world, figures into runs/demo/report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU)
+#   make report  render runs/$(PROFILE)/report/report.html (PROFILE=demo) or report/report.html (PROFILE=study)
 #   make pretrain   pre-train the demo world's tiny DETR (data/pretrained/tiny_detr.pth; ~40 min on 2 CPU cores)
 #   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +14,8 @@ KERNEL := $(VENV)/.kernel
 NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
 PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study pretrain notebooks clean-demo
+.PHONY: setup kernel test demo study report pretrain notebooks clean-demo
+PROFILE ?= demo
 
 setup: $(STAMP)
 
@@ -33,6 +35,7 @@ $(KERNEL): $(STAMP)
 test: setup kernel
 	$(PY) -m pytest -q tests
 	DETR_NB_PROFILE=demo $(PY) -m pytest -q --nbval-lax notebooks/
+	$(PY) -m detr_nb_utils.notebook.report --profile demo
 
 # $(call run-notebooks,PROFILE): the six notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
 # and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
@@ -53,7 +56,12 @@ study: setup kernel
 	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
 	$(call run-notebooks,study)
 
-# the committed checkpoint the demo fine-tunes; re-running reproduces it (same weights with the same torch and threads)
+# the team report from the profile's run folders and exported tables and figures, one self-contained HTML file
+report: setup
+	$(PY) -m detr_nb_utils.notebook.report --profile $(PROFILE)
+
+# the committed checkpoint the demo fine-tunes; re-running reproduces it (the same weights with the same torch and
+# number of threads)
 pretrain: setup
 	$(PY) -m detr_nb_utils.training.pretrain --out data/pretrained/tiny_detr.pth
 

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from detr_nb_utils.training.cli import config_from_args
-from detr_nb_utils.training.config import PROFILE_ENV, RunConfig, make_config, resolve_coco_layout
+from detr_nb_utils.training.config import (
+    CHECKPOINT_SHAPES,
+    PROFILE_ENV,
+    TINY_CHECKPOINT,
+    RunConfig,
+    make_config,
+    resolve_coco_layout,
+)
 
 
 def test_study_profile_is_the_seed_recipe(monkeypatch):
@@ -20,11 +28,26 @@ def test_study_profile_is_the_seed_recipe(monkeypatch):
 
 
 def test_one_numeric_regime_per_study(monkeypatch):
-    """The study computes in fp32 on every machine; bf16 is asked for by name; only the demo lets the machine pick."""
+    """Both profiles compute in fp32 on every machine; bf16 or "auto" is asked for by name."""
     monkeypatch.delenv(PROFILE_ENV, raising=False)
     assert make_config().precision == make_config("study", device="cuda").precision == RunConfig().precision == "fp32"
     assert make_config("study", precision="bf16").precision == "bf16"
-    assert make_config("demo").precision == "auto" and make_config("demo", precision="fp32").precision == "fp32"
+    assert make_config("demo").precision == "fp32" and make_config("demo", precision="auto").precision == "auto"
+
+
+def test_the_demo_fine_tunes_the_tiny_detr_and_the_study_the_published_one():
+    demo, study = make_config("demo"), make_config("study")
+    assert (demo.backbone, demo.checkpoint) == ("tiny", TINY_CHECKPOINT) and Path(TINY_CHECKPOINT).is_file()
+    assert study.backbone == "resnet50" and study.checkpoint.endswith("detr-r50-e632da11.pth")
+    assert {k: v for k, v in demo.arch.items() if k != "backbone"} == CHECKPOINT_SHAPES["tiny"]
+    assert (demo.num_queries, demo.dec_layers, demo.n_train + demo.n_val) == (100, 6, 500)
+    # the one size the tiny DETR was pre-trained at, without crops and with its dropout; the study's as published
+    assert demo.train_scales == (demo.min_size,) == (96,) and not demo.random_crop and demo.dropout == 0.0
+    assert study.random_crop and study.dropout == 0.1 and len(study.train_scales) == 11
+    with pytest.raises(ValueError, match=r"hidden_dim = 256 .* 64 to load the tiny checkpoint"):
+        make_config("demo", hidden_dim=256)
+    with pytest.raises(ValueError, match=r"backbone = 'resnet18' .* one of \['resnet50', 'tiny'\]"):
+        make_config("demo", backbone="resnet18")
 
 
 def test_environment_selects_the_profile_and_explicit_values_win(monkeypatch):
@@ -62,7 +85,7 @@ def test_json_round_trip(tmp_path):
     ("dropout", 1.0, r"dropout = 1\.0"),
     ("channels_last", "yes", r"channels_last = 'yes' .* True or False"),
     ("run_name", "../x", r"run_name = '\.\./x'"),
-    ("hidden_dim", 128, r"hidden_dim = 128 .* 256 to load the checkpoint"),
+    ("hidden_dim", 128, r"hidden_dim = 128 .* 256 to load the resnet50 checkpoint"),
     ("lr_drop", 0, r"lr_drop = 0 .* or None"),
 ])
 def test_bad_values_are_refused_with_the_field_and_the_allowed_range(field, value, message):

@@ -367,3 +367,16 @@ def test_subset_arguments_and_bad_options(sample):
         make_transforms("train", scales=())
     with pytest.raises(FileNotFoundError, match="image folder"):
         CocoDetection(sample[0], sample[1] / "nope")
+
+
+def test_training_without_the_crop_branch_keeps_every_box(crop_calls):
+    """``random_crop=False`` (the demo world's fine-tuning): flips and the resize only, never a crop."""
+    t = make_transforms("train", scales=(96,), max_size=160, val_size=96, random_crop=False)
+    torch.manual_seed(0)
+    flipped = 0
+    for _ in range(40):
+        image, target = t(*image_and_target(160, 224, [[10, 20, 60, 80]]))
+        assert tuple(image.shape[-2:]) == (96, 134) and target["labels"].tolist() == [1]
+        x1 = float(target["boxes"].as_subclass(torch.Tensor)[0, 0])
+        flipped += x1 > 67  # mirrored: the box moved to the right half
+    assert not crop_calls and 8 < flipped < 32

@@ -28,8 +28,8 @@ from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.config import RunConfig, make_config
 
-# a DETR small enough for CI: the ResNet-50 stays (build_detr has no other backbone) but is frozen
-# (lr_backbone=0, as published), the transformer shrinks
+# a DETR small enough for CI: the demo profile's tiny backbone, frozen (lr_backbone=0, as the published
+# train_backbone = lr_backbone > 0), and a smaller transformer, from random weights
 TINY = dict(checkpoint=None, enc_layers=1, dec_layers=2, hidden_dim=64, nheads=4, dim_feedforward=128, num_queries=10,
             lr_backbone=0.0)
 TIMES = ("train_time_s", "eval_time_s", "wall_time_s")
@@ -74,7 +74,7 @@ def test_bf16_fast_mode_trains_with_fp32_outputs(tiny_cfg):
 
 
 def test_optimizer_groups_follow_the_published_split(tiny_cfg):
-    cfg = dataclasses.replace(tiny_cfg, lr_backbone=1e-5)
+    cfg = dataclasses.replace(tiny_cfg, lr_backbone=1e-5, backbone="resnet50")  # the published backbone's groups
     model, _, _ = engine.build_model(cfg, torch.device("cpu"))
     groups = engine.build_optimizer(model, cfg).param_groups
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -122,8 +122,12 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, run_name="readback", epochs=1)
     record = engine.run_experiment(cfg)
     assert {p.name for p in cfg.run_dir.iterdir()} == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY,
-                                                      runs.LAST, runs.BEST, runs.DETECTIONS}
+                                                      runs.LAST, runs.BEST, runs.DETECTIONS, runs.ENVIRONMENT}
     loaded = runs.load_run(cfg.run_dir)
+    (session,) = loaded.environment  # one start, on this machine, from no finished epoch
+    assert session["from_epoch"] is None and session["device"] == "cpu" and session["torch"] == torch.__version__
+    engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # extended: a second session, from epoch 1
+    assert [e["from_epoch"] for e in runs.load_run(cfg.run_dir).environment] == [None, 1]
     assert loaded.config == cfg and loaded.complete and loaded.best_epoch_ap == record.best_epoch_ap
     assert {"val_AP", "val_AP_layer_0", "val_loss_total", "val_loss_final", "train_loss"} <= set(loaded.metrics)
     assert list(loaded.per_category_ap.index) == [0, 1]
@@ -264,6 +268,5 @@ def test_a_damaged_last_checkpoint_is_named_with_the_ways_forward(one_epoch, dam
     assert f"checkpoint='{cfg.run_dir / runs.BEST}' with a new run_name" in msg
     assert _snapshot(cfg.run_dir) == before
     # the way forward offered: the best weights load as a pretrained checkpoint into the same variant
-    model = build_detr(num_queries=cfg.num_queries, dec_layers=cfg.dec_layers, enc_layers=cfg.enc_layers,
-                       hidden_dim=cfg.hidden_dim, nheads=cfg.nheads, dim_feedforward=cfg.dim_feedforward)
+    model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
     assert load_pretrained(model, cfg.run_dir / runs.BEST).summary().to_dict() == {"loaded": len(model.state_dict())}

@@ -18,7 +18,7 @@ from detr_nb_utils.analysis.queries import (
     usage_summary,
 )
 from detr_nb_utils.data.synthetic import make_synthetic_coco
-from detr_nb_utils.models.detr import build_detr
+from detr_nb_utils.models.detr import TINY_DETR, build_detr
 from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.cli import config_from_args
@@ -220,7 +220,7 @@ def test_a_run_folder_refuses_another_query_choice(tmp_path):
 
 def test_build_model_keeps_the_chosen_query_embeddings(tmp_path):
     torch.manual_seed(3)
-    sd = build_detr().state_dict()
+    sd = build_detr(**TINY_DETR).state_dict()  # the demo profile's architecture
     torch.save({"model": sd}, tmp_path / "detr.pth")
     cfg = make_config("demo", checkpoint=str(tmp_path / "detr.pth"), dec_layers=1, num_queries=3,
                       query_indices=(90, 3, 50))

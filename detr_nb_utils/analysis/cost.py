@@ -127,13 +127,16 @@ def cost_table(variants: Mapping[str, nn.Module], image_size: tuple[int, int] = 
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
 
 
-def variant_costs(variants: Mapping[str, tuple], latency_size: tuple[int, int], device) -> pd.DataFrame:
+def variant_costs(variants: Mapping[str, tuple], latency_size: tuple[int, int], device,
+                  arch: Mapping | None = None, image_size: tuple[int, int] = COST_SIZE) -> pd.DataFrame:
     """:func:`cost_table` of each variant (name -> (decoder layers, queries, ...)): parameters,
-    GFLOPs at 800x1066 (meta device), CPU latency at ``latency_size``, and GPU latency (``latency_ms_gpu``, bf16
-    autocast as the engine uses) when ``device`` is a CUDA device. Weights are random: cost does not depend on
-    them."""
-    models = {name: build_detr(dec_layers=v[0], num_queries=v[1]).eval() for name, v in variants.items()}
-    table = cost_table(models, device="cpu", latency_size=tuple(latency_size))
+    GFLOPs at ``image_size`` (default 800x1066), CPU latency at ``latency_size``, and GPU latency
+    (``latency_ms_gpu``, bf16 autocast as the engine uses) when ``device`` is a CUDA device. ``arch``: the other
+    :func:`build_detr` arguments (a run's ``cfg.arch``; default: the published DETR-R50). Weights are random: cost
+    does not depend on them."""
+    models = {name: build_detr(**(arch or {}), dec_layers=v[0], num_queries=v[1]).eval()
+              for name, v in variants.items()}
+    table = cost_table(models, tuple(image_size), device="cpu", latency_size=tuple(latency_size))
     if torch.device(device).type == "cuda":
         gpu = cost_table({n: set_fast_mode(m.to(device), True) for n, m in models.items()}, device=device,
                          latency_size=tuple(latency_size), amp_dtype=torch.bfloat16, repeats=10)

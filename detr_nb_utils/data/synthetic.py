@@ -329,8 +329,8 @@ class ShapeStream(IterableDataset):
         xyxy, keep = coco_boxes_to_xyxy(np.array([a["bbox"] for a in objects], dtype=np.float32), h, w)
         labels = torch.as_tensor([a["category_id"] for a in objects], dtype=torch.int64)[torch.from_numpy(keep)]
         if self.augment:  # drawn from a generator seeded by this image's own: the same crops in any process
-            target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(xyxy[keep]), format="XYXY", canvas_size=(h, w)),
-                      "labels": labels}
+            boxes = tv_tensors.BoundingBoxes(torch.from_numpy(xyxy[keep]), format="XYXY", canvas_size=(h, w))
+            target = {"boxes": boxes, "labels": labels}
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**63)))
                 image, target = self.train_transform(tv_tensors.Image(image), target)

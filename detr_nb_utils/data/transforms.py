@@ -131,14 +131,15 @@ class RandomSizeCrop(v2.Transform):
 
 def make_transforms(split: str, scales: Sequence[int] = TRAIN_SCALES, max_size: int = MAX_SIZE,
                     val_size: int = VAL_SIZE, crop_resize: Sequence[int] | None = None,
-                    crop_size: tuple[int, int] | None = None) -> v2.Compose:
+                    crop_size: tuple[int, int] | None = None, random_crop: bool = True) -> v2.Compose:
     """DETR's augmentation for ``split`` "train" or "val", called as ``image, target = t(image, target)``.
 
     train: horizontal flip (p=0.5), then either a resize of the shorter side to one of ``scales`` (longer side
     <= ``max_size``), or a resize to one of ``crop_resize``, a ``RandomSizeCrop(*crop_size)`` and the random resize.
     val: shorter side ``val_size``, longer <= ``max_size``. Output sizes follow the published rule (``resized_size``);
     boxes are clamped to the image after every step, and only the boxes the crop leaves with zero width or height
-    are removed. Both end with float [0, 1] scaling and ImageNet mean/std normalisation. Sizes in pixels; small
+    are removed. ``random_crop=False``: train without the crop branch (flip, then the resize to one of ``scales``).
+    Both end with float [0, 1] scaling and ImageNet mean/std normalisation. Sizes in pixels; small
     ``scales``/``max_size``/``val_size`` make CPU runs cheap; ``crop_resize`` and ``crop_size`` ``None``: the
     published sizes scaled by ``val_size / 800``. Used by notebooks 03-05 via ``build_dataset``.
     """
@@ -159,6 +160,8 @@ def make_transforms(split: str, scales: Sequence[int] = TRAIN_SCALES, max_size: 
     if split == "val":
         return v2.Compose([RandomResize([val_size], max_size=max_size), *finish])
     resize = RandomResize(scales, max_size=max_size)
+    if not random_crop:
+        return v2.Compose([v2.RandomHorizontalFlip(), resize, *finish])
     return v2.Compose([
         v2.RandomHorizontalFlip(),  # a mirror keeps every box inside the image
         v2.RandomChoice([

@@ -18,8 +18,9 @@ from ..training.config import RunConfig
 from ..training.runtime import resolve_device
 from .figures import set_stamp
 
-DEMO_WARNING = ("DEMO PROFILE: synthetic shapes and a checkpoint with RANDOM weights. The numbers below test the "
-                "pipeline; they say nothing about DETR.")
+DEMO_WARNING = ("DEMO PROFILE: the demo world, a tiny DETR pre-trained on synthetic shapes and fine-tuned on a "
+                "synthetic mini-COCO. The numbers below are real measurements of that small detector, not of "
+                "DETR-R50 on COCO.")
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -37,8 +38,8 @@ def progress_policy(progress: bool | None) -> bool:
 
 def report_dir_for(cfg: RunConfig, report_dir: str | None) -> Path:
     """Where figures and tables go: ``report_dir`` when given; else ``report/`` for the study and
-    ``<out_dir>/report`` for the demo, so demo runs (nbval) never overwrite the study's figures. ``make demo``
-    asks for ``report/`` explicitly."""
+    ``<out_dir>/report`` for the demo (``make demo`` and nbval alike), so a demo never overwrites the study's
+    figures."""
     if report_dir is not None:
         return Path(report_dir)
     return Path("report") if cfg.profile == "study" else Path(cfg.out_dir) / "report"
@@ -52,7 +53,7 @@ def setup_notebook(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
     device = resolve_device(cfg.device)
     print(f"profile {cfg.profile!r}, device {device}, working in {Path.cwd()}")
-    set_stamp("DEMO: random weights, synthetic data" if cfg.profile == "demo" else None)
+    set_stamp("DEMO: tiny DETR, synthetic shapes" if cfg.profile == "demo" else None)
     if cfg.profile == "demo":
         print(DEMO_WARNING)
     return device, report_dir_for(cfg, report_dir)

@@ -8,16 +8,18 @@ after ``parameters``) and by the command line (:mod:`detr_nb_utils.training.cli`
 Profiles
 --------
 ``study``: the original study's recipe on the real mini-COCO split (COCO val2017, 4,000 train / 1,000 val images,
-full-size images, the official checkpoint), in fp32. ``demo``: offline, minutes on a laptop CPU: synthetic COCO-format
-data and an official-layout checkpoint with *random* weights, both generated on first use, tiny images, two epochs.
+full-size images, the official checkpoint), in fp32. ``demo``: the same study in miniature, offline, minutes on a
+laptop CPU: a synthetic COCO-format pool of 500 images (made on first use) split 400/100 as COCO's val2017 is, and
+the demo world's tiny DETR (``backbone="tiny"``, :data:`~detr_nb_utils.models.detr.TINY_DETR`) pre-trained on
+synthetic shapes (:data:`TINY_CHECKPOINT`, committed with its SHA-256, made by
+:mod:`detr_nb_utils.training.pretrain`) in the official checkpoint's place. Its numbers are real measurements of a
+real (small) detector; they say nothing about DETR-R50 on COCO.
 
-Precision: one numeric regime per study. The study runs in ``"fp32"``, the published computation, on every machine,
-so its runs compare with each other and with the paper whatever hardware each ran on; the fast mode stays one
+Precision: one numeric regime per study. Both profiles run in ``"fp32"``, the published computation, on every
+machine, so runs compare with each other and with the paper whatever hardware each ran on; the fast mode stays one
 setting away (``precision="bf16"``), for a study that has first checked in 02_checkpoint_inspection that bf16
-does not move the epoch-0 AP beyond the noise of the images. The demo keeps ``"auto"`` (bf16 where the hardware
-has it): its numbers come from random weights and say nothing about DETR, only its running time matters. A run
-folder records the precision it computed in (``effective_precision``) and refuses to resume in another
-(:func:`.runs.check_resume_precision`).
+does not move the epoch-0 AP beyond the noise of the images. A run folder records the precision it computed in
+(``effective_precision``) and refuses to resume in another (:func:`.runs.check_resume_precision`).
 """
 from __future__ import annotations
 
@@ -29,11 +31,18 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..data.transforms import MAX_SIZE, TRAIN_SCALES, VAL_SIZE
+from ..models.detr import BACKBONES, TINY_DETR
 from ..models.fast import PRECISIONS
 
 PROFILE_ENV = "DETR_NB_PROFILE"
-# the published checkpoint's shape; a config that loads it must match (num_queries/dec_layers may be smaller)
-CHECKPOINT_SHAPE = {"num_classes": 91, "enc_layers": 6, "hidden_dim": 256, "nheads": 8, "dim_feedforward": 2048}
+# the shape of each backbone's checkpoint (the published one; the demo world's tiny DETR): a config that loads one
+# must match it (num_queries/dec_layers may be smaller)
+CHECKPOINT_SHAPES = {
+    "resnet50": {"num_classes": 91, "enc_layers": 6, "hidden_dim": 256, "nheads": 8, "dim_feedforward": 2048},
+    "tiny": {"num_classes": 91, **{k: v for k, v in TINY_DETR.items() if k != "backbone"}},
+}
+#: the demo world's pre-trained tiny DETR, committed with the project (its SHA-256 in ``<stem>.json``)
+TINY_CHECKPOINT = "data/pretrained/tiny_detr.pth"
 MAX_QUERIES, MAX_DEC_LAYERS = 100, 6
 
 
@@ -44,7 +53,8 @@ class RunConfig:
     Paths are relative to the working directory (the project root for notebooks and the CLI). ``image_dir`` and
     ``annotation_file`` ``None``: found under ``data_root`` by :func:`resolve_coco_layout`. ``checkpoint`` ``None``:
     random initialisation (tests only). Image sizes are pixels: validation resizes the shorter side to ``min_size``
-    with the longer side at most ``max_size``; training picks the shorter side from ``train_scales``.
+    with the longer side at most ``max_size``; training picks the shorter side from ``train_scales`` and, with
+    ``random_crop`` (the published augmentation), half the time first crops a random region.
     ``eval_batch_size`` matters for AP because images of a batch are padded to the largest one; the published numbers
     use 2. ``precision``: ``"fp32"`` (the study's, the published computation), ``"bf16"`` (the fast mode: bf16
     autocast) or ``"auto"`` (the demo's: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32);
@@ -72,8 +82,10 @@ class RunConfig:
     min_size: int = VAL_SIZE
     max_size: int = MAX_SIZE
     train_scales: tuple[int, ...] = TRAIN_SCALES
+    random_crop: bool = True
     # model
     checkpoint: str | None = "data/checkpoints/detr-r50-e632da11.pth"
+    backbone: str = "resnet50"
     num_classes: int = 91
     num_queries: int = 100
     query_indices: tuple[int, ...] | None = None
@@ -121,6 +133,13 @@ class RunConfig:
         """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.training.runs`)."""
         return Path(self.out_dir) / (self.run_name or variant_name(self.dec_layers, self.num_queries,
                                                                      self.query_indices))
+
+    @property
+    def arch(self) -> dict:
+        """The :func:`~detr_nb_utils.models.detr.build_detr` arguments of this run's model, without the variant's
+        ``dec_layers`` and ``num_queries`` and without ``dropout``: the architecture its checkpoint fixes."""
+        return {"backbone": self.backbone, "num_classes": self.num_classes, "enc_layers": self.enc_layers,
+                "hidden_dim": self.hidden_dim, "nheads": self.nheads, "dim_feedforward": self.dim_feedforward}
 
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
@@ -234,10 +253,12 @@ def _check_model(cfg: RunConfig) -> None:
     _float(cfg, "dropout", 0.0, 1.0, high_open=True)
     _float(cfg, "eos_coef", 0.0, 1.0, low_open=True)
     _check_query_indices(cfg)
+    if cfg.backbone not in BACKBONES:
+        _fail("backbone", cfg.backbone, f"one of {sorted(BACKBONES)}")
     if cfg.checkpoint is not None:
-        for name, want in CHECKPOINT_SHAPE.items():
+        for name, want in CHECKPOINT_SHAPES[cfg.backbone].items():
             if getattr(cfg, name) != want:
-                _fail(name, getattr(cfg, name), f"{want} to load the checkpoint {cfg.checkpoint} "
+                _fail(name, getattr(cfg, name), f"{want} to load the {cfg.backbone} checkpoint {cfg.checkpoint} "
                                                 f"(set checkpoint=None to train from random weights)")
 
 
@@ -282,6 +303,8 @@ def _check_runtime(cfg: RunConfig) -> None:
         _fail("device", cfg.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, f"one of {PRECISIONS}")
+    if not isinstance(cfg.random_crop, bool):
+        _fail("random_crop", cfg.random_crop, "True or False")
     if not isinstance(cfg.progress, bool):
         _fail("progress", cfg.progress, "True or False")
     if cfg.channels_last is not None and not isinstance(cfg.channels_last, bool):
@@ -297,10 +320,15 @@ _CHECKS = (_check_data, _check_model, _check_optim, _check_runtime)
 PROFILES: dict[str, dict] = {
     "study": {},
     "demo": dict(
-        data_root="data/synthetic/coco", split_dir="data/synthetic/mini_coco",
-        checkpoint="data/synthetic/detr-r50-random-weights.pth",
-        n_train=12, n_val=6, min_size=128, max_size=192, train_scales=(96, 112, 128),
-        epochs=2, num_workers=0, out_dir="runs/demo", precision="auto",
+        data_root="data/synthetic/coco", split_dir="data/synthetic/mini_coco", n_train=400, n_val=100,
+        checkpoint=TINY_CHECKPOINT, **CHECKPOINT_SHAPES["tiny"], backbone="tiny",
+        # the one image size the tiny DETR was pre-trained at (shorter side 96), flips but no crops: the published
+        # scales and crops scaled to 96 px collapse it (benchmarks/RESULTS.md, "The demo world")
+        min_size=96, max_size=round(MAX_SIZE * 96 / VAL_SIZE), train_scales=(96,), random_crop=False,
+        # the dropout its checkpoint was trained with, as the study keeps the official one's (0.1): with 0.1 the tiny
+        # DETR, pre-trained without dropout, lost 21 points of AP in one epoch (benchmarks/RESULTS.md)
+        dropout=0.0,
+        epochs=2, num_workers=0, out_dir="runs/demo",
     ),
 }
 

@@ -9,6 +9,7 @@ evaluation on its own. Used by notebooks 02-05 and by ``python -m detr_nb_utils.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,15 @@ from tqdm.auto import tqdm
 from ..data.coco import CocoDetection, build_dataset, collate_fn
 from ..data.download import sha256_file
 from ..data.split import MANIFEST, load_manifest, make_split
-from ..data.synthetic import make_random_checkpoint, make_synthetic_coco
+from ..data.synthetic import make_synthetic_coco
 from ..models.checkpoint import LoadReport, load_pretrained
 from ..models.detr import build_detr
 from ..models.fast import model_forward, resolve_amp_dtype, resolve_channels_last, set_fast_mode, tune_cpu_allocator
 from ..models.loss import SetCriterion, weighted_total
 from . import runs
-from .config import RunConfig, resolve_coco_layout
+from .config import TINY_CHECKPOINT, RunConfig, resolve_coco_layout
 from .evaluation import evaluate
-from .runtime import barrier, rank_world, resolve_device, seed_everything
+from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
 
 
 class NonFiniteLossError(RuntimeError):
@@ -156,14 +157,31 @@ def _prepare_data(cfg: RunConfig) -> DataSetup:
     if found != wanted or m["source"]["sha256"] != sha256_file(ann):
         raise ValueError(f"the split in {split_dir} was made with {found} from {m['source']['file']}, the config asks "
                          f"for {wanted} from {ann}; choose another split_dir or delete {split_dir}")
-    if cfg.profile == "demo" and cfg.checkpoint and not Path(cfg.checkpoint).is_file():
-        make_random_checkpoint(cfg.checkpoint, seed=0)
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() == Path(TINY_CHECKPOINT).resolve():
+        check_committed_checkpoint(cfg.checkpoint)
     return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST, ann)
 
 
+def check_committed_checkpoint(path: str | Path) -> None:
+    """Refuse the demo world's committed checkpoint (:data:`.config.TINY_CHECKPOINT`) when it is missing or its
+    SHA-256 differs from the one recorded beside it (``<stem>.json``, written by :mod:`.pretrain`)."""
+    path = Path(path)
+    record = path.with_suffix(".json")
+    remake = (f"restore it with `git checkout -- {path.parent}` (it is committed with the project), or make it "
+              f"again with `make pretrain`")
+    if not path.is_file() or not record.is_file():
+        raise FileNotFoundError(f"the demo's pre-trained tiny DETR {path} (or its record {record.name}) is missing: "
+                                f"{remake}.")
+    want, found = json.loads(record.read_text())["sha256"], sha256_file(path)
+    if found != want:
+        raise ValueError(f"{path} has SHA-256 {found[:12]}…, its record {record} says {want[:12]}…: the file was "
+                         f"changed or damaged; {remake}.")
+
+
 def prepare_data(cfg: RunConfig) -> DataSetup:
-    """Find the images and make what is missing: the split, and in the demo profile the synthetic data and the
-    random-weight checkpoint. Under torch.distributed rank 0 makes them while the others wait."""
+    """Find the images and make what is missing: the split, and in the demo profile the synthetic pool. The
+    demo's committed checkpoint is checked against its recorded SHA-256 (:func:`check_committed_checkpoint`).
+    Under torch.distributed rank 0 makes them while the others wait."""
     if rank_world()[0] == 0:
         setup = _prepare_data(cfg)
     barrier()
@@ -177,7 +195,8 @@ def make_dataset(cfg: RunConfig, data: DataSetup, split: str) -> CocoDetection:
     train = split == "train"
     return build_dataset(data.train_file if train else data.val_file, data.image_dir, split,
                          max_images=cfg.max_train_images if train else cfg.max_val_images,
-                         scales=cfg.train_scales, max_size=cfg.max_size, val_size=cfg.min_size)
+                         scales=cfg.train_scales, max_size=cfg.max_size, val_size=cfg.min_size,
+                         **({"random_crop": cfg.random_crop} if train else {}))
 
 
 def build_loader(cfg: RunConfig, data: DataSetup, split: str, device: torch.device) -> DataLoader:
@@ -204,9 +223,7 @@ def build_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, SetCri
     ``cfg.query_indices`` chooses which of the checkpoint's query embeddings the model keeps. A run in bf16 gets
     the fast mode (:func:`~detr_nb_utils.models.fast.set_fast_mode`).
     """
-    model = build_detr(num_classes=cfg.num_classes, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers,
-                       enc_layers=cfg.enc_layers, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
-                       dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout)
+    model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers, dropout=cfg.dropout)
     if cfg.lr_backbone == 0:
         model.backbone.requires_grad_(False)
     report = None if cfg.checkpoint is None else load_pretrained(model, cfg.checkpoint, cfg.query_indices)
@@ -256,6 +273,7 @@ class TrainingRun:
         last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
         if self.rank == 0:
             runs.prepare_run_dir(cfg, self.data.manifest_file)
+            runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
         seed_everything(cfg.seed + self.rank)
         self.model, self.criterion, report = build_model(cfg, self.device)
@@ -295,6 +313,10 @@ class TrainingRun:
             runs.set_rng_state(state["rng"])
 
     def run(self) -> runs.RunRecord:
+        if self.rank == 0:  # each run's epoch lines under a header naming it (several seeds print in turn)
+            start = "from the checkpoint" if self.epoch is None else f"resuming after epoch {self.epoch}"
+            tqdm.write(f"== {self.cfg.run_dir.name}: {self.cfg.epochs} epochs, seed {self.cfg.seed}, {start}, "
+                       f"{self.precision} on {self.device}")
         if self.epoch is None:
             self._finish_epoch(0, {}, 0.0)
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
@@ -334,9 +356,10 @@ class TrainingRun:
         runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
         runs.write_logs(run_dir, self.history)
         h = self.history[-1]  # one line per epoch, also in headless logs
-        tqdm.write(f"epoch {epoch}: train loss {h.get('train_loss', float('nan')):.3f}, val loss "
-                       f"{h.get('val_loss_total', float('nan')):.3f}, val AP {h.get('val_AP', float('nan')):.3f} "
-                       f"({h['wall_time_s']:.0f} s)")
+        parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
+        parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")
+                  if k in h]  # epochs between evaluations have none
+        tqdm.write(f"epoch {epoch}: {', '.join(parts)} ({h['wall_time_s']:.0f} s)")
 
 
 def run_experiment(cfg: RunConfig) -> runs.RunRecord:

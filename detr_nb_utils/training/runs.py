@@ -20,6 +20,7 @@ import random
 import shutil
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from .config import RunConfig
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 DETECTIONS = "detections"
+#: one line per start or resume of a run: when, from which epoch, and on what (:func:`.runtime.environment`)
+ENVIRONMENT = "environment.jsonl"
 # fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended;
 # channels_last: the memory layout, rounding at most)
 RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device", "channels_last")
@@ -224,6 +227,15 @@ def _json_safe(value):
     return value
 
 
+def record_environment(run_dir: Path, env: dict, from_epoch: int | None) -> None:
+    """Add a line to ``environment.jsonl``: the UTC time this session of the run started, the epoch it resumed
+    from (``None``: a fresh start) and ``env`` (:func:`.runtime.environment`). The report's setup section reads it."""
+    path = run_dir / ENVIRONMENT
+    before = path.read_text() if path.is_file() else ""
+    line = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from_epoch": from_epoch, **env}
+    atomic.write_text(path, before + json.dumps(line) + "\n")
+
+
 def write_logs(run_dir: Path, history: list[dict]) -> None:
     """Rewrite ``metrics.jsonl`` and ``history.csv`` from the history (NaN written as null)."""
     atomic.write_text(run_dir / METRICS, "".join(json.dumps(_json_safe(h)) + "\n" for h in history))
@@ -251,9 +263,10 @@ class RunRecord:
     """A run folder, read back: ``metrics`` (one row per finished epoch, indexed by ``epoch``; columns
     ``train_*``, ``val_*``, ``lr``, times), ``per_category_ap`` (epochs x category names), the best fine-tuned
     epochs (:func:`best_epoch`) by val AP and by the original study's total validation loss, the split manifest,
-    and whether every epoch finished. ``final_epoch``: the last evaluated epoch (06_analysis's pre-registered
-    comparison); ``effective_precision``: what the run computed in; ``best_checkpoint``: the weights of the
-    best-AP epoch (loadable by ``load_pretrained``)."""
+    and whether every epoch finished, ``environment``: what each session of the run ran on
+    (:data:`ENVIRONMENT`; empty for folders from before it was recorded). ``final_epoch``: the last evaluated epoch
+    (06_analysis's pre-registered comparison); ``effective_precision``: what the run computed in;
+    ``best_checkpoint``: the weights of the best-AP epoch (loadable by ``load_pretrained``)."""
 
     run_dir: Path
     config: RunConfig
@@ -263,6 +276,7 @@ class RunRecord:
     best_epoch_loss: int | None
     split_manifest: dict = field(repr=False)
     complete: bool = False
+    environment: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -300,4 +314,6 @@ def load_run(path: str | Path) -> RunRecord:
                      best_epoch_ap=best_epoch(history, "val_AP", "max"),
                      best_epoch_loss=best_epoch(history, "val_loss_total", "min"),
                      split_manifest=json.loads((run_dir / MANIFEST).read_text()),
-                     complete=int(metrics["epoch"].max()) >= cfg.epochs)
+                     complete=int(metrics["epoch"].max()) >= cfg.epochs,
+                     environment=[json.loads(line) for line in (run_dir / ENVIRONMENT).read_text().splitlines()
+                                  if line.strip()] if (run_dir / ENVIRONMENT).is_file() else [])

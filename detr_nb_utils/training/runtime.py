@@ -5,7 +5,11 @@ notebook's setup cell (the device).
 """
 from __future__ import annotations
 
+import os
+import platform
 import random
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,3 +50,34 @@ def barrier() -> None:
     """Wait for every process (nothing to wait for in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+def environment(device: torch.device | str) -> dict:
+    """What a run executes on, for its folder's ``environment.jsonl`` and the report's setup section: the CPU model
+    and its cores, the device and the GPU's name (if any), the Python, torch and CUDA versions, the world size and
+    the project's git commit (``None`` outside a git checkout)."""
+    device = torch.device(device)
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "world_size": rank_world()[1], "commit": _git_commit()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("+changes" if dirty else "")
