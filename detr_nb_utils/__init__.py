@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 #: subpackage module -> the public names it gives the top level
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "models.detr": ("DETR", "build_detr", "parameter_table"),
+    "models.detr": ("DETR", "TINY_DETR", "build_detr", "parameter_table"),
     "models.matcher": ("HungarianMatcher",),
     "models.loss": ("SetCriterion", "loss_views", "LOSS_VIEWS"),
     "models.postprocess": ("postprocess",),
@@ -26,7 +26,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "data.split": ("CROWDED_THRESHOLD", "load_manifest", "make_split", "split_diversity", "verify_split"),
     "data.synthetic": ("make_random_checkpoint", "make_synthetic_coco"),
     "data.download": ("download_checkpoint", "download_coco"),
-    "training.config": ("RunConfig", "make_config", "seed_configs"),
+    "training.config": ("TINY_CHECKPOINT", "RunConfig", "make_config", "seed_configs"),
     "training.engine": ("build_model", "evaluate_checkpoint", "make_dataset", "prepare_data", "run_experiment"),
     "training.evaluation": ("evaluate",),
     "training.runs": ("RunRecord", "load_run"),
@@ -37,12 +37,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                             "discover_runs", "finetuning_gain_table", "first_seed_runs", "headline_table",
                             "layer_equivalence", "load_runs", "missing_variants", "original_study_table",
                             "seeds_table"),
-    "analysis.conclusions": ("agreements", "ranking_conclusion", "ranking_table", "rankings",
-                             "uncertainty_conclusion"),
+    "analysis.conclusions": ("agreements", "ranking_conclusion", "ranking_table", "rankings", "runs_note",
+                             "uncertainty_conclusion", "world_note"),
     "analysis.queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage",
                          "select_queries", "usage_summary"),
     "analysis.attention": ("detected_objects", "record_attention", "run_with_attention"),
     "analysis.cost": ("cost_table", "variant_costs"),
+    "analysis.baseline": ("loss_gap", "versus_baseline"),
+    "analysis.matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
     "notebook.setup_cell": ("progress_policy", "setup_notebook"),
     "notebook.figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer",
                          "plot_category_distribution", "plot_detections", "plot_loss_curves", "plot_objects_per_image",
@@ -50,10 +52,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                          "save_fig"),
     "notebook.figures_attention": ("interactive_attention", "plot_decoder_attention", "plot_encoder_attention"),
     "notebook.figures_queries": ("plot_match_counts", "plot_query_usage"),
+    "notebook.figures_matching": ("plot_cost_terms", "plot_layer_losses"),
+    "notebook.report": ("render_report",),
     "notebook.tables": ("ap_vs_paper", "checkpoint_takeaway", "objects_per_image", "parameter_counts",
-                        "precision_ap_table", "precision_takeaway", "run_table", "run_takeaway", "save_table",
-                        "save_takeaway", "skeleton", "split_summary", "split_takeaway", "surgery_table",
-                        "with_train_views"),
+                        "precision_ap_table", "precision_takeaway", "reference_ap", "run_table", "run_takeaway",
+                        "save_table", "save_takeaway", "shown", "skeleton", "split_summary", "split_takeaway",
+                        "surgery_table", "with_train_views"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -25,8 +25,8 @@
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/01_data_split.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
-# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, random
-# weights, minutes on a CPU). Paths are relative to the project root.
+# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, a tiny
+# DETR, minutes on a CPU). Paths are relative to the project root.
 
 # %% tags=["parameters"]
 profile = None  # "study" (the original study's settings) or "demo"; None: $DETR_NB_PROFILE, else "study"
@@ -63,8 +63,9 @@ device, report_dir = setup_notebook(cfg, report_dir)
 # %% [markdown]
 # ## 1. The source
 # The split is cut from one COCO instances file. `prepare_data` (the same call notebooks 03-05 make) finds it,
-# and makes what is missing: in the demo profile a small synthetic COCO-format dataset (coloured shapes
-# labelled with real COCO category ids), and the split itself.
+# and makes what is missing: in the demo profile a pool of 500 synthetic COCO-format images (coloured shapes
+# labelled with real COCO category ids, crowd regions, empty images, every 10th image crowded with 8-12 smaller
+# shapes), and the split itself.
 
 # %%
 data = prepare_data(cfg)
@@ -91,7 +92,6 @@ verify_split(cfg.split_dir, data.annotation_file)["source"]["sha256"]
 # %%
 summary = split_summary(manifest)
 save_table(summary, "01_split_summary", report_dir)
-summary
 
 # %% [markdown]
 # ## 3. Categories
@@ -120,7 +120,6 @@ save_fig(fig, "01_objects_per_image", report_dir)
 # %%
 crowded = counts[counts["boxes"] > CROWDED_THRESHOLD].sort_values("boxes", ascending=False)
 save_table(crowded, "01_crowded_images", report_dir)
-crowded
 
 # %% [markdown]
 # The most crowded validation images, with their ground-truth boxes:

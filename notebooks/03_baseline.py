@@ -25,8 +25,8 @@
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/03_baseline.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
-# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, random
-# weights, minutes on a CPU). Paths are relative to the project root.
+# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, a tiny
+# DETR, minutes on a CPU). Paths are relative to the project root.
 
 # %% tags=["parameters"]
 profile = None  # "study" (the original study's settings) or "demo"; None: $DETR_NB_PROFILE, else "study"
@@ -40,7 +40,7 @@ run_name = None  # None: dec<layers>_q<queries>; each seed's folder is <run_name
 n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 1 (study), 2 (demo)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 device = None  # "auto", "cpu", "cuda"
-precision = None  # "fp32" (published), "bf16" (fast; see 02), "auto"; None: fp32 in the study, auto in the demo
+precision = None  # "fp32" (published), "bf16" (fast; see 02), "auto"; None: fp32 (both profiles)
 seed = None
 epochs = None  # 5 in the study
 batch_size = None  # 2 in the study
@@ -76,7 +76,7 @@ cfg = make_config(
 # %%
 from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
 from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook, shown
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -95,7 +95,51 @@ for split_file in (data.train_file, data.val_file):
     print(f"{split_file.name}: {found} images present, of the annotated size")
 
 # %% [markdown]
-# ## 2. Fine-tune
+# ## 2. One batch through the set loss
+# Before training, what one training step computes, on a batch of two validation images with the loaded checkpoint
+# (evaluation mode: no dropout). The Hungarian matcher prices every (query, object) pair: the class term
+# (minus the probability the query gives the object's class), the L1 distance of the two boxes and minus their
+# generalised IoU, weighted 1, 5 and 2. It then picks the one-to-one assignment of lowest total cost; every query
+# left over must predict "no object". Below, the first image's cost matrix term by term, the assignment ringed.
+
+# %%
+import torch
+
+from detr_nb_utils import COCO_NAMES, build_model, collate_fn, make_dataset
+from detr_nb_utils import assignment_table, cost_terms, layer_loss_sentence, layer_loss_table
+from detr_nb_utils import plot_cost_terms, plot_layer_losses
+
+model, criterion, _ = build_model(cfg, device)
+val_set = make_dataset(cfg, data, "val")
+first = next(i for i in range(len(val_set)) if len(val_set[i][1]["labels"]) >= 2)  # an image with 2+ objects
+images, mask, targets = collate_fn([val_set[first], val_set[first + 1]])
+targets = [{k: t[k].to(device) for k in ("labels", "boxes")} for t in targets]
+with torch.no_grad():
+    outputs = model.eval()(images.to(device), mask.to(device))
+terms = cost_terms(outputs, targets[0], criterion.matcher, 0)
+assignment = assignment_table(terms, targets[0]["labels"].tolist(), COCO_NAMES)
+fig = plot_cost_terms(terms, assignment)
+save_fig(fig, "03_matcher_cost", report_dir)
+
+# %%
+shown(assignment)
+
+# %% [markdown]
+# Then the loss: for every decoder layer, the same three terms on its own predictions and its own matching (the
+# auxiliary losses), weighted and summed. The training loss, and the original study's validation loss, is the sum
+# over the layers.
+
+# %%
+layer_losses = layer_loss_table(criterion(outputs, targets), criterion.weight_dict, cfg.dec_layers)
+save_table(layer_losses, "03_layer_losses", report_dir, floatfmt=".3f")
+fig = plot_layer_losses(layer_losses)
+save_fig(fig, "03_layer_losses", report_dir)
+print(layer_loss_sentence(layer_losses, criterion.eos_coef))
+del model, outputs  # run_experiment builds its own model
+shown(layer_losses)
+
+# %% [markdown]
+# ## 3. Fine-tune
 # `run_experiment` loads the checkpoint (sliced to this variant), evaluates it (epoch 0), then trains and
 # evaluates once per epoch, saving everything into the run folder (with each evaluated epoch's detections,
 # which 06 bootstraps). A folder that already holds finished epochs of the same configuration is resumed,
@@ -109,7 +153,7 @@ record = records[configs[0].run_dir.name]  # the first seed's run: the table and
 sorted(p.name for p in record.run_dir.iterdir())
 
 # %% [markdown]
-# ## 3. Curves
+# ## 4. Curves
 # The validation loss in three views: the total (the original study's number; it sums one loss per decoder layer, so
 # it grows with depth), the final layer's loss (what a user gets) and the total divided by the number of
 # layers. Training losses are dashed. Then COCO AP per epoch.
@@ -127,7 +171,6 @@ save_fig(fig, f"{prefix}_ap_curves", report_dir)
 # %%
 epochs_table = run_table(record)
 save_table(epochs_table, f"{prefix}_epochs", report_dir, floatfmt=".2f")
-epochs_table
 
 # %% [markdown]
 # ## Takeaway

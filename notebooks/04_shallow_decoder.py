@@ -26,7 +26,7 @@
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/04_shallow_decoder.ipynb out.ipynb -p
 # profile demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's
 # default (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data,
-# random weights, minutes on a CPU). Paths are relative to the project root.
+# a tiny DETR, minutes on a CPU). Paths are relative to the project root.
 
 # %% tags=["parameters"]
 profile = None  # "study" (the original study's settings) or "demo"; None: $DETR_NB_PROFILE, else "study"
@@ -40,7 +40,7 @@ run_name = None  # None: dec<layers>_q<queries>; each seed's folder is <run_name
 n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 1 (study), 2 (demo)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 device = None  # "auto", "cpu", "cuda"
-precision = None  # "fp32" (published), "bf16" (fast; see 02), "auto"; None: fp32 in the study, auto in the demo
+precision = None  # "fp32" (published), "bf16" (fast; see 02), "auto"; None: fp32 (both profiles)
 seed = None
 epochs = None  # 5 in the study
 batch_size = None  # 2 in the study
@@ -55,6 +55,7 @@ max_size = None  # longer side at most (1333 in the study)
 train_scales = None  # shorter sides drawn in training (480..800 in the study)
 num_workers = None
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
+n_resamples = 1000  # bootstrap resamples of the val images for the comparison with the baseline
 
 # %%
 from detr_nb_utils import make_config, progress_policy
@@ -76,7 +77,7 @@ cfg = make_config(
 # %%
 from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
 from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook, shown, versus_baseline
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -127,12 +128,23 @@ save_fig(fig, f"{prefix}_ap_curves", report_dir)
 # %%
 epochs_table = run_table(record)
 save_table(epochs_table, f"{prefix}_epochs", report_dir, floatfmt=".2f")
-epochs_table
+
+# %% [markdown]
+# ## 4. Against the baseline
+# The question is answered against 03's baseline (6 layers, 100 queries; its runs are in the same `out_dir`): the
+# difference of the final AP with its paired 95% interval over the validation images (and the seeds), and each
+# model's validation minus training loss gap (positive: worse on images it did not train on).
+
+# %%
+versus, versus_text = versus_baseline(cfg.out_dir, cfg.run_dir.name, n_resamples)
+save_table(versus, f"{prefix}_versus_baseline", report_dir, floatfmt=".2f")
+print(versus_text)
+shown(versus, ".2f")
 
 # %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = "\n".join(run_takeaway(r) for r in records.values())
+takeaway = "\n".join([*(run_takeaway(r) for r in records.values()), *[versus_text]])
 save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
 print(takeaway)

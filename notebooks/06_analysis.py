@@ -32,15 +32,15 @@
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/06_analysis.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
-# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, random
-# weights, minutes on a CPU). Paths are relative to the project root.
+# (`study`: the original study's settings; `demo`, or `DETR_NB_PROFILE=demo`: offline, synthetic data, a tiny
+# DETR, minutes on a CPU). Paths are relative to the project root.
 
 # %% tags=["parameters"]
 profile = None  # "study" or "demo"; None: $DETR_NB_PROFILE, else "study"
 out_dir = None  # where 03-05 wrote their run folders
 run_names = None  # None: every run folder in out_dir (found by its config.json, whatever its name)
 n_resamples = 1000  # bootstrap resamples of the validation images (95% intervals)
-latency_size = None  # [h, w] of the latency measurement; None: 800x1066 (study), 128x192 (demo)
+latency_size = None  # [h, w] of the GFLOPs and latency; None: 800x1066 (study), 96x134 (demo)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 progress = None  # unused here; kept so every notebook takes the same names
 
@@ -94,7 +94,6 @@ print("found:", {v: list(g) for v, g in groups.items()}, "| missing:", missing)
 bootstrap = ApBootstrap(runs, n_resamples)
 headline = headline_table(bootstrap, main)
 save_table(headline, "06_headline", report_dir, floatfmt=".2f")
-headline
 
 # %% [markdown]
 # The rankings every criterion gives (1 is the best; ties share a rank):
@@ -112,7 +111,6 @@ ranking_table(ranked)
 # %%
 original = original_study_table(main)
 save_table(original, "06_original_study", report_dir, floatfmt=".2f")
-original
 
 # %% [markdown]
 # ## 4. Epoch 0, the final epoch, and the picked epochs
@@ -122,7 +120,6 @@ original
 # %%
 comparison = comparison_table(records)
 save_table(comparison, "06_comparison", report_dir, floatfmt=".2f")
-comparison
 
 # %% [markdown]
 # ## 5. Curves of all runs
@@ -161,7 +158,8 @@ equivalence
 
 # %%
 found = {n: (r.config.dec_layers, r.config.num_queries) for n, r in records.items()}
-params = parameter_counts(found or VARIANTS)
+arch = next(iter(records.values())).config.arch if records else cfg.arch  # the runs' model: DETR-R50 or the tiny one
+params = parameter_counts(found or VARIANTS, arch)
 save_table(params, "06_parameter_counts", report_dir)
 fig = plot_parameter_counts(params)
 save_fig(fig, "06_parameter_counts", report_dir)
@@ -175,7 +173,6 @@ save_fig(fig, "06_parameter_counts", report_dir)
 # %%
 seeds = seeds_table(runs)
 save_table(seeds, "06_seeds", report_dir, floatfmt=".2f")
-seeds
 
 # %% [markdown]
 # ## 9. What fine-tuning changed, from each variant's own epoch 0
@@ -186,7 +183,6 @@ seeds
 # %%
 gains = finetuning_gain_table(bootstrap, main)
 save_table(gains, "06_finetuning_gain", report_dir, floatfmt=".2f")
-gains
 
 # %%
 fig = plot_ap_intervals(gains)
@@ -200,7 +196,6 @@ save_fig(fig, "06_ap_intervals", report_dir)
 # %%
 diffs = differences_table(bootstrap, main)
 save_table(diffs, "06_differences", report_dir, floatfmt=".3f")
-diffs
 
 # %% [markdown]
 # ## 11. Which 50 queries
@@ -211,23 +206,21 @@ diffs
 choices = {v: groups[v] for v in QUERY_CHOICES if v in groups}
 query_table = finetuning_gain_table(bootstrap, choices)
 save_table(query_table, "06_query_choices", report_dir, floatfmt=".2f")
-query_table
 
 # %%
 query_diffs = differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
 save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".3f")
-query_diffs
 
 # %% [markdown]
 # ## 12. Cost versus accuracy
-# Parameters, GFLOPs at 800x1066 (counted on PyTorch's meta device: shapes only), and the median latency of
-# one image on the CPU (and the GPU when there is one), beside each variant's final AP and interval.
+# Parameters, GFLOPs of one image (800x1066 in the study, the size of a 640x480 COCO image after the validation
+# resize; 96x134 in the demo), and the median latency of that image on the CPU (and the GPU when there is one),
+# beside each variant's final AP and interval.
 
 # %%
-size = latency_size or ((128, 192) if cfg.profile == "demo" else (800, 1066))
-cost = cost_vs_ap(variant_costs(VARIANTS, size, device), headline)
+size = tuple(latency_size or ((96, 134) if cfg.profile == "demo" else (800, 1066)))
+cost = cost_vs_ap(variant_costs(VARIANTS, size, device, arch, image_size=size), headline)
 save_table(cost, "06_cost_vs_ap", report_dir, floatfmt=".2f")
-cost
 
 # %% [markdown]
 # ## Conclusion

@@ -13,6 +13,7 @@ import pytest
 from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis import comparison
+from detr_nb_utils.analysis.baseline import versus_baseline
 from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
 from detr_nb_utils.analysis.conclusions import agreements, ranking_conclusion, rankings, uncertainty_conclusion
 from detr_nb_utils.analysis.queries import select_queries
@@ -54,6 +55,10 @@ def _write_run(out_dir: Path, name: str, split_dir: Path, dec_layers: int, num_q
         row = {"epoch": epoch, "random_weights": False, runs.PRECISION_FIELD: precision, "val_AP": ap,
                "val_num_images": len(gt.getImgIds()), **_losses(dec_layers, (loss_base or {}).get(epoch, 10.0 - ap))}
         row |= {f"val_AP_layer_{k}": a for k, a in enumerate(layer)}
+        if epoch > 0:  # training terms 0.25 below the validation ones: a final-layer gap of 0.25 x (1 + 5 + 2)
+            row |= {k.replace("val_", "train_", 1): v - 0.25 for k, v in row.items()
+                    if k.startswith("val_loss_") and not k.startswith(("val_loss_total", "val_loss_final",
+                                                                          "val_loss_layer_mean"))}
         history.append(row)
     runs.write_logs(cfg.run_dir, history)
 
@@ -307,3 +312,19 @@ def test_seed_configs_name_each_seed(tmp_path):
         seed_configs(cfg, 0)
     assert variant_of(configs[1].run_dir.name) == "dec3_q50"
     assert np.array_equal(sorted(comparison.QUERY_CHOICES.values()), ["first", "most_matched", "spread"])
+
+
+def test_versus_baseline_answers_04_and_05_against_03(run_folders):
+    table, text = versus_baseline(run_folders, "dec3_q100", n_resamples=200)
+    row = table.iloc[0]
+    assert (row["a"], row["b"], row["compared on"]) == ("dec3_q100", "dec6_q100", "AP")
+    assert row["a - b"] < 0 and row["a - b excludes 0"]  # the shallow run ends on `bad`, the baseline on good/mid
+    assert f"differs by {row['a - b']:+.1f} points" in text and "excludes 0" in text and "2 seed(s)" in text
+    assert row["loss gap a"] == pytest.approx(2.0) and row["loss gap b"] == pytest.approx(2.0)
+    assert "+2.000 for dec3_q100" in text
+    capped, text50 = versus_baseline(run_folders, "dec3_q50", n_resamples=200)
+    assert capped.iloc[0]["compared on"] == "AP@50det" and "at most 50 detections per image" in text50
+    choice, _ = versus_baseline(run_folders, "dec3_q50_spread", n_resamples=200, baseline="dec3_q50")
+    assert choice.iloc[0]["compared on"] == "AP" and choice.iloc[0]["a - b"] == pytest.approx(0.0)  # same detections
+    empty, missing = versus_baseline(run_folders, "dec3_q25", n_resamples=200)
+    assert empty.empty and "no finished run of dec3_q25" in missing and "03_baseline" in missing

@@ -76,3 +76,15 @@ def test_interactive_attention_is_plain_figures_when_headless_and_a_widget_live(
     assert isinstance(widget, ipywidgets.HBox)
     slider = widget.children[0].children[0]
     assert (slider.min, slider.max) == (0, 2)
+
+
+def test_objects_per_image_axis_ends_at_the_data():
+    from detr_nb_utils.notebook.figures import plot_objects_per_image
+
+    few = pd.DataFrame({"side": ["train"] * 4 + ["val"] * 2, "boxes": [0, 1, 5, 3, 2, 4]})
+    ax = plot_objects_per_image(few, 50).axes[0]
+    assert ax.get_xlim()[1] <= 6 and "none above 50" in ax.get_title() and not ax.get_lines()
+    many = pd.concat([few, pd.DataFrame({"side": ["val"], "boxes": [60]})])
+    ax = plot_objects_per_image(many, 50).axes[0]
+    assert ax.get_xlim()[1] >= 60 and len(ax.get_lines()) == 1 and ax.get_title() == "Objects per image"
+    plt.close("all")

@@ -7,6 +7,7 @@ Used by notebooks 01 (split), 02 (checkpoint), 03-05 (training curves) and 06 (c
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +28,14 @@ from ..models.postprocess import postprocess
 LOSS_VIEW_TITLES = (("loss_total", "total (the original study's metric)"), ("loss_final", "final decoder layer"),
               ("loss_layer_mean", "per-layer mean (total / layers)"))
 AP_VIEWS = (("AP", "AP (IoU .50:.95)"), ("AP50", "AP50"), ("AP75", "AP75"))
+#: one marker per run, hollow, so a run drawn over another stays visible
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
 _stamp: str | None = None  # drawn across every saved figure; set_stamp() (setup_notebook in the demo profile)
+
+
+def current_stamp() -> str | None:
+    """The text :func:`set_stamp` set (``None``: no stamp); :func:`.tables.save_table` marks tables with it too."""
+    return _stamp
 
 
 def set_stamp(text: str | None) -> None:
@@ -69,9 +77,9 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
     columns). Training losses are drawn dashed where the run logged them. Epoch 0 is the loaded checkpoint.
     """
     fig, axes = _runs_axes(3, [t for _, t in LOSS_VIEW_TITLES], "loss")
-    for (name, df), colour in zip(metrics.items(), plt.cm.tab10.colors):
+    for (name, df), colour, marker in zip(metrics.items(), plt.cm.tab10.colors, itertools.cycle(MARKERS)):
         for ax, (col, _) in zip(axes, LOSS_VIEW_TITLES):
-            ax.plot(df.index, df[f"val_{col}"], "o-", color=colour, label=name)
+            ax.plot(df.index, df[f"val_{col}"], marker=marker, color=colour, label=name, markerfacecolor="none")
             if f"train_{col}" in df:
                 ax.plot(df.index, df[f"train_{col}"], "--", color=colour, alpha=0.6, label=f"{name} (train)")
     if metrics:
@@ -82,9 +90,9 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
 def plot_ap_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
     """Validation AP, AP50 and AP75 (%) per epoch, one line per run; same input as :func:`plot_loss_curves`."""
     fig, axes = _runs_axes(3, [t for _, t in AP_VIEWS], "COCO AP (%)")
-    for (name, df), colour in zip(metrics.items(), plt.cm.tab10.colors):
+    for (name, df), colour, marker in zip(metrics.items(), plt.cm.tab10.colors, itertools.cycle(MARKERS)):
         for ax, (col, _) in zip(axes, AP_VIEWS):
-            ax.plot(df.index, 100 * df[f"val_{col}"], "o-", color=colour, label=name)
+            ax.plot(df.index, 100 * df[f"val_{col}"], marker=marker, color=colour, label=name, markerfacecolor="none")
     for ax in axes:
         ax.set_ylim(bottom=0)
     if metrics:
@@ -132,11 +140,17 @@ def plot_objects_per_image(counts: pd.DataFrame, threshold: int) -> Figure:
     queries cannot find every object to the right of it). ``counts``: columns ``side``, ``boxes``, as from
     :func:`detr_nb_utils.notebook.tables.objects_per_image`."""
     fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
-    bins = np.arange(0, max(int(counts["boxes"].max()), threshold) + 3)
+    most = int(counts["boxes"].max())
+    bins = np.arange(0, most + 2) - 0.5  # one bar per count, centred on it; the axis ends at the data
     for side, group in counts.groupby("side", sort=False):
         ax.hist(group["boxes"], bins=bins, alpha=0.6, density=True, label=f"{side} ({len(group)} images)")
-    ax.axvline(threshold + 0.5, color="k", ls="--", lw=1, label=f"{threshold} objects")
-    ax.set(xlabel="objects (non-crowd boxes) per image", ylabel="fraction of images", title="Objects per image")
+    title = "Objects per image"
+    if most > threshold:
+        ax.axvline(threshold + 0.5, color="k", ls="--", lw=1, label=f"{threshold} objects")
+    else:  # the line would stretch the axis far beyond the data
+        title += f" (none above {threshold}, the fewest queries compared)"
+    ax.set(xlabel="objects (non-crowd boxes) per image", ylabel="fraction of images", title=title,
+           xlim=(-0.5, most + 0.5))
     ax.legend()
     return fig
 

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,12 +22,13 @@ from pycocotools.coco import COCO
 
 from ..analysis.bootstrap import MatchedDetections, ap_difference, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
-from ..analysis.conclusions import DEMO_NOTE, MIN_IMAGES, change_words
+from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
 from ..data.split import CROWDED_THRESHOLD, SIDES
 from ..models.checkpoint import LoadReport
 from ..models.detr import DETR, build_detr, parameter_table
 from ..models.loss import LOSS_VIEWS, loss_views, weight_dict
 from ..training.runs import PRECISION_FIELD, RunRecord
+from .figures import current_stamp
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -42,19 +44,35 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
 
 
-def save_table(df: pd.DataFrame, name: str, report_dir: str | Path = "report", floatfmt: str = ".3f") -> None:
-    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` and ``.md``. Used by notebooks 01-06."""
+def shown(df: pd.DataFrame, floatfmt: str = ".3f") -> pd.DataFrame:
+    """``df`` as :func:`save_table` writes it, for display: floats rounded to ``floatfmt``'s decimals (``".2f"``),
+    and an empty cell where a value does not exist (epoch 0 has no training loss) instead of ``NaN``."""
+    decimals = re.fullmatch(r"\.(\d+)f", floatfmt)
+    out = df.round(int(decimals[1])) if decimals else df.copy()
+    return out.astype(object).where(df.notna(), "")
+
+
+def save_table(df: pd.DataFrame, name: str, report_dir: str | Path = "report", floatfmt: str = ".3f"
+               ) -> pd.DataFrame:
+    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` and ``.md`` and return it as written (:func:`shown`), for
+    the cell to display. With a stamp set (:func:`.figures.set_stamp`: the demo), the Markdown file opens with it
+    and the CSV with a ``#`` comment line holding it (``pandas.read_csv(..., comment="#")``). Used by notebooks
+    01-06."""
     folder = Path(report_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    df.to_csv(folder / f"{name}.csv")
-    (folder / f"{name}.md").write_text(markdown_table(df, floatfmt))
+    stamp = current_stamp()
+    (folder / f"{name}.csv").write_text((f"# {stamp}\n" if stamp else "") + df.to_csv())
+    (folder / f"{name}.md").write_text((f"*{stamp}*\n\n" if stamp else "") + markdown_table(df, floatfmt))
+    return shown(df, floatfmt)
 
 
 def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> None:
-    """Write a notebook's closing sentences to ``<report_dir>/tables/<name>.md`` (the report links them)."""
+    """Write a notebook's closing sentences to ``<report_dir>/tables/<name>.md`` (the report embeds them), opening
+    with the stamp when one is set (:func:`.figures.set_stamp`: the demo)."""
     path = Path(report_dir) / "tables" / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.strip() + "\n")
+    stamp = current_stamp()
+    path.write_text((f"*{stamp}*\n\n" if stamp else "") + text.strip() + "\n")
 
 
 # ---- 01: the split -----------------------------------------------------------------------------------------
@@ -98,16 +116,18 @@ def split_takeaway(summary: pd.DataFrame, diversity: pd.DataFrame) -> str:
 # ---- 02: the checkpoint and the variants -------------------------------------------------------------------
 
 
-def skeleton(dec_layers: int = 6, num_queries: int = 100) -> DETR:
-    """A DETR variant without storage (meta device): for counting parameters and planning surgery, instantly."""
+def skeleton(dec_layers: int = 6, num_queries: int = 100, arch: Mapping | None = None) -> DETR:
+    """A DETR variant without storage (meta device): for counting parameters and planning surgery, instantly.
+    ``arch``: the other :func:`build_detr` arguments (a run's ``cfg.arch``; default: the published DETR-R50)."""
     with torch.device("meta"):
-        return build_detr(dec_layers=dec_layers, num_queries=num_queries)
+        return build_detr(**(arch or {}), dec_layers=dec_layers, num_queries=num_queries)
 
 
-def parameter_counts(variants: Mapping[str, tuple] = VARIANTS) -> pd.DataFrame:
+def parameter_counts(variants: Mapping[str, tuple] = VARIANTS, arch: Mapping | None = None) -> pd.DataFrame:
     """Parameters per component (rows) of each variant (columns), with a ``total`` row. ``variants``: name ->
-    ``(dec_layers, num_queries, ...)``, e.g. :data:`VARIANTS`."""
-    return pd.DataFrame({name: parameter_table(skeleton(*v[:2]))["parameters"] for name, v in variants.items()})
+    ``(dec_layers, num_queries, ...)``, e.g. :data:`VARIANTS`; ``arch`` as in :func:`skeleton`."""
+    return pd.DataFrame({name: parameter_table(skeleton(*v[:2], arch=arch))["parameters"]
+                         for name, v in variants.items()})
 
 
 def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
@@ -115,21 +135,42 @@ def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
     return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T
 
 
-def ap_vs_paper(metrics: Mapping[str, float]) -> pd.DataFrame:
-    """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside the paper's, in percent."""
-    return pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS}, "paper": PAPER_AP})
+def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dict[str, float]]:
+    """What a checkpoint's epoch-0 AP is compared with (a column name and AP stats in percent): the paper's
+    DETR-R50 on val2017 for the published model; for the demo world's tiny DETR, its pre-training's AP on the
+    held-out set of the shape world, read from the record ``<stem>.json`` beside ``checkpoint``."""
+    if backbone != "tiny":
+        return "paper", dict(PAPER_AP)
+    record = Path(checkpoint).with_suffix(".json")
+    if not record.is_file():
+        raise FileNotFoundError(f"{record}: the record of the tiny DETR {checkpoint} is missing; restore it with "
+                                f"`git checkout -- {record}` or make both with `make pretrain`")
+    summary = json.loads(record.read_text())
+    return "pre-training, held-out", {k: 100 * summary[k] for k in AP_STATS if k in summary}
 
 
-def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.DataFrame, random_weights: bool) -> str:
-    """Closing sentences of 02 from :func:`parameter_counts`, :func:`surgery_table` and :func:`ap_vs_paper`."""
+def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str, float]] | None = None
+                ) -> pd.DataFrame:
+    """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside ``reference`` (a column name
+    and stats in percent, :func:`reference_ap`; default the paper's), in percent."""
+    label, values = reference or ("paper", PAPER_AP)
+    return pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS},
+                         label: {k: values.get(k, float("nan")) for k in AP_STATS}})
+
+
+def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.DataFrame, note: str = "") -> str:
+    """Closing sentences of 02 from :func:`parameter_counts`, :func:`surgery_table` and :func:`ap_vs_paper`,
+    after ``note`` (:func:`~detr_nb_utils.analysis.conclusions.world_note`)."""
     total = params.loc["total"]
     cuts = "; ".join(f"{v} keeps {total[v]:,} parameters ({100 * total[v] / total.iloc[0]:.1f}%), "
                      f"drops {surgery.loc[v].get('dropped', 0)} entries and slices {surgery.loc[v].get('sliced', 0)}"
                      for v in params.columns[1:])
-    ours, paper = ap.loc["AP", "this split, epoch 0"], ap.loc["AP", "paper"]
-    head = DEMO_NOTE + " " if random_weights else ""
+    label = ap.columns[1]
+    ours, ref = ap.loc["AP", "this split, epoch 0"], ap.loc["AP", label]
+    where = "in the paper on all of val2017" if label == "paper" else "on the pre-training's held-out images"
+    head = note + " " if note else ""
     return (f"{head}The checkpoint's model has {total.iloc[0]:,} parameters; {cuts}. Before any fine-tuning it "
-            f"scores AP {ours:.1f} on this validation split, against {paper:.1f} in the paper on all of val2017.")
+            f"scores AP {ours:.1f} on this validation split, against {ref:.1f} {where}.")
 
 
 def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO, n_resamples: int = 1000,
@@ -199,7 +240,7 @@ def run_takeaway(record: RunRecord) -> str:
     degenerate: fewer than 100 validation images, or no change at all."""
     m, name = record.metrics, record.run_dir.name
     last, final, best = int(m.index.max()), record.final_epoch, record.best_epoch_ap
-    head = DEMO_NOTE + " " if bool(m["random_weights"].any()) else ""
+    head = note + " " if (note := runs_note([record])) else ""
     status = "" if record.complete else f" The run is incomplete ({last} of {record.config.epochs} epochs)."
     if final is None or final == 0:
         ap = "no fine-tuned epoch was evaluated"
