@@ -166,12 +166,13 @@ images, mask, _ = collate_fn([val_set[attention_image]])
 outputs, attention = run_with_attention(model, images.to(device), mask.to(device))
 image = val_set.read_image(attention_image)
 objects = detected_objects(outputs, 0, score_threshold)
-if objects.empty:
+detected = not objects.empty
+if not detected:  # show where the 4 best-scoring queries look instead
     objects = detected_objects(outputs, 0, 0.0).head(4)
 objects
 
 # %%
-fig = plot_decoder_attention(image, attention, objects, COCO_NAMES)
+fig = plot_decoder_attention(image, attention, objects, COCO_NAMES, detected=detected)
 save_fig(fig, "02_decoder_attention", report_dir)
 
 # %%

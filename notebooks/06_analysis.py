@@ -64,7 +64,7 @@ from detr_nb_utils import ApBootstrap, differences_table, finetuning_gain_table,
 from detr_nb_utils import cost_vs_ap, ranking_conclusion, ranking_table, rankings, seeds_table
 from detr_nb_utils import uncertainty_conclusion, variant_costs
 from detr_nb_utils import plot_ap_curves, plot_ap_intervals, plot_ap_per_layer, plot_loss_curves
-from detr_nb_utils import plot_parameter_counts, save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -160,9 +160,7 @@ equivalence
 found = {n: (r.config.dec_layers, r.config.num_queries) for n, r in records.items()}
 arch = next(iter(records.values())).config.arch if records else cfg.arch  # the runs' model: DETR-R50 or the tiny one
 params = parameter_counts(found or VARIANTS, arch)
-save_table(params, "06_parameter_counts", report_dir)
-fig = plot_parameter_counts(params)
-save_fig(fig, "06_parameter_counts", report_dir)
+save_table(params, "06_parameter_counts", report_dir)  # 02 draws them
 
 # %% [markdown]
 # ## 8. Seeds
@@ -214,8 +212,9 @@ save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".3f")
 # %% [markdown]
 # ## 12. Cost versus accuracy
 # Parameters, GFLOPs of one image (800x1066 in the study, the size of a 640x480 COCO image after the validation
-# resize; 96x134 in the demo), and the median latency of that image on the CPU (and the GPU when there is one),
-# beside each variant's final AP and interval.
+# resize; 96x134 in the demo), and the median latency of that same image on the CPU (and the GPU when there is one),
+# beside each variant's final AP and interval. A multiply-add counts as 2 FLOPs here; the paper's "86 GFLOPS" for
+# DETR-R50 counts multiply-adds, so compare it with the `gmacs` column.
 
 # %%
 size = tuple(latency_size or ((96, 134) if cfg.profile == "demo" else (800, 1066)))

@@ -33,7 +33,8 @@ def attended():
 
 
 def _drawn(fig: Figure) -> list:
-    return [ax for ax in fig.axes if ax.axison or ax.images]
+    """The figure's panels: axes drawn on, colour bars left out."""
+    return [ax for ax in fig.axes if (ax.axison or ax.images) and ax.get_label() != "<colorbar>"]
 
 
 def test_fig7_colours_small_green_wide_red_tall_blue():
@@ -62,9 +63,15 @@ def test_attention_figures_have_a_panel_per_point_and_object(attended):
     image, record, objects = attended
     fig = plot_encoder_attention(image, record, [(10, 20), (100, 150)])
     assert len(_drawn(fig)) == 2 and all(len(ax.images) == 2 for ax in _drawn(fig))
+    assert "x=20, y=10 px" in _drawn(fig)[0].get_title()  # the point named by its axes
+    assert [t.get_text() for t in fig.axes[-1].get_yticklabels()] == ["least", "most"]  # the colour key
     fig = plot_decoder_attention(image, record, objects, names={})
     assert len(_drawn(fig)) == 3 and all(len(ax.patches) == 1 for ax in _drawn(fig))
     assert fig.axes[0].get_xlim() == (0, 192)  # drawn over the whole original image
+    assert "of each detected object" in fig._suptitle.get_text()
+    fig = plot_decoder_attention(image, record, objects, names={}, detected=False)
+    assert "the best-scoring queries (no detection above the threshold)" in fig._suptitle.get_text()
+    plt.close("all")
 
 
 def test_interactive_attention_is_plain_figures_when_headless_and_a_widget_live(attended):

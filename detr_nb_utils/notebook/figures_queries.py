@@ -58,8 +58,9 @@ def plot_query_usage(records: pd.DataFrame, slots: Sequence[int] | None = None, 
     by_slot = dict(tuple(records.groupby("slot")))
     for ax, slot in zip(axes, slots):
         r = by_slot.get(slot, records.iloc[:0])
-        ax.scatter(r["cx"], r["cy"], s=3, c=box_colours(r["w"], r["h"]) if len(r) else None, linewidths=0)
+        ax.scatter(r["cx"], r["cy"], s=7, c=box_colours(r["w"], r["h"]) if len(r) else None, linewidths=0)
         ax.set(xlim=(0, 1), ylim=(1, 0), xticks=[], yticks=[], aspect="equal")
         ax.set_title(f"slot {slot} ({len(r)})", fontsize=7)
-    fig.suptitle(title or "Box centres per query slot (green small, red large wide, blue large tall)", fontsize=9)
+    key = "box centres per query slot, coloured green (small), red (large and wide), blue (large and tall)"
+    fig.suptitle(f"{title}: {key}" if title else key[0].upper() + key[1:], fontsize=9)
     return fig
