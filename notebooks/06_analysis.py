@@ -226,7 +226,7 @@ save_table(cost, "06_cost_vs_ap", report_dir, floatfmt=".2f")
 # Every number and ranking below is read from the run folders.
 
 # %%
-text = ranking_conclusion(main, missing, headline) + "\n" + uncertainty_conclusion(
+text = ranking_conclusion(main, missing, headline, diffs) + "\n" + uncertainty_conclusion(
     headline, gains, diffs, query_diffs, equivalence, seeds, len(bootstrap.img_ids), n_resamples)
 save_takeaway(text, "06_conclusion", report_dir)
 print(text)

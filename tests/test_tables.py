@@ -190,3 +190,22 @@ def test_report_embeds_only_what_the_notebooks_export():
                 "05_query_usage_after", "06_finetuning_gain", "06_differences", "06_seeds", "06_cost_vs_ap",
                 "06_ap_intervals", "06_query_choices", "06_query_differences", "06_conclusion"):
         assert new in saved and new in linked, new
+
+
+def test_a_flip_within_the_noise_is_not_called_a_disagreement():
+    from detr_nb_utils.analysis.conclusions import Ranking, _agreement_sentence, _noise, discordant
+
+    first = Ranking("total loss", {"a": 1.0, "b": 2.0}, False, 2)  # a above b
+    second = Ranking("COCO AP", {"a": 40.0, "b": 41.0}, True, 1)  # b above a
+    flips = discordant(first, second)
+    assert flips == [("a", "b")]
+    diffs = pd.DataFrame([{"a": "b", "b": "a", "compared on": "AP", "a - b": 1.0, "a - b low": -0.5,
+                           "a - b high": 2.5, "a - b excludes 0": False}])
+    text = _agreement_sentence(first, second, flips, {f: _noise({}, "AP", *f, diffs) for f in flips})
+    assert "DISAGREE" not in text and "b - a, +1.0 points [-0.5, +2.5], is not beyond sampling" in text
+    assert "not a disagreement these runs can show" in text
+    diffs.loc[0, "a - b excludes 0"] = True
+    assert _noise({}, "AP", "a", "b", diffs) is None
+    diffs["p Holm"], diffs["excludes 0 (Holm)"] = 0.07, False  # a family: Holm's adjustment decides
+    assert "p 0.070 after Holm's adjustment, is not beyond sampling" in _noise({}, "AP", "a", "b", diffs)
+    assert "DISAGREE: total loss puts a above b, COCO AP puts b above a" in _agreement_sentence(first, second, flips)

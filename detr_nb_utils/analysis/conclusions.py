@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from .bootstrap import Groups, runs_of
@@ -125,12 +126,50 @@ def agreements(ranked: Mapping[str, Ranking]) -> dict[tuple[str, str], list[tupl
     return {(a, b): discordant(ranked[a], ranked[b]) for a, b in AGREEMENTS if a in ranked and b in ranked}
 
 
-def _agreement_sentence(first: Ranking, second: Ranking, flips: list[tuple[str, str]]) -> str:
-    a, b = first.name, second.name
+def _agreement_sentence(first: Ranking, second: Ranking, flips: list[tuple[str, str]],
+                        noise: Mapping[tuple[str, str], str] | None = None) -> str:
+    """Whether two rankings agree; a flipped pair whose ``second``-ranking difference is within the noise
+    (``noise[(x, y)]``: why, from :func:`_noise`) is named as such, not called a disagreement."""
+    a, b, noise = first.name, second.name, noise or {}
     if not flips:
         return f"The rankings by {a} and by {b} agree (no pair of variants is ordered the other way round)."
-    return (f"The rankings by {a} and by {b} DISAGREE: "
-            + "; ".join(f"{a} puts {x} above {y}, {b} puts {y} above {x}" for x, y in flips) + ".")
+    real = [(x, y) for x, y in flips if (x, y) not in noise]
+    within = [(x, y) for x, y in flips if (x, y) in noise]
+    parts = []
+    if real:
+        parts.append(f"The rankings by {a} and by {b} DISAGREE: "
+                     + "; ".join(f"{a} puts {x} above {y}, {b} puts {y} above {x}" for x, y in real) + ".")
+    if within:
+        parts.append(f"{a.capitalize()} and {b} order " + "; ".join(
+            f"{x} and {y} the other way round, but {noise[(x, y)]}" for x, y in within)
+            + ": not a disagreement these runs can show.")
+    return " ".join(parts)
+
+
+def _noise(groups: Groups, criterion: str, x: str, y: str, diffs: pd.DataFrame | None) -> str | None:
+    """Why the difference between ``x`` and ``y`` by ``criterion`` ("AP" or "final_layer") is within the noise,
+    or None when it is not (or cannot be told): AP, the paired difference of ``diffs`` (a
+    :func:`.comparison.differences_table`) does not exclude 0 after Holm's adjustment (before it, for a table
+    without one); final-layer loss, the two means differ by less than the sum
+    of their seeds' standard deviations (two seeds or more each)."""
+    if criterion == "AP" and diffs is not None and len(diffs):
+        rows = diffs[((diffs["a"] == x) & (diffs["b"] == y)) | ((diffs["a"] == y) & (diffs["b"] == x))]
+        column = "excludes 0 (Holm)" if "excludes 0 (Holm)" in rows else "a - b excludes 0"
+        if len(rows) and not bool(rows.iloc[0][column]):
+            r = rows.iloc[0]
+            held = f", p {r['p Holm']:.3f} after Holm's adjustment" if "p Holm" in rows else ""
+            return (f"their {r['compared on']} difference {r['a']} - {r['b']}, {r['a - b']:+.1f} points "
+                    f"[{r['a - b low']:+.1f}, {r['a - b high']:+.1f}]{held}, is not beyond sampling")
+    if criterion == "final_layer":
+        losses = {v: [float(r.metrics.loc[r.final_epoch, "val_loss_final"]) for r in runs_of(groups[v])]
+                  for v in (x, y)}
+        if all(len(v) > 1 for v in losses.values()):
+            gap = abs(np.mean(losses[x]) - np.mean(losses[y]))
+            spread = sum(float(np.std(v, ddof=1)) for v in losses.values())
+            if gap < spread:
+                return (f"their final-layer losses differ by {gap:.3f}, less than their seeds' spread "
+                        f"(standard deviations summed: {spread:.3f})")
+    return None
 
 
 def change_words(points: float, decimals: int = 1) -> str:
@@ -166,11 +205,15 @@ def _final_epoch_words(groups: Groups) -> str:
     return "epochs " + ", ".join(f"{v} {'/'.join(map(str, es))}" for v, es in epochs.items())
 
 
-def ranking_conclusion(groups: Groups, missing: Iterable[str] = (), headline: pd.DataFrame | None = None) -> str:
+def ranking_conclusion(groups: Groups, missing: Iterable[str] = (), headline: pd.DataFrame | None = None,
+                       diffs: pd.DataFrame | None = None) -> str:
     """06's ranking sentences, rendered from :func:`rankings` and :func:`agreements`: the original study's
     criterion, then the primary comparison at the final epoch by the three losses, by AP (with its intervals when
     ``headline``, :func:`.comparison.headline_table`, is given) and by AP@50det, whether the rankings disagree,
-    which variants tie, and how much of the total loss is depth. Without ``headline`` it also gives each variant's
+    which variants tie, and how much of the total loss is depth. A pair two rankings order the other way round is
+    called a disagreement only when the second ranking's difference is beyond the noise: the paired AP difference of
+    ``diffs`` (:func:`.comparison.differences_table`) excludes 0 after Holm's adjustment, or the final-layer losses differ by more than the
+    seeds' spread. Without ``headline`` it also gives each variant's
     signed AP change from epoch 0 (with it, :func:`uncertainty_conclusion` gives it with its interval)."""
     missing = list(missing)
     if len(groups) < 2:
@@ -196,8 +239,9 @@ def ranking_conclusion(groups: Groups, missing: Iterable[str] = (), headline: pd
                      f"{CAP}-query model can output; variants with different numbers of queries are compared on "
                      f"it): {ranked[AP_CAPPED].text()}.")
     ap_flat = len(ranked["AP"].tiers) <= 1
-    lines += [_agreement_sentence(ranked[a], ranked[b], flips) for (a, b), flips in agreements(ranked).items()
-              if not (b == "AP" and ap_flat)]
+    lines += [_agreement_sentence(ranked[a], ranked[b], flips,
+                                  {(x, y): why for x, y in flips if (why := _noise(groups, b, x, y, diffs))})
+              for (a, b), flips in agreements(ranked).items() if not (b == "AP" and ap_flat)]
     if ap_flat:
         lines.append("AP does not separate the variants, so it can neither confirm nor contradict the losses' "
                      "rankings.")
