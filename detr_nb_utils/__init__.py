@@ -43,7 +43,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                          "select_queries", "usage_summary"),
     "analysis.attention": ("detected_objects", "record_attention", "run_with_attention"),
     "analysis.cost": ("cost_table", "variant_costs"),
-    "analysis.baseline": ("loss_gap", "versus_baseline"),
+    "analysis.baseline": ("best_of", "loss_gap", "versus_baseline"),
     "analysis.matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
     "notebook.setup_cell": ("progress_policy", "setup_notebook"),
     "notebook.figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer",

@@ -80,7 +80,7 @@ cfg = make_config(
 # %%
 from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
 from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook, shown, versus_baseline
+from detr_nb_utils import best_of, save_fig, save_table, save_takeaway, setup_notebook, shown, versus_baseline
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -214,6 +214,7 @@ texts = [versus_text]
 for s in strategies:
     table, text = versus_baseline(cfg.out_dir, f"{cfg.run_dir.name}_{s}", n_resamples, baseline=cfg.run_dir.name)
     versus, texts = pd.concat([versus, table]), texts + [text]
+texts.append(best_of(cfg.out_dir, [cfg.run_dir.name, *(f"{cfg.run_dir.name}_{s}" for s in strategies)]))
 save_table(versus, f"{prefix}_versus_baseline", report_dir, floatfmt=".2f")
 print("\n".join(texts))
 shown(versus, ".2f")

@@ -13,7 +13,7 @@ import pytest
 from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis import comparison
-from detr_nb_utils.analysis.baseline import versus_baseline
+from detr_nb_utils.analysis.baseline import best_of, versus_baseline
 from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
 from detr_nb_utils.analysis.conclusions import agreements, ranking_conclusion, rankings, uncertainty_conclusion
 from detr_nb_utils.analysis.queries import select_queries
@@ -328,3 +328,10 @@ def test_versus_baseline_answers_04_and_05_against_03(run_folders):
     assert choice.iloc[0]["compared on"] == "AP" and choice.iloc[0]["a - b"] == pytest.approx(0.0)  # same detections
     empty, missing = versus_baseline(run_folders, "dec3_q25", n_resamples=200)
     assert empty.empty and "no finished run of dec3_q25" in missing and "03_baseline" in missing
+
+
+def test_best_of_names_the_leader_and_its_lead(run_folders):
+    text = best_of(run_folders, ["dec3_q50", "dec3_q50_most_matched", "dec3_q50_spread"])
+    assert text.startswith("Highest final AP: dec3_q50_most_matched (")  # ends on `good too`, the others on `mid`
+    assert "then dec3_q50 (" in text or "then dec3_q50_spread (" in text
+    assert "nothing to rank" in best_of(run_folders, ["dec3_q50", "dec3_q25"])

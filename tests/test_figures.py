@@ -95,3 +95,17 @@ def test_objects_per_image_axis_ends_at_the_data():
     ax = plot_objects_per_image(many, 50).axes[0]
     assert ax.get_xlim()[1] >= 60 and len(ax.get_lines()) == 1 and ax.get_title() == "Objects per image"
     plt.close("all")
+
+
+def test_detection_panels_name_the_ground_truth_and_the_predictions():
+    from detr_nb_utils.notebook.figures import plot_detections
+
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    panel = {"title": "image 7", "gt_boxes": torch.tensor([[2.0, 2, 20, 20], [30, 5, 50, 30]]),
+             "gt_labels": torch.tensor([1, 18]), "boxes": torch.tensor([[3.0, 3, 19, 21]]),
+             "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+    fig = plot_detections([image], [panel], {1: "person", 18: "dog"}, title="checkpoint", cols=1)
+    ax = fig.axes[0]
+    assert ax.get_title() == "image 7\nground truth: person, dog"
+    assert "person 0.90" in [t.get_text() for t in ax.texts]
+    plt.close(fig)

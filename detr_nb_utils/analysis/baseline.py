@@ -46,11 +46,27 @@ def versus_baseline(out_dir: str | Path, variant: str, n_resamples: int = 1000,
     on = "AP" if row["compared on"] == "AP" else f"{AP_CAPPED} (AP with at most 50 detections per image, since "\
                                                  "the two keep different numbers of queries)"
     seeds = {v: len(g) for v, g in pair.items()}
-    covers = ("excludes 0: a difference the choice of validation images does not explain" if row["a - b excludes 0"]
-              else "includes 0: the validation images cannot tell the two apart")
+    drawn = "validation images and training seeds" if max(seeds.values()) > 1 else "validation images"
+    covers = (f"excludes 0: a difference the choice of {drawn} does not explain" if row["a - b excludes 0"]
+              else f"includes 0: the choice of {drawn} could explain the difference")
     return table, (
         f"Against the baseline {baseline} ({seeds[baseline]} seed(s); {variant}: {seeds[variant]}), {variant}'s final "
         f"{on} differs by {row['a - b']:+.1f} points, 95% interval {row['a - b low']:+.1f} to {row['a - b high']:+.1f} "
         f"(paired bootstrap over the validation images{' and the seeds' if max(seeds.values()) > 1 else ''}); the "
         f"interval {covers}. Validation minus training final-layer loss at the final epoch: {gaps[variant]:+.3f} "
         f"for {variant}, {gaps[baseline]:+.3f} for {baseline}.")
+
+
+def best_of(out_dir: str | Path, variants: list[str]) -> str:
+    """Which of ``variants`` (e.g. 05's choices of 50 queries) ends with the highest final AP, by how much, in words:
+    means over each variant's seeds, in percent, the others listed after it. The paired intervals of
+    :func:`versus_baseline` say whether the lead is beyond sampling."""
+    groups = by_variant(load_runs(out_dir))
+    final = {v: 100 * sum(float(r.metrics.loc[r.final_epoch, "val_AP"]) for r in groups[v].values()) / len(groups[v])
+             for v in variants if v in groups}
+    if len(final) < 2:
+        return f"Fewer than two of {', '.join(variants)} have finished runs in {out_dir}: nothing to rank."
+    order = sorted(final, key=final.get, reverse=True)
+    lead = final[order[0]] - final[order[1]]
+    return (f"Highest final AP: {order[0]} ({final[order[0]]:.1f}, mean over its seeds), {lead:.1f} points above "
+            f"{order[1]}; then " + ", ".join(f"{v} ({final[v]:.1f})" for v in order[1:]) + ".")

@@ -235,7 +235,8 @@ def _draw_boxes(ax, boxes: torch.Tensor, labels: Sequence[str], colour, dashed: 
 
 def plot_detections(images: Sequence[torch.Tensor], panels: Sequence[dict], names: Mapping[int, str],
                     title: str = "", cols: int = 3) -> Figure:
-    """Images with their ground truth (dashed white) and predictions (coloured, "name score").
+    """Images with their ground truth (dashed white, its classes under the panel's title) and predictions
+    (coloured, "name score").
 
     ``images``: uint8 ``[3,H,W]`` in original pixels. ``panels``: per image a dict with ``title``, optional
     ``gt_boxes`` ``[n,4]`` / ``gt_labels`` ``[n]`` and ``boxes`` ``[m,4]`` / ``labels`` / ``scores`` ``[m]``
@@ -250,7 +251,8 @@ def plot_detections(images: Sequence[torch.Tensor], panels: Sequence[dict], name
         if "boxes" in panel:
             text = [f"{names.get(int(c), c)} {s:.2f}" for c, s in zip(panel["labels"], panel["scores"])]
             _draw_boxes(ax, panel["boxes"], text, "tab:orange")
-        ax.set_title(panel.get("title", ""), fontsize=9)
+        truth = [names.get(int(c), str(int(c))) for c in panel.get("gt_labels", [])]
+        ax.set_title(panel.get("title", "") + (f"\nground truth: {', '.join(truth)}" if truth else ""), fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
