@@ -127,6 +127,7 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     (session,) = loaded.environment  # one start, on this machine, from no finished epoch
     assert session["from_epoch"] is None and session["device"] == "cpu" and session["torch"] == torch.__version__
     engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # extended: a second session, from epoch 1
+    engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # finished: read back, no session recorded
     assert [e["from_epoch"] for e in runs.load_run(cfg.run_dir).environment] == [None, 1]
     assert loaded.config == cfg and loaded.complete and loaded.best_epoch_ap == record.best_epoch_ap
     assert {"val_AP", "val_AP_layer_0", "val_loss_total", "val_loss_final", "train_loss"} <= set(loaded.metrics)

@@ -273,7 +273,8 @@ class TrainingRun:
         last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
         if self.rank == 0:
             runs.prepare_run_dir(cfg, self.data.manifest_file)
-            runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
+            if last is None or last["epoch"] < cfg.epochs:  # a session that trains (re-reading a finished run does not)
+                runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
         seed_everything(cfg.seed + self.rank)
         self.model, self.criterion, report = build_model(cfg, self.device)
