@@ -13,7 +13,6 @@ from detr_nb_utils.training.config import (
     TINY_CHECKPOINT,
     RunConfig,
     make_config,
-    resolve_coco_layout,
 )
 
 
@@ -113,18 +112,6 @@ def test_cli_overrides_are_typed(tmp_path):
     assert (cfg.epochs, cfg.lr_drop, cfg.train_scales, cfg.progress, cfg.lr) == (3, None, (64, 96), False, 2e-4)
     with pytest.raises(ValueError, match="--set epochs=three"):
         config_from_args(["--config", str(path), "--set", "epochs=three"])
-
-
-def test_resolve_coco_layout_finds_each_layout_and_lists_what_it_tried(tmp_path):
-    for images, ann in (("val2017", "instances_val2017.json"), ("images", "instances_val2017_sample.json"),
-                        ("images", "instances.json")):
-        root = tmp_path / ann
-        (root / images).mkdir(parents=True)
-        (root / "annotations").mkdir()
-        (root / "annotations" / ann).write_text("{}")
-        assert resolve_coco_layout(root) == (root / images, root / "annotations" / ann)
-    with pytest.raises(FileNotFoundError, match=r"val2017/ \+ .*instances_val2017_sample\.json.*instances\.json"):
-        resolve_coco_layout(tmp_path / "nothing")
 
 
 def test_study_workers_follow_the_machine(monkeypatch):

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
-from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn
+from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn, resolve_coco_layout
 from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, make_transforms
 
 PUBLISHED_SCALES = tuple(range(480, 801, 32))  # the published train scales: shorter side 480, 512, ..., 800
@@ -380,3 +380,15 @@ def test_training_without_the_crop_branch_keeps_every_box(crop_calls):
         x1 = float(target["boxes"].as_subclass(torch.Tensor)[0, 0])
         flipped += x1 > 67  # mirrored: the box moved to the right half
     assert not crop_calls and 8 < flipped < 32
+
+
+def test_resolve_coco_layout_finds_each_layout_and_lists_what_it_tried(tmp_path):
+    for images, ann in (("val2017", "instances_val2017.json"), ("images", "instances_val2017_sample.json"),
+                        ("images", "instances.json")):
+        root = tmp_path / ann
+        (root / images).mkdir(parents=True)
+        (root / "annotations").mkdir()
+        (root / "annotations" / ann).write_text("{}")
+        assert resolve_coco_layout(root) == (root / images, root / "annotations" / ann)
+    with pytest.raises(FileNotFoundError, match=r"val2017/ \+ .*instances_val2017_sample\.json.*instances\.json"):
+        resolve_coco_layout(tmp_path / "nothing")

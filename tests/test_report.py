@@ -8,10 +8,17 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import pytest
-from test_comparison import _write_run, quality, run_folders  # noqa: F401 (fixtures)
 from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtures)
+from test_comparison import _write_run, quality, run_folders  # noqa: F401 (fixtures)
 
-from detr_nb_utils.notebook.report import DIRECTIVE, ReportError, fill, main, render_report, setup_table
+from detr_nb_utils.notebook.report import (
+    DIRECTIVE,
+    ReportError,
+    fill,
+    main,
+    render_report,
+    setup_table,
+)
 from detr_nb_utils.training.runs import load_run, record_environment
 from detr_nb_utils.training.runtime import environment
 

@@ -12,15 +12,37 @@ import torch
 from torch.utils.data import DataLoader
 
 from detr_nb_utils.data.coco import build_dataset, collate_fn
-from detr_nb_utils.data.synthetic import SHAPES, WORLD_PARTS, ShapeStream, demo_samples, make_synthetic_coco
-from detr_nb_utils.data.synthetic import world_rng, world_sample
-from detr_nb_utils.models.checkpoint import CheckpointError, load_pretrained, read_checkpoint
+from detr_nb_utils.data.synthetic import (
+    SHAPES,
+    WORLD_PARTS,
+    ShapeStream,
+    demo_samples,
+    make_synthetic_coco,
+    world_rng,
+    world_sample,
+)
+from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detr_nb_utils.models.checkpoint import (
+    CheckpointError,
+    load_pretrained,
+    read_checkpoint,
+)
 from detr_nb_utils.models.detr import TINY_DETR, build_detr, parameter_table
-from detr_nb_utils.models.fast import cached_folded_weights, model_forward, set_fast_mode
+from detr_nb_utils.models.fast import (
+    cached_folded_weights,
+    model_forward,
+    set_fast_mode,
+)
 from detr_nb_utils.training.engine import build_optimizer, train_one_epoch
 from detr_nb_utils.training.evaluation import evaluate
-from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detr_nb_utils.training.pretrain import DEMO_SCALES, PretrainConfig, build_tiny, parse_args, pretrain, torch_threads
+from detr_nb_utils.training.pretrain import (
+    DEMO_SCALES,
+    PretrainConfig,
+    build_tiny,
+    parse_args,
+    pretrain,
+    torch_threads,
+)
 
 DEMO = {"n_images": 18, "seed": 42}  # the demo profile's dataset: n_train + n_val images, split_seed
 QUICK = dict(steps=3, batch_size=2, heldout_images=4, eval_every=3, log_every=3, scales=(64,), eval_size=64)

@@ -212,9 +212,9 @@ def ranking_conclusion(groups: Groups, missing: Iterable[str] = (), headline: pd
     ``headline``, :func:`.comparison.headline_table`, is given) and by AP@50det, whether the rankings disagree,
     which variants tie, and how much of the total loss is depth. A pair two rankings order the other way round is
     called a disagreement only when the second ranking's difference is beyond the noise: the paired AP difference of
-    ``diffs`` (:func:`.comparison.differences_table`) excludes 0 after Holm's adjustment, or the final-layer losses differ by more than the
-    seeds' spread. Without ``headline`` it also gives each variant's
-    signed AP change from epoch 0 (with it, :func:`uncertainty_conclusion` gives it with its interval)."""
+    ``diffs`` (:func:`.comparison.differences_table`) excludes 0 after Holm's adjustment, or the final-layer losses
+    differ by more than the seeds' spread. Without ``headline`` it also gives each variant's signed AP change from
+    epoch 0 (with it, :func:`uncertainty_conclusion` gives it with its interval)."""
     missing = list(missing)
     if len(groups) < 2:
         return f"Fewer than two variants to compare (found {sorted(groups) or 'none'}; missing {missing})."

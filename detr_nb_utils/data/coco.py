@@ -195,3 +195,26 @@ def build_dataset(ann_file: Path | str, img_dir: Path | str, split: str, *, imag
     """``CocoDetection`` with ``make_transforms(split, **transform_kwargs)``; used by notebooks 03-05."""
     return CocoDetection(ann_file, img_dir, make_transforms(split, **transform_kwargs),
                          image_ids=image_ids, max_images=max_images)
+
+
+# (image folder, annotation file) relative to data_root, in the order they are tried
+COCO_LAYOUTS = {
+    "COCO val2017": ("val2017", "annotations/instances_val2017.json"),
+    "shared sample": ("images", "annotations/instances_val2017_sample.json"),
+    "synthetic": ("images", "annotations/instances.json"),
+}
+
+
+def resolve_coco_layout(data_root: str | Path) -> tuple[Path, Path]:
+    """``(image_dir, annotation_file)`` of the first layout of :data:`COCO_LAYOUTS` found under ``data_root``:
+    COCO's (``val2017/`` + ``annotations/instances_val2017.json``), the shared sample's (``images/`` +
+    ``annotations/instances_val2017_sample.json``) or the synthetic data's (``images/`` +
+    ``annotations/instances.json``). Raises ``FileNotFoundError`` listing what was looked for."""
+    root = Path(data_root)
+    for images, ann in COCO_LAYOUTS.values():
+        if (root / images).is_dir() and (root / ann).is_file():
+            return root / images, root / ann
+    tried = "; ".join(f"{k}: {root / i}/ + {root / a}" for k, (i, a) in COCO_LAYOUTS.items())
+    raise FileNotFoundError(f"no COCO-format dataset under {root}. Looked for {tried}. Download COCO with "
+                            f"`python -m detr_nb_utils.data.download coco --root {root}` or set image_dir and "
+                            f"annotation_file.")

@@ -1,4 +1,4 @@
-"""One frozen configuration for a fine-tuning run, its two profiles, and where the COCO files are.
+"""One frozen configuration for a fine-tuning run, and its two profiles.
 
 ``make_config(profile=..., **params)`` turns a notebook's ``parameters`` cell (or the CLI's ``--set``) into a
 validated :class:`RunConfig`; ``RunConfig.to_json`` is saved beside every checkpoint and metrics file. The run
@@ -51,8 +51,9 @@ class RunConfig:
     """Everything that decides a run's numbers. Defaults are the ``study`` profile (the original study's settings).
 
     Paths are relative to the working directory (the project root for notebooks and the CLI). ``image_dir`` and
-    ``annotation_file`` ``None``: found under ``data_root`` by :func:`resolve_coco_layout`. ``checkpoint`` ``None``:
-    random initialisation (tests only). Image sizes are pixels: validation resizes the shorter side to ``min_size``
+    ``annotation_file`` ``None``: found under ``data_root`` by
+    :func:`~detr_nb_utils.data.coco.resolve_coco_layout`. ``checkpoint`` ``None``: random initialisation (tests
+    only). Image sizes are pixels: validation resizes the shorter side to ``min_size``
     with the longer side at most ``max_size``; training picks the shorter side from ``train_scales`` and, with
     ``random_crop`` (the published augmentation), half the time first crops a random region.
     ``eval_batch_size`` matters for AP because images of a batch are padded to the largest one; the published numbers
@@ -371,29 +372,6 @@ def make_config(profile: str | None = None, **params) -> RunConfig:
     if "num_workers" not in values:
         values["num_workers"] = default_num_workers(values.get("device", "auto"))
     return RunConfig(profile=profile, **values)
-
-
-# (image folder, annotation file) relative to data_root, in the order they are tried
-COCO_LAYOUTS = {
-    "COCO val2017": ("val2017", "annotations/instances_val2017.json"),
-    "shared sample": ("images", "annotations/instances_val2017_sample.json"),
-    "synthetic": ("images", "annotations/instances.json"),
-}
-
-
-def resolve_coco_layout(data_root: str | Path) -> tuple[Path, Path]:
-    """``(image_dir, annotation_file)`` of the first layout of :data:`COCO_LAYOUTS` found under ``data_root``:
-    COCO's (``val2017/`` + ``annotations/instances_val2017.json``), the shared sample's (``images/`` +
-    ``annotations/instances_val2017_sample.json``) or the synthetic data's (``images/`` +
-    ``annotations/instances.json``). Raises ``FileNotFoundError`` listing what was looked for."""
-    root = Path(data_root)
-    for images, ann in COCO_LAYOUTS.values():
-        if (root / images).is_dir() and (root / ann).is_file():
-            return root / images, root / ann
-    tried = "; ".join(f"{k}: {root / i}/ + {root / a}" for k, (i, a) in COCO_LAYOUTS.items())
-    raise FileNotFoundError(f"no COCO-format dataset under {root}. Looked for {tried}. Download COCO with "
-                            f"`python -m detr_nb_utils.data.download coco --root {root}` or set image_dir and "
-                            f"annotation_file.")
 
 
 #: training seeds per variant when a notebook's ``n_seeds`` is None: one in the study (raise it where the GPU

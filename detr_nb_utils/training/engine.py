@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..data.coco import CocoDetection, build_dataset, collate_fn
+from ..data.coco import CocoDetection, build_dataset, collate_fn, resolve_coco_layout
 from ..data.download import sha256_file
 from ..data.split import MANIFEST, load_manifest, make_split
 from ..data.synthetic import make_synthetic_coco
@@ -31,7 +31,7 @@ from ..models.detr import build_detr
 from ..models.fast import model_forward, resolve_amp_dtype, resolve_channels_last, set_fast_mode, tune_cpu_allocator
 from ..models.loss import SetCriterion, weighted_total
 from . import runs
-from .config import TINY_CHECKPOINT, RunConfig, resolve_coco_layout
+from .config import TINY_CHECKPOINT, RunConfig
 from .evaluation import evaluate
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
 
