@@ -1,8 +1,9 @@
 """COCO detection data for DETR: the dataset and the padding collate function (transforms: :mod:`.transforms`).
 
 Targets follow the project's one data contract (ARCHITECTURE.md, "Data conventions"): per image a dict with
-``boxes`` float32 [n, 4] normalised (cx, cy, w, h) of the transformed image, ``labels`` int64 [n] COCO category ids
-(1..90, never remapped), ``image_id`` int64 [], ``orig_size`` int64 [2] (h, w as stored), ``size`` int64 [2]
+``boxes`` float32 [n, 4] normalised (cx, cy, w, h) of the transformed image, ``labels`` int64 [n] class indices of
+the run's :class:`~.label_map.LabelMap` (COCO's label space: the COCO category ids 1..90 themselves, never remapped;
+a dataset's own: 0..K-1), ``image_id`` int64 [], ``orig_size`` int64 [2] (h, w as stored), ``size`` int64 [2]
 (h, w after transforms). Crowd annotations are excluded (COCO evaluation reads them from the annotation file).
 Used by notebooks 03-05 (training, evaluation, analysis) through ``build_dataset`` and ``collate_fn``.
 """
@@ -28,6 +29,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ..models.box_ops import normalise_boxes
+from .label_map import LabelMap
 from .transforms import make_transforms
 
 
@@ -49,12 +51,15 @@ class CocoDetection(Dataset):
     Counters: ``num_crowd_excluded`` and ``num_degenerate_dropped`` (zero width/height after clamping; fixed at
     construction) and ``num_dropped_by_transforms`` (boxes the training crop leaves with zero width or height, the
     only boxes a transform drops; accumulated per process: with DataLoader workers each worker counts its own).
-    ``stats()`` gathers them. Used by notebooks 03-05.
+    ``stats()`` gathers them. ``labels``: the label map turning category ids into class indices (None: COCO's,
+    the ids themselves). Used by notebooks 03-05 and 07.
     """
 
     def __init__(self, ann_file: Path | str, img_dir: Path | str, transforms: v2.Transform | None = None, *,
-                 image_ids: Sequence[int] | None = None, max_images: int | None = None) -> None:
+                 image_ids: Sequence[int] | None = None, max_images: int | None = None,
+                 labels: LabelMap | None = None) -> None:
         self.ann_file, self.img_dir, self.transforms = Path(ann_file), Path(img_dir), transforms
+        self.labels = labels or LabelMap.coco()
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"annotation file {self.ann_file} not found; check the path "
                                     f"(split files come from make_split, notebook 01).")
@@ -87,7 +92,7 @@ class CocoDetection(Dataset):
         xyxy, keep = coco_boxes_to_xyxy(np.array([a["bbox"] for a in boxes], dtype=np.float32),
                                         info["height"], info["width"])
         self.num_degenerate_dropped += int((~keep).sum())
-        labels = np.array([a["category_id"] for a in boxes], dtype=np.int64)
+        labels = self.labels.to_index([a["category_id"] for a in boxes])
         return xyxy[keep], labels[keep]
 
     def __len__(self) -> int:
@@ -191,10 +196,11 @@ def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor
 
 
 def build_dataset(ann_file: Path | str, img_dir: Path | str, split: str, *, image_ids: Sequence[int] | None = None,
-                  max_images: int | None = None, **transform_kwargs: Any) -> CocoDetection:
-    """``CocoDetection`` with ``make_transforms(split, **transform_kwargs)``; used by notebooks 03-05."""
+                  max_images: int | None = None, labels: LabelMap | None = None,
+                  **transform_kwargs: Any) -> CocoDetection:
+    """``CocoDetection`` with ``make_transforms(split, **transform_kwargs)``; used by notebooks 03-05 and 07."""
     return CocoDetection(ann_file, img_dir, make_transforms(split, **transform_kwargs),
-                         image_ids=image_ids, max_images=max_images)
+                         image_ids=image_ids, max_images=max_images, labels=labels)
 
 
 # (image folder, annotation file) relative to data_root, in the order they are tried
@@ -218,3 +224,30 @@ def resolve_coco_layout(data_root: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"no COCO-format dataset under {root}. Looked for {tried}. Download COCO with "
                             f"`python -m detr_nb_utils.data.download coco --root {root}` or set image_dir and "
                             f"annotation_file.")
+
+
+def resolve_dataset_layout(root: str | Path) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (annotation file, image folder), "val": (...)}`` of a dataset folder laid out like COCO:
+    ``annotations/instances_<split>*.json`` with images in ``<split>*/`` or ``images/<split>*/`` (COCO's own
+    ``train2017``/``val2017``), or one folder per split holding its images and ``_annotations.coco.json`` (the
+    layout of common annotation tools' COCO export), where ``<split>`` is ``train`` and ``val`` (``valid`` too).
+    Raises ``FileNotFoundError`` saying what was looked for."""
+    root = Path(root)
+    found: dict[str, tuple[Path, Path]] = {}
+    for split, names in (("train", ("train",)), ("val", ("val", "valid"))):
+        for name in names:
+            for ann in sorted((root / "annotations").glob(f"instances_{name}*.json")):
+                suffix = ann.stem.removeprefix("instances_")
+                for images in (root / suffix, root / "images" / suffix, root / name, root / "images" / name):
+                    if images.is_dir():
+                        found.setdefault(split, (ann, images))
+            if (root / name / "_annotations.coco.json").is_file():
+                found.setdefault(split, (root / name / "_annotations.coco.json", root / name))
+    missing = [s for s in ("train", "val") if s not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"no {' and no '.join(missing)} set in the dataset folder {root}. Looked for "
+            f"annotations/instances_<split>*.json with images in <split>*/ or images/<split>*/, and for "
+            f"<split>/_annotations.coco.json (split: train; val or valid). Or set train_annotation_file, "
+            f"train_image_dir, val_annotation_file and val_image_dir.")
+    return found
