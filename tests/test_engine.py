@@ -122,7 +122,8 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, run_name="readback", epochs=1)
     record = engine.run_experiment(cfg)
     assert {p.name for p in cfg.run_dir.iterdir()} == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY,
-                                                      runs.LAST, runs.BEST, runs.DETECTIONS, runs.ENVIRONMENT}
+                                                      runs.LAST, runs.BEST, runs.DETECTIONS, runs.ENVIRONMENT,
+                                                      runs.CATEGORIES}  # random weights: no class_head.csv
     loaded = runs.load_run(cfg.run_dir)
     (session,) = loaded.environment  # one start, on this machine, from no finished epoch
     assert session["from_epoch"] is None and session["device"] == "cpu" and session["torch"] == torch.__version__

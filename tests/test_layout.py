@@ -1,5 +1,6 @@
 """The package's shape: imports flow one way (models <- data <- training <- analysis <- notebook) without a cycle,
-the public names load from the top level, the light modules stay light, and the README's layout table is the tree."""
+the command-line entry points at the top level sit above every layer and are imported by none, the public names load
+from the top level, the light modules stay light, and the README's layout table is the tree."""
 from __future__ import annotations
 
 import ast
@@ -15,6 +16,8 @@ import detr_nb_utils
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "detr_nb_utils"
 LAYERS = ("models", "data", "training", "analysis", "notebook")
+#: top-level command lines (``python -m detr_nb_utils.<name>``): above every layer, may import any, imported by none
+ENTRY_POINTS = {"detr_nb_utils.predict"}
 
 
 def _module_name(path: Path) -> str:
@@ -53,14 +56,19 @@ def _layer(module: str) -> int | None:
 
 
 def test_every_module_lives_in_a_layer():
-    loose = [m for m in GRAPH if m != "detr_nb_utils" and _layer(m) is None]
-    assert not loose, f"modules outside models/data/training/analysis/notebook: {loose}"
+    loose = [m for m in GRAPH if m != "detr_nb_utils" and m not in ENTRY_POINTS and _layer(m) is None]
+    assert not loose, f"modules outside models/data/training/analysis/notebook and the entry points: {loose}"
 
 
 def test_imports_flow_from_lower_layers_only():
     upward = [(m, t) for m, targets in GRAPH.items() for t in targets
-              if m != "detr_nb_utils" and _layer(t) is not None and _layer(t) > _layer(m)]
+              if m != "detr_nb_utils" and m not in ENTRY_POINTS and _layer(t) is not None and _layer(t) > _layer(m)]
     assert not upward, f"imports from a higher layer: {upward}"
+
+
+def test_nothing_imports_an_entry_point():
+    importers = [(m, t) for m, targets in GRAPH.items() for t in targets if t in ENTRY_POINTS]
+    assert not importers, f"entry points are command lines, imported by nothing in the package: {importers}"
 
 
 def test_import_graph_has_no_cycle():
@@ -109,3 +117,8 @@ def test_readme_layout_table_names_every_module():
         named = set(re.findall(r"`([a-z_]+)`", row[1]))
         files = {p.stem for p in (PKG / layer).glob("*.py")} - {"__init__", "__main__"}
         assert files <= named, f"detr_nb_utils/{layer}/ modules missing from the README: {sorted(files - named)}"
+    top = {f"detr_nb_utils.{p.stem}" for p in PKG.glob("*.py")} - {"detr_nb_utils.__init__"}
+    assert top == ENTRY_POINTS, f"top-level modules must be the entry points {sorted(ENTRY_POINTS)}: {sorted(top)}"
+    for module in ENTRY_POINTS:
+        path = module.replace(".", "/") + ".py"
+        assert re.search(rf"^\| `{re.escape(path)}` \|", readme, re.M), f"README's layout table has no row for {path}"

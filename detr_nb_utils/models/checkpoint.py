@@ -1,10 +1,10 @@
 """Loading the official DETR checkpoint safely, and adapting it to a variant (model surgery).
 
-The official file ``detr-r50-e632da11.pth`` is a dict whose ``model`` entry is the state dict of the
-published DETR-R50 (6 decoder layers, 100 queries, 91 classes). Variants keep the first ``dec_layers``
-decoder layers and the first ``num_queries`` query embeddings; a different ``num_classes`` gets a freshly
-initialised class head. Used by 02_checkpoint_inspection and, through the engine, 03-05. Downloading the file is
-:func:`detr_nb_utils.data.download.download_checkpoint`; the demo's random-weight stand-in is
+The official file ``detr-r50-e632da11.pth`` is a dict whose ``model`` entry is the state dict of the published DETR-R50
+(6 decoder layers, 100 queries, 91 classes). Variants keep the first ``dec_layers`` decoder layers and the first
+``num_queries`` query embeddings; a dataset with its own classes gets a class head built row by row from the
+checkpoint's (:mod:`.class_head`), or a fresh one. Used by 02_checkpoint_inspection and, through the engine, 03-05.
+Downloading the file is :func:`detr_nb_utils.data.download.download_checkpoint`; the demo's random-weight stand-in is
 :func:`detr_nb_utils.data.synthetic.make_random_checkpoint`.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .class_head import remap_class_head
+
 GET_IT = "python -m detr_nb_utils.data.download checkpoint --dest data/checkpoints"
 _DEC_LAYER = re.compile(r"^transformer\.decoder\.layers\.(\d+)\.")
 # The reference training script saves its argparse.Namespace beside the weights; it is plain data, so allow it.
@@ -38,12 +40,15 @@ class LoadReport:
     """What :func:`load_pretrained` did with each state-dict entry.
 
     ``rows``: ``(key, action, checkpoint_shape, model_shape)`` with action one of ``loaded``, ``sliced``,
-    ``dropped``, ``re-initialised``. Renders as a table in a notebook.
+    ``remapped`` (the class head, row by row), ``dropped``, ``re-initialised``. Renders as a table in a notebook.
     """
 
     path: str
     rows: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
     random_weights: bool = False
+    #: per class of the model, where its class-head row came from (:func:`.class_head.class_sources`; set by the
+    #: engine, which knows the class names)
+    class_sources: pd.DataFrame | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["key", "action", "checkpoint_shape", "model_shape"])
@@ -109,13 +114,16 @@ def checkpoint_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, path: str = "<state dict>",
-                     query_indices: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
+                     query_indices: Sequence[int] | None = None, class_rows: Sequence[int | None] | None = None,
+                     fresh_head: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Model surgery: the state dict ``model`` needs, built from a bigger checkpoint.
 
     Keeps decoder layers ``0 … model.dec_layers-1`` (and the shared final decoder norm), the rows ``query_indices`` of
-    ``query_embed.weight`` (default: the first ``model.num_queries``, the original study's choice), and takes the
-    model's own (fresh) class head when the number of classes differs. Every kept tensor is the checkpoint's, bit for
-    bit.
+    ``query_embed.weight`` (default: the first ``model.num_queries``, the original study's choice). The class head:
+    ``class_rows`` (one per model class, :func:`.class_head.class_rows`) builds it row by row
+    (:func:`.class_head.remap_class_head`: the checkpoint's row, or the model's fresh one where None; "no object"
+    carried), action ``remapped``; ``fresh_head`` takes the model's own (fresh) head whole, as does a head of another
+    size without ``class_rows``. Every kept tensor is the checkpoint's, bit for bit.
     """
     dims = checkpoint_dims(state_dict)
     for name, want in (("dec_layers", model.dec_layers), ("num_queries", model.num_queries)):
@@ -125,11 +133,20 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, path
     rows = _query_rows(query_indices, model.num_queries, dims["num_queries"])
     own = model.state_dict()
     report, new = LoadReport(str(path)), {}
+    if class_rows is not None and len(class_rows) != model.num_classes:
+        raise CheckpointError(f"class_rows lists {len(class_rows)} classes, the model has {model.num_classes}")
+    head = None if class_rows is None or fresh_head else remap_class_head(
+        state_dict["class_embed.weight"], state_dict["class_embed.bias"], class_rows,
+        own["class_embed.weight"], own["class_embed.bias"])
     for key, target in own.items():
         src = state_dict.get(key)
         if src is None:
             raise CheckpointError(f"{path} is not a DETR-R50 checkpoint: it lacks {key}. Use the official file.")
-        if src.shape == target.shape and not (key == "query_embed.weight" and query_indices is not None):
+        if key.startswith("class_embed.") and fresh_head:
+            new[key], action = target, "re-initialised"
+        elif key.startswith("class_embed.") and head is not None:
+            new[key], action = head[key == "class_embed.bias"], "remapped"
+        elif src.shape == target.shape and not (key == "query_embed.weight" and query_indices is not None):
             new[key], action = src, "loaded"
         elif key == "query_embed.weight":
             new[key], action = src[rows].clone(), "sliced"
@@ -157,15 +174,15 @@ def _query_rows(query_indices: Sequence[int] | None, num_queries: int, available
     return rows
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike,
-                    query_indices: Sequence[int] | None = None) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | os.PathLike, query_indices: Sequence[int] | None = None,
+                    class_rows: Sequence[int | None] | None = None, fresh_head: bool = False) -> LoadReport:
     """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed.
 
     ``query_indices``: which of the checkpoint's query embeddings to keep, in order (default: the first
-    ``model.num_queries``).
+    ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts (:func:`adapt_state_dict`).
     """
     sd, random_weights = read_checkpoint(path)
-    new, report = adapt_state_dict(sd, model, str(path), query_indices)
+    new, report = adapt_state_dict(sd, model, str(path), query_indices, class_rows, fresh_head)
     model.load_state_dict(new, strict=True)
     report.random_weights = random_weights
     return report

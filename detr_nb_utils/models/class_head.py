@@ -1,9 +1,10 @@
-"""Class-head surgery that keeps what a checkpoint knows (issue 15, groundwork): a dataset with its own K classes gets a
+"""Class-head surgery that keeps what a checkpoint knows (issue 15): a dataset with its own K classes gets a
 ``class_embed`` of K + 1 rows in which every class whose name matches one of the checkpoint's classes starts from that
 class's row, the others from the published initialisation, and the "no object" row is carried over.
 
 The published code re-initialises nothing and fails on the size mismatch; Hugging Face re-initialises the whole
-head. Whether starting matched classes from their rows helps is to be measured on the demo world (issue 15). The
+head (``class_head="reinit"`` here); whether starting matched classes from their rows helps is measured on the demo
+world (notebook 07_your_dataset, benchmarks/RESULTS.md). Used by :func:`.checkpoint.adapt_state_dict`. The
 checkpoint's class names come from the caller (COCO's: :data:`detr_nb_utils.data.categories.COCO_NAMES`), since
 ``models`` imports nothing from ``data``.
 """
@@ -55,10 +56,13 @@ def remap_class_head(weight: torch.Tensor, bias: torch.Tensor, rows: Sequence[in
     return new_w, new_b
 
 
-def class_sources(names: Sequence[str], rows: Sequence[int | None], source: Mapping[int, str]) -> pd.DataFrame:
+def class_sources(names: Sequence[str], rows: Sequence[int | None], source: Mapping[int, str],
+                  fresh_no_object: bool = False) -> pd.DataFrame:
     """Where each class's row came from, for the surgery report: ``name``, ``row`` (the checkpoint's, or empty)
-    and ``from`` ("<source name>" or "fresh"), plus the "no object" row."""
+    and ``from`` ("<source name>" or "fresh"), plus the "no object" row (carried, or fresh with
+    ``fresh_no_object``, as when the whole head is re-initialised)."""
     table = pd.DataFrame({"name": [*names, "no object"],
-                          "row": [*(r if r is not None else pd.NA for r in rows), "last"],
-                          "from": [*(source[r] if r is not None else "fresh" for r in rows), "no object"]})
+                          "row": [*(r if r is not None else pd.NA for r in rows), pd.NA if fresh_no_object else "last"],
+                          "from": [*(source[r] if r is not None else "fresh" for r in rows),
+                                   "fresh" if fresh_no_object else "no object"]})
     return table.rename_axis("class index")

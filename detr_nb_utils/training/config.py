@@ -44,6 +44,11 @@ CHECKPOINT_SHAPES = {
 #: the demo world's pre-trained tiny DETR, committed with the project (its SHA-256 in ``<stem>.json``)
 TINY_CHECKPOINT = "data/pretrained/tiny_detr.pth"
 MAX_QUERIES, MAX_DEC_LAYERS = 100, 6
+#: the files naming your own data's train and validation sets (issue 15), all four or none
+OWN_DATA_FILES = ("train_annotation_file", "train_image_dir", "val_annotation_file", "val_image_dir")
+#: how the class head starts: "match", each class from the checkpoint's row of the same name (COCO's label space:
+#: the whole head as loaded), the others fresh, "no object" carried; "reinit", the whole head fresh (Hugging Face)
+CLASS_HEADS = ("match", "reinit")
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,25 @@ class RunConfig:
     """Everything that decides a run's numbers. Defaults are the ``study`` profile (the original study's settings).
 
     Paths are relative to the working directory (the project root for notebooks and the CLI). ``image_dir`` and
-    ``annotation_file`` ``None``: found under ``data_root`` by
-    :func:`~detr_nb_utils.data.coco.resolve_coco_layout`. ``checkpoint`` ``None``: random initialisation (tests
-    only). Image sizes are pixels: validation resizes the shorter side to ``min_size``
-    with the longer side at most ``max_size``; training picks the shorter side from ``train_scales`` and, with
-    ``random_crop`` (the published augmentation), half the time first crops a random region.
+    ``annotation_file`` ``None``: found under ``data_root`` by :func:`~detr_nb_utils.data.coco.resolve_coco_layout`.
+    Your own dataset instead of a split of ``data_root`` (:attr:`own_data`): ``train_annotation_file``,
+    ``train_image_dir``, ``val_annotation_file`` and ``val_image_dir``, or ``dataset_dir``, a folder laid out like COCO
+    (:func:`~detr_nb_utils.data.coco.resolve_dataset_layout`); its classes get contiguous indices
+    (:class:`~detr_nb_utils.data.label_map.LabelMap`) and ``class_head`` (:data:`CLASS_HEADS`) says how their rows
+    start. ``checkpoint`` ``None``: random initialisation (tests only). Image sizes are pixels: validation resizes the
+    shorter side to ``min_size`` with the longer side at most ``max_size``; training picks the shorter side from
+    ``train_scales`` and, with ``random_crop`` (the published augmentation), half the time first crops a random region.
     ``eval_batch_size`` matters for AP because images of a batch are padded to the largest one; the published numbers
-    use 2. ``precision``: ``"fp32"`` (the study's, the published computation), ``"bf16"`` (the fast mode: bf16
-    autocast) or ``"auto"`` (the demo's: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32);
+    use 2. ``precision``: ``"fp32"`` (the study's, the published computation), ``"bf16"`` (the fast mode: bf16 autocast)
+    or ``"auto"`` (the demo's: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32);
     ``channels_last=None`` turns the channels-last layout on exactly when the forward runs in bf16 (the fast mode).
-    ``query_indices``: which of the checkpoint's 100 query
-    embeddings the model keeps, in order (``num_queries`` distinct slots in 0..99, e.g. from
-    :func:`detr_nb_utils.analysis.queries.select_queries`); ``None`` is the original study's choice, the first
-    ``num_queries``, and a tuple naming exactly those is stored as ``None``. ``num_workers``: :func:`make_config` sets
-    the study's from the machine (:func:`default_num_workers`: up to 8 on a CUDA machine, 2 elsewhere); the demo uses
-    0. ``run_name`` ``None``: :func:`variant_name`, ``dec{dec_layers}_q{num_queries}`` with ``_idx`` and a hash of
-    ``query_indices`` appended when they are set, so runs keeping different query slots never share a folder.
+    ``query_indices``: which of the checkpoint's 100 query embeddings the model keeps, in order (``num_queries``
+    distinct slots in 0..99, e.g. from :func:`detr_nb_utils.analysis.queries.select_queries`); ``None`` is the original
+    study's choice, the first ``num_queries``, and a tuple naming exactly those is stored as ``None``. ``num_workers``:
+    :func:`make_config` sets the study's from the machine (:func:`default_num_workers`: up to 8 on a CUDA machine, 2
+    elsewhere); the demo uses 0. ``run_name`` ``None``: :func:`variant_name`, ``dec{dec_layers}_q{num_queries}`` with
+    ``_idx`` and a hash of ``query_indices`` appended when they are set, so runs keeping different query slots never
+    share a folder.
     """
 
     profile: str = "study"
@@ -75,6 +83,13 @@ class RunConfig:
     image_dir: str | None = None
     annotation_file: str | None = None
     split_dir: str = "data/mini_coco"
+    # your own data (issue 15): a train and a validation set, each an instances file and its image folder, or a
+    # folder laid out like COCO (dataset_dir); any category ids, any number of classes (the "dataset" label space)
+    dataset_dir: str | None = None
+    train_annotation_file: str | None = None
+    train_image_dir: str | None = None
+    val_annotation_file: str | None = None
+    val_image_dir: str | None = None
     n_train: int = 4000
     n_val: int = 1000
     split_seed: int = 42
@@ -97,6 +112,7 @@ class RunConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     eos_coef: float = 0.1
+    class_head: str = "match"
     # optimisation
     epochs: int = 5
     batch_size: int = 2
@@ -134,6 +150,12 @@ class RunConfig:
         """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.training.runs`)."""
         return Path(self.out_dir) / (self.run_name or variant_name(self.dec_layers, self.num_queries,
                                                                      self.query_indices))
+
+    @property
+    def own_data(self) -> bool:
+        """Whether the run trains on the user's own dataset (``dataset_dir`` or the four train/val files) rather
+        than on a split of ``data_root``."""
+        return self.dataset_dir is not None or self.train_annotation_file is not None
 
     @property
     def arch(self) -> dict:
@@ -227,8 +249,15 @@ def _check_data(cfg: RunConfig) -> None:
         _fail("profile", cfg.profile, f"one of {sorted(PROFILES)}")
     for name in ("data_root", "split_dir", "out_dir"):
         _str(cfg, name)
-    for name in ("image_dir", "annotation_file", "checkpoint"):
+    for name in ("image_dir", "annotation_file", "checkpoint", "dataset_dir", *OWN_DATA_FILES):
         _str(cfg, name, optional=True)
+    given = [n for n in OWN_DATA_FILES if getattr(cfg, n) is not None]
+    if given and len(given) < len(OWN_DATA_FILES):
+        missing = [n for n in OWN_DATA_FILES if n not in given]
+        _fail(missing[0], None, f"set too: your own data needs all of {list(OWN_DATA_FILES)} (missing {missing}), "
+                                f"or dataset_dir alone")
+    if given and cfg.dataset_dir is not None:
+        _fail("dataset_dir", cfg.dataset_dir, f"None when {list(OWN_DATA_FILES)} are set (give one or the other)")
     for name in ("n_train", "n_val"):
         _int(cfg, name, 1)
     _int(cfg, "split_seed", 0)
@@ -253,6 +282,8 @@ def _check_model(cfg: RunConfig) -> None:
     _int(cfg, "dim_feedforward", 1)
     _float(cfg, "dropout", 0.0, 1.0, high_open=True)
     _float(cfg, "eos_coef", 0.0, 1.0, low_open=True)
+    if cfg.class_head not in CLASS_HEADS:
+        _fail("class_head", cfg.class_head, f"one of {CLASS_HEADS}")
     _check_query_indices(cfg)
     if cfg.backbone not in BACKBONES:
         _fail("backbone", cfg.backbone, f"one of {sorted(BACKBONES)}")
@@ -332,6 +363,12 @@ PROFILES: dict[str, dict] = {
         epochs=2, num_workers=0, out_dir="runs/demo",
     ),
 }
+
+
+#: notebook 07_your_dataset in the demo profile: the demo's own dataset (made on first use by
+#: :func:`~detr_nb_utils.data.synthetic_own.make_own_dataset`) and the study's 5 epochs instead of the demo
+#: profile's 2, in which fresh class-head rows learn next to nothing (benchmarks/RESULTS.md, "Your own data")
+DEMO_OWN_DATA = {"dataset_dir": "data/synthetic/own", "epochs": 5}
 
 
 def default_num_workers(device: str = "auto", cores: int | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,11 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..data.coco import CocoDetection, build_dataset, collate_fn, resolve_coco_layout
+from ..data import atomic
+from ..data.categories import COCO_NAMES
+from ..data.coco import CocoDetection, build_dataset, collate_fn, resolve_coco_layout, resolve_dataset_layout
 from ..data.download import sha256_file
+from ..data.label_map import LabelMap
 from ..data.split import MANIFEST, load_manifest, make_split
 from ..data.synthetic import make_synthetic_coco
+from ..data.validate import validate_coco_dataset
 from ..models.checkpoint import LoadReport, load_pretrained
+from ..models.class_head import class_rows, class_sources
 from ..models.detr import build_detr
 from ..models.fast import model_forward, resolve_amp_dtype, resolve_channels_last, set_fast_mode, tune_cpu_allocator
 from ..models.loss import SetCriterion, weighted_total
@@ -123,13 +128,24 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
 
 @dataclass(frozen=True)
 class DataSetup:
-    """Where a run's data lives: the image folder, the split's files, and the instances file it was made from."""
+    """Where a run's data lives: the image folder(s), the train and validation instances files, the instances file
+    the split was made from (your own data: the train file), the manifest a run folder keeps (the split's, or your
+    dataset's files with their SHA-256), and the label map."""
 
     image_dir: Path
     train_file: Path
     val_file: Path
-    manifest_file: Path
+    manifest_file: Path | None
     annotation_file: Path
+    val_image_dir: Path | None = None
+    labels: LabelMap = field(default_factory=LabelMap.coco)
+    manifest: dict = field(default_factory=dict, repr=False)
+
+    def files(self, split: str) -> tuple[Path, Path]:
+        """``(instances file, image folder)`` of ``split`` ("train" or "val")."""
+        if split == "train":
+            return self.train_file, self.image_dir
+        return self.val_file, self.val_image_dir or self.image_dir
 
 
 def _source_files(cfg: RunConfig) -> tuple[Path, Path]:
@@ -146,7 +162,37 @@ def _source_files(cfg: RunConfig) -> tuple[Path, Path]:
     return Path(cfg.image_dir or image_dir), Path(cfg.annotation_file or ann)
 
 
+def _own_data_files(cfg: RunConfig) -> dict[str, tuple[Path, Path]]:
+    if cfg.dataset_dir is not None:
+        return resolve_dataset_layout(cfg.dataset_dir)
+    return {s: (Path(getattr(cfg, f"{s}_annotation_file")), Path(getattr(cfg, f"{s}_image_dir")))
+            for s in ("train", "val")}
+
+
+def _prepare_own_data(cfg: RunConfig) -> DataSetup:
+    """Your own dataset: both sets validated (:func:`~detr_nb_utils.data.validate.validate_coco_dataset`, named
+    errors before any training), the same categories in both, the label map from them."""
+    files = _own_data_files(cfg)
+    for ann, images in files.values():
+        validate_coco_dataset(ann, images, progress=cfg.progress)
+    (train, train_images), (val, val_images) = files["train"], files["val"]
+    cats = {s: {int(c["id"]): str(c["name"]) for c in json.loads(f.read_text())["categories"]}
+            for s, (f, _) in files.items()}
+    if cats["train"] != cats["val"]:
+        differ = sorted(set(cats["train"].items()) ^ set(cats["val"].items()))
+        raise ValueError(f"the categories of {train} and {val} differ ((id, name) in one file only: {differ[:5]}"
+                         f"{', ...' if len(differ) > 5 else ''}); both sets must list the same categories")
+    manifest = {"dataset": {s: {"annotation_file": str(f), "image_dir": str(i), "sha256": sha256_file(f)}
+                            for s, (f, i) in files.items()}}
+    return DataSetup(train_images, train, val, None, train, val_images,
+                     LabelMap.from_categories({"id": k, "name": v} for k, v in cats["train"].items()), manifest)
+
+
 def _prepare_data(cfg: RunConfig) -> DataSetup:
+    if cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() == Path(TINY_CHECKPOINT).resolve():
+        check_committed_checkpoint(cfg.checkpoint)
+    if cfg.own_data:
+        return _prepare_own_data(cfg)
     image_dir, ann = _source_files(cfg)
     split_dir = Path(cfg.split_dir)
     if not (split_dir / MANIFEST).is_file():
@@ -157,9 +203,8 @@ def _prepare_data(cfg: RunConfig) -> DataSetup:
     if found != wanted or m["source"]["sha256"] != sha256_file(ann):
         raise ValueError(f"the split in {split_dir} was made with {found} from {m['source']['file']}, the config asks "
                          f"for {wanted} from {ann}; choose another split_dir or delete {split_dir}")
-    if cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() == Path(TINY_CHECKPOINT).resolve():
-        check_committed_checkpoint(cfg.checkpoint)
-    return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST, ann)
+    return DataSetup(image_dir, split_dir / "train.json", split_dir / "val.json", split_dir / MANIFEST, ann,
+                     manifest=m)
 
 
 def check_committed_checkpoint(path: str | Path) -> None:
@@ -179,8 +224,9 @@ def check_committed_checkpoint(path: str | Path) -> None:
 
 
 def prepare_data(cfg: RunConfig) -> DataSetup:
-    """Find the images and make what is missing: the split, and in the demo profile the synthetic pool. The
-    demo's committed checkpoint is checked against its recorded SHA-256 (:func:`check_committed_checkpoint`).
+    """Find the images and make what is missing: the split, and in the demo profile the synthetic pool; or, for your
+    own dataset (``cfg.own_data``), validate it and make its label map. The demo's committed checkpoint is checked
+    against its recorded SHA-256 (:func:`check_committed_checkpoint`).
     Under torch.distributed rank 0 makes them while the others wait."""
     if rank_world()[0] == 0:
         setup = _prepare_data(cfg)
@@ -193,7 +239,7 @@ def make_dataset(cfg: RunConfig, data: DataSetup, split: str) -> CocoDetection:
     shorter side ``min_size``; training: ``train_scales``, the published crop sizes scaled by ``min_size / 800``),
     limited to ``max_train_images`` / ``max_val_images``. Used by the loaders and by notebook 02."""
     train = split == "train"
-    return build_dataset(data.train_file if train else data.val_file, data.image_dir, split,
+    return build_dataset(*data.files(split), split, labels=data.labels,
                          max_images=cfg.max_train_images if train else cfg.max_val_images,
                          scales=cfg.train_scales, max_size=cfg.max_size, val_size=cfg.min_size,
                          **({"random_crop": cfg.random_crop} if train else {}))
@@ -216,23 +262,41 @@ def build_loader(cfg: RunConfig, data: DataSetup, split: str, device: torch.devi
                       pin_memory=device.type == "cuda")
 
 
-def build_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, SetCriterion, LoadReport | None]:
+def build_model(cfg: RunConfig, device: torch.device,
+                labels: LabelMap | None = None) -> tuple[nn.Module, SetCriterion, LoadReport | None]:
     """The variant ``cfg`` asks for with ``cfg.checkpoint`` loaded (None: random init), and its criterion.
 
-    ``lr_backbone == 0`` freezes the whole backbone, as the published ``train_backbone = lr_backbone > 0``;
+    ``labels``: the run's label map (``prepare_data(cfg).labels``; None: COCO's, refused for your own data). A
+    dataset's own classes get a class head of K + 1 rows, started as ``cfg.class_head`` says: "match", each class
+    from the checkpoint's row of the same (normalised) COCO name (:mod:`~detr_nb_utils.models.class_head`), the
+    others fresh, "no object" carried; "reinit", all fresh. The report's ``class_sources`` lists where each row came
+    from. ``lr_backbone == 0`` freezes the whole backbone, as the published ``train_backbone = lr_backbone > 0``;
     ``cfg.query_indices`` chooses which of the checkpoint's query embeddings the model keeps. A run in bf16 gets
     the fast mode (:func:`~detr_nb_utils.models.fast.set_fast_mode`).
     """
-    model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers, dropout=cfg.dropout)
+    if labels is None:
+        if cfg.own_data:
+            raise ValueError("build_model: a run on your own dataset needs its label map: "
+                             "build_model(cfg, device, prepare_data(cfg).labels)")
+        labels = LabelMap.coco()
+    model = build_detr(**{**cfg.arch, "num_classes": labels.num_classes}, num_queries=cfg.num_queries,
+                       dec_layers=cfg.dec_layers, dropout=cfg.dropout)
     if cfg.lr_backbone == 0:
         model.backbone.requires_grad_(False)
-    report = None if cfg.checkpoint is None else load_pretrained(model, cfg.checkpoint, cfg.query_indices)
+    report = None
+    if cfg.checkpoint is not None:
+        own = labels.label_space == "dataset"
+        rows = class_rows(labels.names, COCO_NAMES) if own else list(labels.ids)
+        fresh = cfg.class_head == "reinit"
+        report = load_pretrained(model, cfg.checkpoint, cfg.query_indices, rows if own else None, fresh)
+        sources = class_sources(labels.names, [None] * len(rows) if fresh else rows, COCO_NAMES, fresh)
+        report.class_sources = sources.set_axis([*labels.indices, labels.num_classes]).rename_axis("class index")
     model.to(device)
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     set_fast_mode(model, amp_dtype is not None)
     if resolve_channels_last(cfg.channels_last, amp_dtype):
         model.to(memory_format=torch.channels_last)
-    criterion = SetCriterion(num_classes=cfg.num_classes, eos_coef=cfg.eos_coef, dec_layers=cfg.dec_layers)
+    criterion = SetCriterion(num_classes=labels.num_classes, eos_coef=cfg.eos_coef, dec_layers=cfg.dec_layers)
     return model, criterion.to(device), report
 
 
@@ -243,7 +307,7 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
     return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
-                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True)
+                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
@@ -254,7 +318,7 @@ def evaluate_checkpoint(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
-    model, criterion, report = build_model(cfg, device)
+    model, criterion, report = build_model(cfg, device, data.labels)
     metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device)
     return {**metrics, "random_weights": bool(report is not None and report.random_weights),
             runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
@@ -272,12 +336,15 @@ class TrainingRun:
         self.data = prepare_data(cfg)
         last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
         if self.rank == 0:
-            runs.prepare_run_dir(cfg, self.data.manifest_file)
+            runs.prepare_run_dir(cfg, self.data.manifest)
+            self.data.labels.save(cfg.run_dir / runs.CATEGORIES)
             if last is None or last["epoch"] < cfg.epochs:  # a session that trains (re-reading a finished run does not)
                 runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
         seed_everything(cfg.seed + self.rank)
-        self.model, self.criterion, report = build_model(cfg, self.device)
+        self.model, self.criterion, report = build_model(cfg, self.device, self.data.labels)
+        if self.rank == 0 and report is not None:
+            atomic.write_text(cfg.run_dir / runs.CLASS_HEAD, report.class_sources.to_csv())
         self.random_weights = bool(report is not None and report.random_weights)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)

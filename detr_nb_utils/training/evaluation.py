@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.ops import box_convert
 from tqdm.auto import tqdm
 
+from ..data.label_map import LabelMap
 from ..models.fast import cached_folded_weights, model_forward
 from ..models.loss import loss_views
 from ..models.postprocess import postprocess
@@ -100,8 +101,9 @@ def _start_layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int], wo
 
 
 def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, channels_last, per_layer_ap,
-                    sums: dict, dets: list) -> None:
-    """One batch of :func:`evaluate`: forward, losses added to ``sums``, detections of each layer into ``dets``."""
+                    sums: dict, dets: list, labels: LabelMap | None) -> None:
+    """One batch of :func:`evaluate`: forward, losses added to ``sums``, detections of each layer into ``dets``
+    (their labels the category ids of ``labels``, the ground truth's)."""
     images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     outputs = model_forward(model, images, mask, amp_dtype, channels_last)
     loss_dict = criterion(outputs, [{k: t[k].to(device) for k in ("labels", "boxes")} for t in targets])
@@ -111,14 +113,17 @@ def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, 
     layers = [*outputs.get("aux_outputs", []), outputs] if per_layer_ap else [outputs]
     for store, out in zip(dets, layers):
         for t, det in zip(targets, postprocess(out, orig_sizes)):
-            store[int(t["image_id"])] = {k: v.cpu() for k, v in det.items()}
+            det = {k: v.cpu() for k, v in det.items()}
+            if labels is not None and labels.label_space != "coco":
+                det["labels"] = torch.from_numpy(labels.to_id(det["labels"].numpy()))
+            store[int(t["image_id"])] = det
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, device: torch.device | str,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, per_layer_ap: bool = True,
              progress: bool = False, verbose: bool = False, keep_detections: bool = False,
-             cocoeval_workers: int | None = None) -> dict:
+             cocoeval_workers: int | None = None, labels: LabelMap | None = None) -> dict:
     """One pass over ``loader``: COCO metrics of the final layer and of every decoder layer, and the losses.
 
     ``loader`` yields :func:`detr_nb_utils.data.coco.collate_fn` batches (``images``, ``mask``, ``targets`` with
@@ -132,7 +137,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     of the criterion averaged over batches, and ``num_images``; with ``keep_detections``, also ``detections``:
     the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis. ``cocoeval_workers``:
     processes scoring the auxiliary layers while this one scores the final layer (``None``: one per layer up to
-    the cores but one, from 500 images; 0: all in this process).
+    the cores but one, from 500 images; 0: all in this process). ``labels``: the run's label map, which turns the
+    model's class indices into the ground truth's category ids (None: COCO's label space, where they are the same),
+    so that AP and the saved detections are in the dataset's own ids.
     """
     if len(loader.dataset) == 0:
         raise ValueError("evaluate: the validation set is empty; check n_val / max_val_images and the split")
@@ -145,7 +152,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     with cached_folded_weights(model):  # fast mode: the folded bf16 conv weights made once for the pass
         for images, mask, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, channels_last, per_layer_ap,
-                            sums, dets)
+                            sums, dets, labels)
             batches += 1
     sums, batches, dets = _gather(sums, batches, dets)
     metrics = {k: v / batches for k, v in sums.items()}

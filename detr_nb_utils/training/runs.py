@@ -1,14 +1,15 @@
 """The run folder: everything needed to read, reproduce or resume one fine-tuning run.
 
-``<out_dir>/<run_name>/`` holds ``config.json`` (the :class:`~.config.RunConfig`), ``split_manifest.json`` (copied
-from the split), ``metrics.jsonl`` (one JSON object per finished epoch, epoch 0 being the loaded checkpoint before any
-training), ``history.csv`` (the same without per-category AP), ``detections/epoch_N.npz`` (the final layer's
-detections of every evaluated epoch N, as flat arrays, for the bootstrap of :mod:`detr_nb_utils.analysis.bootstrap`),
-``checkpoint_last.pth`` (model, optimizer, scheduler, epoch, RNG states, config and the metrics history: the source of
-truth for resuming) and ``checkpoint_best.pth`` (the weights of the epoch with the best val AP). Every file is written
-under a temporary name and renamed, so an interrupted run never leaves half a file; all load with
-``torch.load(weights_only=True)``. Written by :func:`.engine.run_experiment` (notebooks 03-05), read by
-:func:`load_run` (06_analysis, which never retrains).
+``<out_dir>/<run_name>/`` holds ``config.json`` (the :class:`~.config.RunConfig`), ``split_manifest.json`` (copied from
+the split; for your own dataset its files and their SHA-256), ``categories.json`` (the label map: class index <->
+category id <-> name) and ``class_head.csv`` (where each class-head row started from), ``metrics.jsonl`` (one JSON
+object per finished epoch, epoch 0 being the loaded checkpoint before any training), ``history.csv`` (the same without
+per-category AP), ``detections/epoch_N.npz`` (the final layer's detections of every evaluated epoch N, as flat arrays,
+for the bootstrap of :mod:`detr_nb_utils.analysis.bootstrap`), ``checkpoint_last.pth`` (model, optimizer, scheduler,
+epoch, RNG states, config and the metrics history: the source of truth for resuming) and ``checkpoint_best.pth`` (the
+weights of the epoch with the best val AP). Every file is written under a temporary name and renamed, so an interrupted
+run never leaves half a file; all load with ``torch.load(weights_only=True)``. Written by :func:`.engine.run_experiment`
+(notebooks 03-05, 07), read by :func:`load_run` (06_analysis, which never retrains) and :mod:`detr_nb_utils.predict`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import json
 import math
 import pickle
 import random
-import shutil
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,9 +28,12 @@ import pandas as pd
 import torch
 
 from ..data import atomic
+from ..data.split import load_manifest
 from .config import RunConfig
 
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
+#: the label map (:class:`~detr_nb_utils.data.label_map.LabelMap`) and where each class-head row came from
+CATEGORIES, CLASS_HEAD = "categories.json", "class_head.csv"
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 DETECTIONS = "detections"
 #: one line per start or resume of a run: when, from which epoch, and on what (:func:`.runtime.environment`)
@@ -50,11 +53,12 @@ def config_diff(old: RunConfig, new: RunConfig) -> list[tuple[str, object, objec
     return [(k, a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
 
 
-def prepare_run_dir(cfg: RunConfig, manifest_file: Path) -> Path:
-    """Create (or re-open for resuming) ``cfg.run_dir``; write ``config.json`` and copy the split manifest.
+def prepare_run_dir(cfg: RunConfig, manifest: dict | Path) -> Path:
+    """Create (or re-open for resuming) ``cfg.run_dir``; write ``config.json`` and the data's manifest (the split's,
+    or your own dataset's files and their SHA-256) as ``split_manifest.json``.
 
     Raises :class:`RunConfigMismatch` naming the differing fields when the folder holds another configuration
-    or another split.
+    or other data.
     """
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,12 +68,12 @@ def prepare_run_dir(cfg: RunConfig, manifest_file: Path) -> Path:
             rows = "; ".join(f"{k}: {a!r} in the folder, {b!r} now" for k, a, b in diff)
             raise RunConfigMismatch(f"{run_dir} holds a run with a different configuration ({rows}). Choose a new "
                                     f"run_name, or delete {run_dir} to start over.")
-    if (run_dir / MANIFEST).is_file() and (run_dir / MANIFEST).read_bytes() != Path(manifest_file).read_bytes():
-        raise RunConfigMismatch(f"{run_dir} was trained on another split than {manifest_file}. Choose a new "
-                                f"run_name, or delete {run_dir} to start over.")
+    manifest = load_manifest(manifest)
+    if (run_dir / MANIFEST).is_file() and json.loads((run_dir / MANIFEST).read_text()) != manifest:
+        raise RunConfigMismatch(f"{run_dir} was trained on other data (another split, or changed annotation files) "
+                                f"than this run's. Choose a new run_name, or delete {run_dir} to start over.")
     atomic.write_text(run_dir / CONFIG, cfg.to_json())
-    shutil.copyfile(manifest_file, run_dir / f".{MANIFEST}.tmp")
-    (run_dir / f".{MANIFEST}.tmp").replace(run_dir / MANIFEST)
+    atomic.write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return run_dir
 
 

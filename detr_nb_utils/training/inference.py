@@ -1,0 +1,371 @@
+"""Prediction with a trained DETR: load a model from a run folder or a checkpoint file, detect objects in image
+files, write the images with their boxes drawn and the detections as COCO results.
+
+Three steps, each usable alone:
+
+- :func:`model_from_run` (a run folder of :mod:`.runs`: its config, label map and best weights) or
+  :func:`model_from_checkpoint` (a DETR checkpoint file: the official ``detr-r50-e632da11.pth``, the demo's tiny
+  DETR, or a run's 91-class checkpoint) -> an eval-mode model, its :class:`~detr_nb_utils.data.label_map.LabelMap`
+  and the image sizes it was trained at;
+- :func:`predict_images`: reads the files (one that does not decode is recorded and skipped), resizes them as the
+  validation does, runs the model in batches and keeps the detections at or above a score threshold;
+- :func:`write_outputs`: ``<stem>.jpg`` per image with its boxes and ``name score`` labels, ``results.json`` (COCO's
+  results format, in the dataset's category ids) and ``images.json`` (a COCO file of the images and categories), so
+  that ``COCO("images.json").loadRes("results.json")`` works.
+
+Used by the command line :mod:`detr_nb_utils.predict` (``python -m detr_nb_utils.predict``), notebook 02's
+prediction cell and notebook 07_your_dataset. Inference runs in fp32 (the published computation), without
+auxiliary outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file
+from torchvision.ops import box_convert
+from torchvision.utils import draw_bounding_boxes
+from tqdm.auto import tqdm
+
+from ..data import atomic
+from ..data.coco import collate_fn
+from ..data.label_map import COCO_NUM_CLASSES, LabelMap
+from ..data.transforms import MAX_SIZE, VAL_SIZE, make_transforms
+from ..models.checkpoint import CheckpointError, checkpoint_dims, read_checkpoint
+from ..models.detr import DETR, build_detr
+from ..models.postprocess import postprocess
+from . import runs
+from .config import CHECKPOINT_SHAPES, PROFILES, RunConfig
+from .runtime import resolve_device
+
+RESULTS, IMAGES = "results.json", "images.json"
+#: the file types the command line collects from a folder
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: the published validation size, at which the official checkpoint predicts
+PUBLISHED_SIZES = {"min_size": VAL_SIZE, "max_size": MAX_SIZE}
+#: the demo world's size, at which the tiny DETR was pre-trained
+TINY_SIZES = {"min_size": PROFILES["demo"]["min_size"], "max_size": PROFILES["demo"]["max_size"]}
+_ARCH_KEYS = ("backbone", "enc_layers", "hidden_dim", "nheads", "dim_feedforward")
+# box colours, one per class index (cycled): distinct on photographs and on the demo's shapes
+_PALETTE = ((255, 56, 56), (72, 209, 204), (255, 178, 29), (146, 204, 23), (61, 219, 134), (0, 148, 255),
+            (132, 56, 255), (255, 55, 199), (255, 255, 255), (255, 112, 31), (0, 194, 255), (187, 212, 0))
+# torchvision's C++ errors start with "function, /path/file.cpp:LINE, "; the reader needs what follows
+_CPP_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read or decoded; the message is the reason, without the path."""
+
+
+@dataclass
+class ImagePrediction:
+    """The kept detections of one image: ``scores`` float32 [n], ``indices`` int64 [n] (class indices of the model's
+    head), ``names`` (one per detection), ``category_ids`` int64 [n] (the dataset's ids, :meth:`LabelMap.to_id`),
+    ``boxes`` float32 [n, 4] (x0, y0, x1, y1) in pixels of the original image of ``size`` (h, w)."""
+
+    path: Path
+    size: tuple[int, int]
+    scores: np.ndarray
+    indices: np.ndarray
+    names: list[str]
+    category_ids: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_images` found: one :class:`ImagePrediction` per image read, in input order, and
+    ``failed``, ``(path, reason)`` for every file that could not be read (skipped)."""
+
+    labels: LabelMap
+    threshold: float
+    images: list[ImagePrediction] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def num_detections(self) -> int:
+        return sum(len(p) for p in self.images)
+
+    def summary(self) -> str:
+        """``N images predicted, D detections at score >= T, F failed`` (with ``:`` when some failed)."""
+        n, d = len(self.images), self.num_detections
+        return (f"{n} image{'s' * (n != 1)} predicted, {d} detection{'s' * (d != 1)} at score >= "
+                f"{self.threshold:g}, {len(self.failed)} failed" + (":" if self.failed else ""))
+
+
+# ---- loading a model ------------------------------------------------------------------------------------------
+
+
+def model_from_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[DETR, LabelMap, RunConfig]:
+    """The model of a run folder, in eval mode on the CPU, with its label map and configuration.
+
+    Reads ``config.json``, ``categories.json`` (absent: COCO's label space, as runs before issue 15) and the weights
+    of ``checkpoint_best.pth`` (``which="best"``; a run without one falls back to ``checkpoint_last.pth`` with a
+    warning) or ``checkpoint_last.pth`` (``which="last"``), loaded with ``weights_only=True`` and ``strict=True``.
+    Missing files raise ``FileNotFoundError`` naming the folder and what it lacks. Predict at the run's sizes,
+    ``cfg.min_size`` and ``cfg.max_size``.
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is <out_dir>/<run_name>, "
+                                f"e.g. runs/demo/dec6_q100_seed42)")
+    if not (run_dir / runs.CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {runs.CONFIG}: it is not a run folder (or its run never "
+                                f"started)")
+    cfg = RunConfig.from_json(run_dir / runs.CONFIG)
+    labels = LabelMap.load(run_dir / runs.CATEGORIES) if (run_dir / runs.CATEGORIES).is_file() else LabelMap.coco()
+    weights = run_dir / (runs.BEST if which == "best" else runs.LAST)
+    if not weights.is_file() and which == "best" and (run_dir / runs.LAST).is_file():
+        warnings.warn(f"{run_dir} holds no {runs.BEST} (no epoch was evaluated yet); predicting with the weights "
+                      f"of {runs.LAST}", stacklevel=2)
+        weights = run_dir / runs.LAST
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no weights: neither {runs.BEST} nor {runs.LAST} (the run wrote "
+                                f"no checkpoint yet; train it first)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state_dict = state["model"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError,
+            zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{weights} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              f"delete the run folder and train again") from None
+    model = build_detr(**{**cfg.arch, "num_classes": labels.num_classes}, num_queries=cfg.num_queries,
+                       dec_layers=cfg.dec_layers, dropout=0.0, aux_loss=False)
+    _load_strict(model, state_dict, weights)
+    return model.eval(), labels, cfg
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[DETR, LabelMap, dict[str, int]]:
+    """The model of a DETR checkpoint file, in eval mode on the CPU, its label map (COCO's) and the image sizes to
+    predict at (``{"min_size", "max_size"}``, :func:`predict_images`'s keywords).
+
+    The architecture comes from the file's ``arch`` entry (the demo's tiny DETR), else from a run's ``config``
+    entry (a run's ``checkpoint_*.pth``), else it is the published DETR-R50; decoder layers, queries and classes
+    are read off the weights, so a cut checkpoint loads too. Sizes: a run's own, the demo world's for the tiny
+    backbone, the published 800 / 1333 for ResNet-50. A checkpoint whose head is not COCO's 91 classes raises
+    ``ValueError``: its class names live in its run folder (:func:`model_from_run`, ``--run``).
+    """
+    path = Path(path)
+    state_dict, random_weights = read_checkpoint(path)
+    entries = _checkpoint_entries(path)
+    dims = checkpoint_dims(state_dict)
+    config = entries.get("config") if isinstance(entries.get("config"), dict) else {}
+    if isinstance(entries.get("arch"), dict):
+        arch = {k: v for k, v in entries["arch"].items() if k in _ARCH_KEYS}
+    elif config:
+        arch = {k: config[k] for k in _ARCH_KEYS if k in config}
+    else:
+        arch = {}
+    arch = {"backbone": "resnet50", **CHECKPOINT_SHAPES["resnet50"], **arch, **dims}
+    if dims["num_classes"] != COCO_NUM_CLASSES:
+        raise ValueError(f"{path} has a head of {dims['num_classes']} classes, not COCO's {COCO_NUM_CLASSES}: the "
+                         f"names of its classes are in the run folder it comes from; predict with --run <run folder> "
+                         f"(model_from_run) instead")
+    if random_weights:
+        warnings.warn(f"{path} holds RANDOM weights (the demo's stand-in for the official checkpoint): its "
+                      f"detections mean nothing", stacklevel=2)
+    model = build_detr(**arch, dropout=0.0, aux_loss=False)
+    _load_strict(model, state_dict, path)
+    if "min_size" in config and "max_size" in config:
+        sizes = {"min_size": int(config["min_size"]), "max_size": int(config["max_size"])}
+    else:
+        sizes = dict(TINY_SIZES if arch["backbone"] == "tiny" else PUBLISHED_SIZES)
+    return model.eval(), LabelMap.coco(), sizes
+
+
+def _checkpoint_entries(path: Path) -> dict:
+    """The ``arch`` and ``config`` entries of a checkpoint in torch's zip format (memory-mapped, so the weights are
+    not read a second time); ``{}`` for the legacy format, which no code of this project writes."""
+    if not zipfile.is_zipfile(path):
+        return {}
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {k: obj[k] for k in ("arch", "config") if k in obj} if isinstance(obj, dict) else {}
+
+
+def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        detail = "; ".join(line.strip() for line in lines[1:4]) or lines[0]
+        raise CheckpointError(f"{path} does not fit the model its folder or entries describe ({detail[:400]})") \
+            from None
+
+
+# ---- predicting ---------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """The RGB pixels of an image file, uint8 [3, H, W] (grayscale, RGBA and CMYK converted; EXIF orientation
+    ignored, as in the dataset). Raises :class:`ImageReadError` with the reason (missing, empty, not an image,
+    truncated)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError("no such file")
+    if not path.is_file():
+        raise ImageReadError("not a file")
+    if path.stat().st_size == 0:
+        raise ImageReadError("empty file")
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as e:
+        reason = _CPP_PREFIX.sub("", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ImageReadError(f"does not decode as an image ({reason.split('. ')[0][:160]})") from None
+
+
+def predict_images(model: nn.Module, labels: LabelMap, paths: Sequence[str | os.PathLike], *, min_size: int,
+                   max_size: int, threshold: float = 0.7, batch_size: int = 4, device: str = "auto",
+                   progress: bool = True) -> PredictResult:
+    """Detect objects in image files; keep the detections with score >= ``threshold``.
+
+    Each image is read as RGB (a file that does not decode goes to ``.failed`` with the reason and is skipped),
+    resized as the validation does (shorter side ``min_size``, longer at most ``max_size``, normalised), batched
+    ``batch_size`` at a time (padded at the bottom/right, as in evaluation) and run in fp32 under ``no_grad`` on
+    ``device`` (``"auto"``: CUDA when there is one); the model is moved there and put in eval mode. Boxes are in
+    pixels of the original image. ``progress``: a progress bar (tqdm; a widget in JupyterLab).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1] (a score), got {threshold!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    transform = make_transforms("val", val_size=min_size, max_size=max_size)
+    result = PredictResult(labels=labels, threshold=float(threshold))
+    names = labels.index_names
+    with tqdm(total=len(paths), desc="predict", unit="image", disable=not progress) as bar:
+        for batch in _read_batches([Path(p) for p in paths], batch_size, result.failed, bar):
+            images, mask, _ = collate_fn([(transform(tv_tensors.Image(im)).as_subclass(torch.Tensor), {})
+                                          for _, im in batch])
+            orig = torch.tensor([list(im.shape[-2:]) for _, im in batch], dtype=torch.int64, device=dev)
+            with torch.no_grad():
+                detections = postprocess(model(images.to(dev), mask.to(dev)), orig)
+            for (path, im), d in zip(batch, detections):
+                keep = d["scores"] >= threshold
+                scores, indices = d["scores"][keep].cpu().numpy(), d["labels"][keep].cpu().numpy().astype(np.int64)
+                order = np.argsort(-scores, kind="stable")
+                scores, indices = scores[order], indices[order]
+                result.images.append(ImagePrediction(
+                    path=path, size=(int(im.shape[-2]), int(im.shape[-1])), scores=scores.astype(np.float32),
+                    indices=indices, names=[names.get(int(i), f"class {int(i)}") for i in indices],
+                    category_ids=labels.to_id(indices).astype(np.int64),
+                    boxes=d["boxes"][keep].float().cpu().numpy()[order].reshape(-1, 4)))
+            bar.update(len(batch))
+    return result
+
+
+def _read_batches(paths: list[Path], batch_size: int, failed: list[tuple[Path, str]], bar: tqdm):
+    """Yield lists of ``(path, uint8 image)`` of up to ``batch_size`` readable images; record the others."""
+    batch: list[tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            batch.append((path, read_image(path)))
+        except ImageReadError as e:
+            failed.append((path, str(e)))
+            bar.update(1)
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---- writing --------------------------------------------------------------------------------------------------
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """``<stem>.jpg`` per input, made unique (``<stem>_2.jpg``, …) when inputs share a stem (case ignored, for
+    case-insensitive file systems)."""
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        name, k = f"{stem}.jpg", 1
+        while name.lower() in used:
+            k += 1
+            name = f"{stem}_{k}.jpg"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def draw_prediction(image: torch.Tensor, pred: ImagePrediction) -> torch.Tensor:
+    """``image`` (uint8 [3, H, W]) with the boxes of ``pred`` drawn and labelled ``name score``, one colour per
+    class."""
+    if not len(pred):
+        return image
+    h, w = image.shape[-2:]
+    boxes = torch.from_numpy(pred.boxes).float()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    captions = [f"{n} {s:.2f}" for n, s in zip(pred.names, pred.scores.tolist())]
+    colors = [_PALETTE[int(i) % len(_PALETTE)] for i in pred.indices]
+    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=max(1, round(max(h, w) / 300)))
+
+
+def write_outputs(result: PredictResult, out_dir: str | os.PathLike, image_ids: Sequence[int] | None = None,
+                  progress: bool = False) -> dict[str, Path]:
+    """Write the predictions of ``result`` into ``out_dir`` (created), every file atomically.
+
+    - ``<stem>.jpg`` per image (:func:`output_names`): the image with its boxes and labels drawn;
+    - ``results.json``: COCO's results format, a list of ``{"image_id", "category_id" (the dataset's id),
+      "bbox" [x, y, w, h] pixels, "score"}``;
+    - ``images.json``: a COCO file with ``images`` (``id``, ``file_name`` (the input's), ``width``, ``height``,
+      ``path`` (as given), ``drawn`` (the drawn file)), ``categories`` (``id``, ``name``) and no annotations, so
+      that ``COCO("images.json").loadRes("results.json")`` works (pycocotools' ``loadRes`` cannot read an EMPTY
+      results list, which a high threshold can give).
+
+    ``image_ids``: one per image of ``result.images`` (default 1, 2, …), e.g. a dataset's own ids. Returns the paths
+    written: ``{"results", "images", "drawn": out_dir}``.
+    """
+    out_dir = Path(out_dir)
+    ids = list(range(1, len(result.images) + 1)) if image_ids is None else [int(i) for i in image_ids]
+    if len(ids) != len(result.images) or len(set(ids)) != len(ids):
+        raise ValueError(f"image_ids must give {len(result.images)} distinct ids, one per predicted image; "
+                         f"got {len(ids)} ({len(set(ids))} distinct)")
+    names = output_names([p.path for p in result.images])
+    images, detections = [], []
+    for pred, image_id, name in tqdm(list(zip(result.images, ids, names)), desc="write", unit="image",
+                                     disable=not progress):
+        try:
+            pixels = read_image(pred.path)
+        except ImageReadError as e:
+            raise ImageReadError(f"{pred.path} {e} (it was read for the prediction; did it change since?)") from None
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            jpeg = encode_jpeg(draw_prediction(pixels, pred), quality=90)
+        atomic.write_bytes(out_dir / name, jpeg.numpy().tobytes())
+        h, w = pred.size
+        images.append({"id": image_id, "file_name": pred.path.name, "width": w, "height": h,
+                       "path": str(pred.path), "drawn": name})
+        xywh = box_convert(torch.from_numpy(pred.boxes).reshape(-1, 4), "xyxy", "xywh").tolist()
+        detections += [{"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in b],
+                        "score": round(float(s), 5)}
+                       for c, b, s in zip(pred.category_ids, xywh, pred.scores)]
+    labels = result.labels
+    coco = {"info": {"description": f"images predicted by detr_nb_utils (score >= {result.threshold:g})"},
+            "images": images, "annotations": [],
+            "categories": [{"id": int(i), "name": n} for i, n in zip(labels.ids, labels.names)]}
+    paths = {"results": out_dir / RESULTS, "images": out_dir / IMAGES, "drawn": out_dir}
+    atomic.write_text(paths["images"], json.dumps(coco, indent=1) + "\n")
+    atomic.write_text(paths["results"], json.dumps(detections) + "\n")
+    return paths
