@@ -1,8 +1,9 @@
 # detr-mini-coco — the commands the README names.
 #   make setup   .venv/ with the package (editable) and its dev tools
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
-#   make demo    all six notebooks offline in the demo world, figures into runs/demo/report/
-#   make study   download COCO val2017 and the checkpoint, run the real study (GPU)
+#   make demo    all seven notebooks offline in the demo world, figures into runs/demo/report/
+#   make study   download COCO val2017 and the checkpoint, run the real study (GPU): notebooks 01-06
+#   make own DATASET=DIR   notebook 07 on your own COCO-format dataset (a folder laid out like COCO), into runs/own/
 #   make report  render runs/$(PROFILE)/report/report.html (PROFILE=demo) or report/report.html (PROFILE=study)
 #   make pretrain   pre-train the demo world's tiny DETR (data/pretrained/tiny_detr.pth; ~40 min on 2 CPU cores)
 #   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
@@ -11,10 +12,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KERNEL := $(VENV)/.kernel
-NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
+STUDY_NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
+NOTEBOOKS := $(STUDY_NOTEBOOKS) 07_your_dataset
 PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study report pretrain notebooks clean-demo
+.PHONY: setup kernel test demo study own report pretrain notebooks clean-demo
 PROFILE ?= demo
 
 setup: $(STAMP)
@@ -37,11 +39,11 @@ test: setup kernel
 	DETR_NB_PROFILE=demo $(PY) -m pytest -q --nbval-lax notebooks/
 	$(PY) -m detr_nb_utils.notebook.report --profile demo
 
-# $(call run-notebooks,PROFILE): the six notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
+# $(call run-notebooks,PROFILE,NOTEBOOKS): the notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
 # and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
 define run-notebooks
 	mkdir -p runs/$(1)/notebooks
-	for nb in $(NOTEBOOKS); do \
+	for nb in $(2); do \
 	  echo "== $$nb ($(1) profile)"; \
 	  $(PAPERMILL) notebooks/$$nb.ipynb runs/$(1)/notebooks/$$nb.ipynb -p profile $(1) \
 	    || exit 1; \
@@ -49,12 +51,20 @@ define run-notebooks
 endef
 
 demo: setup kernel
-	$(call run-notebooks,demo)
+	$(call run-notebooks,demo,$(NOTEBOOKS))
 
 study: setup kernel
 	$(PY) -m detr_nb_utils.data.download coco --root data/coco
 	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
-	$(call run-notebooks,study)
+	$(call run-notebooks,study,$(STUDY_NOTEBOOKS))
+
+# notebook 07 on your own dataset with the study's recipe (the official checkpoint, downloaded when missing)
+own: setup kernel
+	@test -n "$(DATASET)" || { echo "make own needs DATASET=DIR, a folder laid out like COCO (see README)"; exit 2; }
+	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
+	mkdir -p runs/own/notebooks
+	$(PAPERMILL) notebooks/07_your_dataset.ipynb runs/own/notebooks/07_your_dataset.ipynb -p profile study \
+	  -p dataset_dir $(DATASET) -p out_dir runs/own
 
 # the team report from the profile's run folders and exported tables and figures, one self-contained HTML file
 report: setup

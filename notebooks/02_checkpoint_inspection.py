@@ -43,6 +43,7 @@ max_size = None  # longer side at most (1333 in the study)
 num_workers = None
 n_draw = 6  # val images drawn with their predictions
 score_threshold = 0.7  # detections drawn: class probability at least this (the paper's demo uses 0.7)
+predict_path = None  # an image (or folder) of your own to run the checkpoint on in section 6; None: a val image
 attention_image = 0  # the val image (index) whose attention maps are drawn
 interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
@@ -68,8 +69,11 @@ cfg = make_config(
 from dataclasses import replace
 from pathlib import Path
 
+from torchvision.io import ImageReadMode, decode_image
+
 from detr_nb_utils import COCO_NAMES, VARIANTS, adapt_state_dict, build_model, evaluate_checkpoint, skeleton
-from detr_nb_utils import collate_fn, make_dataset, predict_panels, prepare_data
+from detr_nb_utils import collate_fn, make_dataset, model_from_checkpoint, predict_images, predict_panels
+from detr_nb_utils import prepare_data
 from detr_nb_utils import detected_objects, run_with_attention
 from detr_nb_utils import ap_vs_paper, checkpoint_takeaway, parameter_counts, reference_ap, surgery_table, world_note
 from detr_nb_utils import precision_ap_table, precision_takeaway
@@ -152,6 +156,23 @@ title = (f"{Path(cfg.checkpoint).name}, {cfg.dec_layers} decoder layers, {cfg.nu
          f"detections scoring at least {score_threshold} (ground truth dashed)")
 fig = plot_detections(images, panels, COCO_NAMES, title=title)
 save_fig(fig, "02_predictions", report_dir)
+
+# %% [markdown]
+# ### Your own image
+# The checkpoint on any image of yours (`-p predict_path PATH`, a file or a folder), as the command line does it:
+# `python -m detr_nb_utils.predict --checkpoint CHECKPOINT IMAGES... --threshold 0.7 --out DIR` writes each image
+# with its boxes drawn and one COCO results file. An unreadable file is named and skipped.
+
+# %%
+own_model, own_labels, sizes = model_from_checkpoint(cfg.checkpoint)
+own_paths = [predict_path] if predict_path else [val_set.image_path(0)]
+own = predict_images(own_model, own_labels, own_paths, **sizes, threshold=score_threshold, device=str(device),
+                     progress=False)
+print(own.summary(), *(f"{path}: {reason}" for path, reason in own.failed), sep="\n")
+if own.images:
+    fig = plot_detections([decode_image(str(p.path), mode=ImageReadMode.RGB) for p in own.images],
+                          [{"title": f"{p.path.name}: {len(p)} detections >= {score_threshold}", "boxes": p.boxes,
+                            "labels": p.indices, "scores": p.scores} for p in own.images], own_labels.index_names)
 
 # %% [markdown]
 # ## 7. Where the model looks

@@ -13,13 +13,13 @@ import nbformat
 import pytest
 
 from detr_nb_utils.data.split import MANIFEST
-from detr_nb_utils.training.config import make_config
+from detr_nb_utils.training.config import DEMO_OWN_DATA, make_config
 from detr_nb_utils.training.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, METRICS, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NAMES = ["01_data_split", "02_checkpoint_inspection", "03_baseline", "04_shallow_decoder", "05_reduced_queries",
-         "06_analysis"]
+         "06_analysis", "07_your_dataset"]
 MAX_FUNCTION_LINES = 10
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
@@ -48,7 +48,7 @@ def _cells(nb) -> list[tuple[str, str, bool]]:
 
 
 def test_every_notebook_has_its_py_source():
-    """notebooks/ holds the six pairs and nothing unpaired: NN_name.ipynb (run by papermill and nbval) and
+    """notebooks/ holds the seven pairs and nothing unpaired: NN_name.ipynb (run by papermill and nbval) and
     NN_name.py (the source, jupytext py:percent)."""
     ipynb, py = {p.stem for p in NB_DIR.glob("*.ipynb")}, {p.stem for p in NB_DIR.glob("*.py")}
     assert not ipynb - py, f"notebooks without their .py source: {sorted(ipynb - py)}"
@@ -110,11 +110,23 @@ def test_cells_are_thin_and_import_by_name(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("profile", ["study", "demo"])
-def test_default_parameters_build_a_valid_config(name, profile):
+def test_default_parameters_build_a_valid_config(name, profile, tmp_path):
     """The parameters cell as committed, then the config cell, for each profile: a validated config."""
     nb, scope = _load(name), {}
     exec(_code(nb)[0].source, scope)
     scope["profile"] = profile
+    if name == "07_your_dataset" and profile == "study":  # the study has no dataset of yours to bring
+        with pytest.raises(ValueError, match="07_your_dataset needs your dataset: pass -p dataset_dir"):
+            exec(_code(nb)[1].source, scope)
+        return
+    if name == "07_your_dataset":  # the demo's own dataset, made where a test cannot leave it behind
+        scope["DEMO_OWN_DATA"] = {**DEMO_OWN_DATA, "dataset_dir": str(tmp_path / "own")}
+        exec(_code(nb)[1].source.replace("from detr_nb_utils import DEMO_OWN_DATA, ", "from detr_nb_utils import "),
+             scope)
+        study = make_config("study")  # the study's recipe and epochs, on the demo's data and tiny DETR
+        assert scope["cfg"].own_data and (scope["cfg"].epochs, scope["cfg"].batch_size, scope["cfg"].lr) == \
+            (study.epochs, study.batch_size, study.lr) == (DEMO_OWN_DATA["epochs"], 2, 1e-4)
+        return
     exec(_code(nb)[1].source, scope)
     cfg = scope["cfg"]
     assert cfg.profile == profile and cfg.progress is False  # headless here: no widgets

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from detr_nb_utils.analysis.comparison import discover_runs
 from detr_nb_utils.analysis.own_data import class_groups, group_ap_table, group_difference, surgery_takeaway
 from detr_nb_utils.data.coco import CocoDetection, resolve_dataset_layout
 from detr_nb_utils.data.label_map import COCO_NUM_CLASSES, LabelMap
@@ -124,6 +125,7 @@ def test_run_reports_ap_in_the_users_ids(own, tmp_path):
     # the surgery keeps what the checkpoint knows: the matched classes are detected before any training
     assert epoch0[list(MATCHED)].min() > 0.4 and epoch0[["tile", "gift box", "traffic cone"]].max() < 0.1
     assert (run_dir / runs.CLASS_HEAD).is_file() and record.split_manifest["dataset"]["val"]["sha256"]
+    assert discover_runs(run_dir.parent) == []  # not one of the study's variants: 06 and the report leave it out
 
 
 def test_bad_dataset_is_refused_before_training(own, tmp_path):

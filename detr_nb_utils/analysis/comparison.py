@@ -96,10 +96,11 @@ def variant_labels(configs: Mapping[str, RunConfig]) -> dict[str, str]:
 
 def discover_runs(out_dir: str | Path) -> list[str]:
     """Every folder under ``out_dir`` holding a ``config.json`` and finished epochs (whatever its name), ordered by
-    variant and seed."""
+    variant and seed; runs on your own dataset (07_your_dataset, :attr:`RunConfig.own_data`) are not the study's
+    variants and are left out."""
     folders = [p for p in Path(out_dir).iterdir() if (p / CONFIG).is_file() and (p / METRICS).is_file()] \
         if Path(out_dir).is_dir() else []
-    configs = {p.name: RunConfig.from_json(p / CONFIG) for p in folders}
+    configs = {p.name: c for p in folders if not (c := RunConfig.from_json(p / CONFIG)).own_data}
     labels = variant_labels(configs)
     return sorted(configs, key=lambda n: (labels[n], configs[n].seed, n))
 

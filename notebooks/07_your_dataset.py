@@ -1,0 +1,206 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Your own dataset: other classes, other ids
+#
+# **Question.** How do you fine-tune DETR on your own COCO-format dataset, with classes that are not COCO's, and
+# does it help to start the classes COCO also has from the checkpoint's rows for them?
+#
+# The published code has no way to change the number of classes (a checkpoint with 91 classes does not load into
+# a model with another head), and Hugging Face re-initialises the whole class head. Here the class head is rebuilt
+# for your K classes: a class whose name is a COCO category's (case, spaces, underscores and hyphens ignored, plus
+# the PASCAL VOC spellings such as "motorbike") starts from that category's row, the others start fresh, and the
+# "no object" row is carried over. The notebook validates the data first, fine-tunes with the same engine as 03-05,
+# evaluates in your category ids, measures the surgery against the whole head re-initialised, and shows
+# predictions.
+#
+# Give your data as `-p dataset_dir DIR` (a folder laid out like COCO: `annotations/instances_train*.json` with
+# `train*/`, and the same for `val`; or `train/_annotations.coco.json` and `valid/`) or as the four files below.
+# In the demo profile it is a synthetic dataset with six shape classes and ids unlike COCO's: three of its names
+# are COCO's, two are looks the tiny DETR knows under other COCO names, renamed, and one is a new shape.
+
+# %% tags=["parameters"]
+profile = None  # "study" or "demo"; None: $DETR_NB_PROFILE, else "study"
+dataset_dir = None  # a folder laid out like COCO (see above); None in the demo: the synthetic one
+train_annotation_file = None  # or the four files: COCO instances JSON of the training set
+train_image_dir = None  # its images
+val_annotation_file = None
+val_image_dir = None
+checkpoint = None  # None: the profile's (the official DETR-R50; the demo's tiny DETR)
+out_dir = None  # run folders go to <out_dir>/<run_name>
+run_name = "own"  # the run folder's name; the re-initialised comparison gets "<run_name>_reinit"
+class_head = "match"  # "match": rows by name (above); "reinit": the whole head fresh
+compare_reinit = True  # also train with the whole head re-initialised, to measure the surgery
+report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
+device = None
+precision = None
+seed = None
+epochs = None  # None: 5 (the study's, also in the demo)
+batch_size = None  # None: 2 (the study's)
+lr = None  # None: 1e-4 (the study's)
+lr_backbone = None
+dec_layers = None  # decoder layers kept from the checkpoint (None: 6)
+num_queries = None  # object queries kept (None: 100)
+max_train_images = None
+max_val_images = None
+min_size = None
+max_size = None
+num_workers = None
+progress = None
+threshold = 0.7  # the score a prediction needs to be drawn
+predict_paths = None  # images (files or folders) to predict at the end; None: the first 6 validation images
+n_resamples = 1000  # bootstrap resamples of the validation images
+
+# %%
+import os
+
+from detr_nb_utils import DEMO_OWN_DATA, make_config, make_own_dataset, progress_policy
+
+own_files = dict(train_annotation_file=train_annotation_file, train_image_dir=train_image_dir,
+                 val_annotation_file=val_annotation_file, val_image_dir=val_image_dir)
+demo_data = ((profile or os.environ.get("DETR_NB_PROFILE")) == "demo" and dataset_dir is None
+             and all(v is None for v in own_files.values()))
+if demo_data:  # the demo's own dataset, made on first use, and the study's 5 epochs
+    dataset_dir = str(make_own_dataset(DEMO_OWN_DATA["dataset_dir"]).root)
+    epochs = epochs or DEMO_OWN_DATA["epochs"]
+cfg = make_config(
+    profile=profile, dataset_dir=dataset_dir, **own_files, checkpoint=checkpoint, out_dir=out_dir,
+    run_name=run_name, class_head=class_head, device=device, precision=precision, seed=seed, epochs=epochs,
+    batch_size=batch_size, lr=lr, lr_backbone=lr_backbone, dec_layers=dec_layers, num_queries=num_queries,
+    max_train_images=max_train_images, max_val_images=max_val_images, min_size=min_size, max_size=max_size,
+    num_workers=num_workers, progress=progress_policy(progress),
+)
+if not cfg.own_data:
+    raise ValueError("07_your_dataset needs your dataset: pass -p dataset_dir DIR, or train_annotation_file, "
+                     "train_image_dir, val_annotation_file and val_image_dir (the demo profile brings its own)")
+
+# %% [markdown]
+# ## Setup
+
+# %%
+from dataclasses import replace
+
+import pandas as pd
+from torchvision.io import ImageReadMode, decode_image
+
+from detr_nb_utils import CocoDetection, build_model, prepare_data, run_experiment, validate_coco_dataset
+from detr_nb_utils import group_ap_table, group_difference, class_groups, surgery_takeaway
+from detr_nb_utils import model_from_run, plot_ap_curves, plot_detections, predict_images, write_outputs
+from detr_nb_utils import run_table, run_takeaway, save_fig, save_table, save_takeaway, setup_notebook, shown
+from detr_nb_utils import with_train_views
+
+device, report_dir = setup_notebook(cfg, report_dir)
+
+# %% [markdown]
+# ## 1. Validate the data
+# Every check runs before any training: the file's structure, ids used twice, annotations pointing at unknown
+# images or categories, boxes outside their image or of no size, and every image file present, decodable and of
+# its annotated size. A bad dataset stops here with one error that names each kind of problem, its count and the
+# first offending entries.
+
+# %%
+data = prepare_data(cfg)  # validates both sets and makes the label map
+summaries = {split: validate_coco_dataset(*data.files(split), progress=False).to_frame()["value"]
+             for split in ("train", "val")}
+shown(pd.DataFrame(summaries))
+
+# %% [markdown]
+# ## 2. The label map and the class head
+# Your categories, in ascending id, get the class indices 0..K-1 the model predicts; every prediction is mapped back
+# to your id before evaluation, so AP is computed in your ids. The class head gets K + 1 rows; the table says where
+# each starts from.
+
+# %%
+model, criterion, load_report = build_model(cfg, device, data.labels)
+head = load_report.class_sources.assign(id=[*data.labels.ids, ""])[["id", "name", "row", "from"]]
+save_table(head, "07_class_head", report_dir)
+
+# %% [markdown]
+# ## 3. Fine-tune
+# The same engine as 03-05: epoch 0 is the loaded checkpoint with its rebuilt head, then `epochs` epochs of the
+# published recipe. The run folder also holds `categories.json` (the label map) and `class_head.csv`.
+# With `compare_reinit`, the same run again with the whole class head re-initialised.
+
+# %%
+configs = {"match": cfg}
+if compare_reinit and cfg.class_head == "match":
+    configs["reinit"] = replace(cfg, class_head="reinit", run_name=f"{cfg.run_dir.name}_reinit")
+records = {label: run_experiment(c) for label, c in configs.items()}
+record = records[cfg.class_head]
+
+# %%
+fig = plot_ap_curves({f"class head: {k}": with_train_views(r) for k, r in records.items()})
+save_fig(fig, "07_ap_curves", report_dir)
+
+# %%
+save_table(run_table(record), "07_epochs", report_dir, floatfmt=".2f")
+
+# %% [markdown]
+# ## 4. Per class
+# AP of each of your classes (in points) before training and at the end; a class the checkpoint knows under a
+# matching COCO name starts where the checkpoint left it.
+
+# %%
+per_class = (100 * record.per_category_ap.loc[[0, record.final_epoch]].T).set_axis(["epoch 0", "final"], axis=1)
+per_class.insert(0, "row from", head.set_index("name").loc[per_class.index, "from"])
+save_table(per_class.rename_axis("class"), "07_per_class_ap", report_dir, floatfmt=".1f")
+
+# %% [markdown]
+# ## 5. Does the surgery help?
+# The classes that started from a matching COCO row ("matched") and those that started fresh, with the surgery and
+# with the whole head re-initialised, at epoch 0 and at the end: AP in points with its 95% interval over the
+# validation images; then the paired difference (surgery minus re-initialised) at the end.
+
+# %%
+val_gt = CocoDetection(*data.files("val")).coco
+if "reinit" in records:
+    groups = class_groups(records["match"])
+    groups_table = group_ap_table(val_gt, records, groups, n_resamples)
+    diffs = {g: group_difference(val_gt, records["match"], records["reinit"], cats, n_resamples=n_resamples)
+             for g, cats in groups.items() if cats}
+    surgery_text = surgery_takeaway(groups_table, diffs, len(val_gt.getImgIds()), cfg.epochs)
+    print(surgery_text)
+    save_table(groups_table, "07_surgery", report_dir, floatfmt=".1f")
+else:
+    surgery_text = "The comparison with the re-initialised head was not run (compare_reinit=False)."
+
+# %% [markdown]
+# ## 6. Predict
+# The fine-tuned model (its best epoch) on images of your choice (`predict_paths`, files or folders), detections
+# scoring at least `threshold`; the same as `python -m detr_nb_utils.predict --run RUN_DIR IMAGES... --out DIR`,
+# which writes the drawn images and a COCO results file.
+
+# %%
+predictor, labels, run_cfg = model_from_run(record.run_dir)
+val_set = CocoDetection(*data.files("val"))
+paths = predict_paths or [val_set.image_path(i) for i in range(min(6, len(val_set)))]
+result = predict_images(predictor, labels, paths, min_size=run_cfg.min_size, max_size=run_cfg.max_size,
+                        threshold=threshold, device=str(device), progress=cfg.progress)
+written = write_outputs(result, record.run_dir / "predictions")
+print(result.summary(), *(f"{path}: {reason}" for path, reason in result.failed), sep="\n")
+fig = plot_detections([decode_image(str(p.path), mode=ImageReadMode.RGB) for p in result.images],
+                      [{"title": f"{p.path.name}: {len(p)} detections >= {threshold}", "boxes": p.boxes,
+                        "labels": p.indices, "scores": p.scores} for p in result.images],
+                      labels.index_names, title="the fine-tuned model's predictions")
+save_fig(fig, "07_predictions", report_dir)
+
+# %% [markdown]
+# ## Takeaway
+
+# %%
+takeaway = "\n".join([run_takeaway(record), surgery_text])
+save_takeaway(takeaway, "07_takeaway", report_dir)
+print(takeaway)
