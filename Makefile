@@ -4,7 +4,7 @@
 #   make demo    all seven notebooks offline in the demo world, figures into runs/demo/report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU): notebooks 01-06
 #   make own DATASET=DIR   notebook 07 on your own COCO-format dataset (a folder laid out like COCO), into runs/own/
-#   make report  render runs/$(PROFILE)/report/report.html (PROFILE=demo) or report/report.html (PROFILE=study)
+#   make report  render runs/$(PROFILE)/report/report.{html,pdf} (PROFILE=demo) or report/report.{html,pdf} (study)
 #   make pretrain   pre-train the demo world's tiny DETR (data/pretrained/tiny_detr.pth; ~40 min on 2 CPU cores)
 #   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -66,7 +66,8 @@ own: setup kernel
 	$(PAPERMILL) notebooks/07_your_dataset.ipynb runs/own/notebooks/07_your_dataset.ipynb -p profile study \
 	  -p dataset_dir $(DATASET) -p out_dir runs/own
 
-# the team report from the profile's run folders and exported tables and figures, one self-contained HTML file
+# the team report from the profile's run folders and exported tables and figures: one self-contained HTML file
+# and the same as a PDF
 report: setup
 	$(PY) -m detr_nb_utils.notebook.report --profile $(PROFILE)
 

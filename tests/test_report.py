@@ -35,6 +35,7 @@ def _exports(report_dir: Path, template: str, skip: str = "") -> None:
         if m["arg"] and m["arg"].strip() != skip and m["kind"] == "table":
             (report_dir / "tables" / f"{m['arg'].strip()}.md").write_text(f"| x |\n|---|\n| TABLE {m['arg']} |\n")
         elif m["arg"] and m["arg"].strip() != skip and m["kind"] == "figure":
+            ax.set_title(m["arg"])  # a different image per figure
             fig.savefig(report_dir / "figures" / f"{m['arg'].strip()}.png")
     plt.close(fig)
 
@@ -63,6 +64,9 @@ def test_report_renders_self_contained_from_run_folders(run_folders, tmp_path): 
     n_figures = len({m["arg"] for m in DIRECTIVE.finditer(template) if m["kind"] == "figure"})
     assert page.count('src="data:image/png;base64,') >= n_figures  # inlined, not linked
     assert "Rendered from 6 run folders" in page and "<table>" in page
+    pdf = (report_dir / "report.pdf").read_bytes()  # the same report as a PDF, every figure in it
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert pdf.count(b"/Subtype /Image") == n_figures and pdf.count(b"/Type /Page\n") >= 2
     setup = setup_table({n: load_run(run_folders / n) for n in ("dec6_q100_seed42", "shallow_try")})
     assert setup.loc["dec6_q100_seed42", "device"] == "cpu" and setup.loc["shallow_try", "CPU"] == "not recorded"
     assert setup.loc["shallow_try", "variant"] == "dec3_q100"

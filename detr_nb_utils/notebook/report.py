@@ -1,9 +1,10 @@
 """The team report: ``report/report.md`` (the template, prose only) filled from the run folders and the notebooks'
-exported tables and figures, rendered to one self-contained HTML file (tables embedded, figures inlined), so a
+exported tables and figures, rendered to one self-contained HTML file (tables embedded, figures inlined) and to a PDF of the same (fpdf2), so a
 reader can follow the study without opening the notebooks.
 
 ``python -m detr_nb_utils.notebook.report --profile demo`` (``make report``; ``PROFILE=study`` for the study) reads
-``runs/<profile>/`` and its report folder (``runs/demo/report/`` or ``report/``) and writes ``report.html`` there.
+``runs/<profile>/`` and its report folder (``runs/demo/report/`` or ``report/``) and writes ``report.html`` and
+``report.pdf`` there.
 The template holds no number: every value comes from a directive, filled here:
 
 ``{{profile}}``
@@ -121,9 +122,11 @@ def fill(template: str, report_dir: Path, runs_dir: Path) -> str:
     return filled
 
 
-def render_report(report_dir: str | Path, runs_dir: str | Path, template: str | Path = TEMPLATE) -> Path:
+def render_report(report_dir: str | Path, runs_dir: str | Path, template: str | Path = TEMPLATE,
+                  pdf: bool = True) -> Path:
     """Fill ``template`` from ``runs_dir`` and ``report_dir`` (:func:`fill`) and write ``report_dir/report.html``,
-    self-contained; returns its path."""
+    self-contained, and with ``pdf`` the same as ``report_dir/report.pdf`` (:func:`write_pdf`); returns the HTML's
+    path."""
     report_dir, runs_dir = Path(report_dir), Path(runs_dir)
     body = mistune.create_markdown(escape=False, plugins=["table"])(fill(Path(template).read_text(), report_dir,
                                                                            runs_dir))
@@ -131,7 +134,35 @@ def render_report(report_dir: str | Path, runs_dir: str | Path, template: str | 
                   if line.startswith("# ")), "Report")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
-    return atomic.write_text(report_dir / "report.html", page)
+    out = atomic.write_text(report_dir / "report.html", page)
+    if pdf:
+        write_pdf(body, report_dir / "report.pdf", title)
+    return out
+
+
+#: a figure's width in the PDF, in fpdf2's HTML pixels (72 per inch): 176 mm, the A4 page inside its margins
+PDF_FIGURE_WIDTH = 500
+_FIGURE = re.compile(r'<figure><img src="([^"]+)" alt="[^"]*"><figcaption>(.*?)</figcaption></figure>', re.S)
+
+
+def write_pdf(body: str, path: Path, title: str) -> Path:
+    """The report's HTML ``body`` as an A4 PDF, by fpdf2 (pure Python: no TeX, no system libraries), in the DejaVu
+    fonts matplotlib ships (the report's text is not Latin-1). fpdf2 renders a subset of HTML: figures become an image
+    the width of the page and an italic caption; the stylesheet is not applied."""
+    import matplotlib
+    from fpdf import FPDF
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    doc = FPDF(format="A4")
+    doc.set_title(title)
+    for style, suffix in (("", ""), ("B", "-Bold"), ("I", "-Oblique"), ("BI", "-BoldOblique")):
+        doc.add_font("dejavu", style, fonts / f"DejaVuSans{suffix}.ttf")
+    doc.add_font("dejavumono", "", fonts / "DejaVuSansMono.ttf")
+    doc.set_font("dejavu", size=9)
+    doc.add_page()
+    doc.write_html(_FIGURE.sub(rf'<p><img src="\1" width="{PDF_FIGURE_WIDTH}"></p><p><i>\2</i></p>', body),
+                   font_family="dejavu")
+    return atomic.write_bytes(path, bytes(doc.output()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
