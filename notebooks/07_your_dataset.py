@@ -96,7 +96,7 @@ from dataclasses import replace
 import pandas as pd
 from torchvision.io import ImageReadMode, decode_image
 
-from detr_nb_utils import CocoDetection, build_model, prepare_data, run_experiment, validate_coco_dataset
+from detr_nb_utils import CocoDetection, build_model, prepare_data, run_experiment
 from detr_nb_utils import group_ap_table, group_difference, class_groups, surgery_takeaway
 from detr_nb_utils import model_from_run, plot_ap_curves, plot_detections, predict_images, write_outputs
 from detr_nb_utils import run_table, run_takeaway, save_fig, save_table, save_takeaway, setup_notebook, shown
@@ -112,10 +112,8 @@ device, report_dir = setup_notebook(cfg, report_dir)
 # first offending entries.
 
 # %%
-data = prepare_data(cfg)  # validates both sets and makes the label map
-summaries = {split: validate_coco_dataset(*data.files(split), progress=False).to_frame()["value"]
-             for split in ("train", "val")}
-shown(pd.DataFrame(summaries))
+data = prepare_data(cfg)  # validates both sets (validate_coco_dataset) and makes the label map
+shown(pd.DataFrame({split: summary.to_frame()["value"] for split, summary in data.summaries.items()}))
 
 # %% [markdown]
 # ## 2. The label map and the class head

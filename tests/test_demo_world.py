@@ -14,7 +14,7 @@ import torch
 from detr_nb_utils.data.synthetic import CROWDED_SHAPES, SHAPES, make_synthetic_coco
 from detr_nb_utils.models.detr import TINY_DETR
 from detr_nb_utils.training.config import TINY_CHECKPOINT, make_config
-from detr_nb_utils.training.engine import check_committed_checkpoint
+from detr_nb_utils.training.data_setup import check_committed_checkpoint
 from detr_nb_utils.training.pretrain import demo_val_ap
 
 RECORD = Path(TINY_CHECKPOINT).with_suffix(".json")

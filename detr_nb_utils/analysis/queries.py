@@ -30,7 +30,7 @@ RECORD_COLUMNS = ("image_id", "query", "slot", "cx", "cy", "w", "h", "score", "l
 
 def analysis_loader(cfg: RunConfig, data, split: str = "train") -> DataLoader:
     """The ``split`` images with the *validation* transforms (no augmentation), in order, ``eval_batch_size`` per
-    batch: what :func:`query_match_counts` counts on. ``data``: :class:`detr_nb_utils.training.engine.DataSetup`."""
+    batch: what :func:`query_match_counts` counts on. ``data``: :class:`detr_nb_utils.training.data_setup.DataSetup`."""
     if split not in ("train", "val"):
         raise ValueError(f"analysis_loader: split must be 'train' or 'val', got {split!r}")
     dataset = build_dataset(data.train_file if split == "train" else data.val_file, data.image_dir, "val",

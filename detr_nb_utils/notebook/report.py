@@ -1,6 +1,6 @@
 """The team report: ``report/report.md`` (the template, prose only) filled from the run folders and the notebooks'
-exported tables and figures, rendered to one self-contained HTML file (tables embedded, figures inlined) and to a PDF of the same (fpdf2), so a
-reader can follow the study without opening the notebooks.
+exported tables and figures, rendered to one self-contained HTML file (tables embedded, figures inlined) and to a
+PDF of the same (fpdf2), so a reader can follow the study without opening the notebooks.
 
 ``python -m detr_nb_utils.notebook.report --profile demo`` (``make report``; ``PROFILE=study`` for the study) reads
 ``runs/<profile>/`` and its report folder (``runs/demo/report/`` or ``report/``) and writes ``report.html`` and
