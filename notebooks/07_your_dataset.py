@@ -67,15 +67,14 @@ n_resamples = 1000  # bootstrap resamples of the validation images
 # %%
 import os
 
-from detr_nb_utils import DEMO_OWN_DATA, make_config, make_own_dataset, progress_policy
+from detr_nb_utils import DEMO_OWN_DATA, make_config, progress_policy
 
 own_files = dict(train_annotation_file=train_annotation_file, train_image_dir=train_image_dir,
                  val_annotation_file=val_annotation_file, val_image_dir=val_image_dir)
 demo_data = ((profile or os.environ.get("DETR_NB_PROFILE")) == "demo" and dataset_dir is None
              and all(v is None for v in own_files.values()))
-if demo_data:  # the demo's own dataset, made on first use, and the study's 5 epochs
-    dataset_dir = str(make_own_dataset(DEMO_OWN_DATA["dataset_dir"]).root)
-    epochs = epochs or DEMO_OWN_DATA["epochs"]
+if demo_data:  # the demo's own dataset (made in the setup cell when missing) and the study's 5 epochs
+    dataset_dir, epochs = DEMO_OWN_DATA["dataset_dir"], epochs or DEMO_OWN_DATA["epochs"]
 cfg = make_config(
     profile=profile, dataset_dir=dataset_dir, **own_files, checkpoint=checkpoint, out_dir=out_dir,
     run_name=run_name, class_head=class_head, device=device, precision=precision, seed=seed, epochs=epochs,
@@ -96,13 +95,15 @@ from dataclasses import replace
 import pandas as pd
 from torchvision.io import ImageReadMode, decode_image
 
-from detr_nb_utils import CocoDetection, build_model, prepare_data, run_experiment
+from detr_nb_utils import CocoDetection, build_model, make_own_dataset, prepare_data, run_experiment
 from detr_nb_utils import group_ap_table, group_difference, class_groups, surgery_takeaway
 from detr_nb_utils import model_from_run, plot_ap_curves, plot_detections, predict_images, write_outputs
 from detr_nb_utils import run_table, run_takeaway, save_fig, save_table, save_takeaway, setup_notebook, shown
 from detr_nb_utils import with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
+if demo_data:
+    make_own_dataset(cfg.dataset_dir)  # paths are relative to the project root, where setup_notebook moved
 
 # %% [markdown]
 # ## 1. Validate the data

@@ -110,7 +110,7 @@ def test_cells_are_thin_and_import_by_name(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("profile", ["study", "demo"])
-def test_default_parameters_build_a_valid_config(name, profile, tmp_path):
+def test_default_parameters_build_a_valid_config(name, profile):
     """The parameters cell as committed, then the config cell, for each profile: a validated config."""
     nb, scope = _load(name), {}
     exec(_code(nb)[0].source, scope)
@@ -119,10 +119,9 @@ def test_default_parameters_build_a_valid_config(name, profile, tmp_path):
         with pytest.raises(ValueError, match="07_your_dataset needs your dataset: pass -p dataset_dir"):
             exec(_code(nb)[1].source, scope)
         return
-    if name == "07_your_dataset":  # the demo's own dataset, made where a test cannot leave it behind
-        scope["DEMO_OWN_DATA"] = {**DEMO_OWN_DATA, "dataset_dir": str(tmp_path / "own")}
-        exec(_code(nb)[1].source.replace("from detr_nb_utils import DEMO_OWN_DATA, ", "from detr_nb_utils import "),
-             scope)
+    if name == "07_your_dataset":  # the demo's own dataset (the setup cell makes it, from the project root)
+        exec(_code(nb)[1].source, scope)
+        assert scope["cfg"].dataset_dir == DEMO_OWN_DATA["dataset_dir"]
         study = make_config("study")  # the study's recipe and epochs, on the demo's data and tiny DETR
         assert scope["cfg"].own_data and (scope["cfg"].epochs, scope["cfg"].batch_size, scope["cfg"].lr) == \
             (study.epochs, study.batch_size, study.lr) == (DEMO_OWN_DATA["epochs"], 2, 1e-4)
