@@ -94,6 +94,19 @@ def _overlap(a: list[float], b: list[float]) -> float:
     return max(iw, 0) * max(ih, 0) / min(a[2] * a[3], b[2] * b[3])
 
 
+def free_place(rng: np.random.Generator, h: int, w: int, anns: Sequence[dict],
+               size_divisors: tuple[int, int] = (8, 2)) -> tuple[int, int, int, int] | None:
+    """``(x, y, width, height)`` of a new shape in an ``h`` x ``w`` image that overlaps none of ``anns``' boxes by
+    15% or more of the smaller one (shapes stay mostly unoccluded, so every box shows its object); width drawn in
+    ``[w // a, w // b)`` and height likewise for ``size_divisors`` ``(a, b)``; None after 20 tries."""
+    for _ in range(20):
+        bw, bh = (int(rng.integers(n // size_divisors[0], n // size_divisors[1])) for n in (w, h))
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        if all(_overlap(a["bbox"], [x, y, bw, bh]) < 0.15 for a in anns):
+            return x, y, bw, bh
+    return None
+
+
 def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: bool,
                 size_divisors: tuple[int, int] = (8, 2)) -> tuple[Image.Image, list]:
     """One image and its annotation dicts (without ids): shapes, plus optionally a crowd of tiny dots. A shape's
@@ -104,13 +117,10 @@ def _draw_image(rng: np.random.Generator, h: int, w: int, n_shapes: int, crowd: 
     for _ in range(n_shapes):
         cat = int(rng.choice(list(SHAPES)))
         shape, colour = SHAPES[cat]
-        for _ in range(20):  # keep shapes mostly unoccluded, so every box shows its object
-            bw, bh = (int(rng.integers(n // size_divisors[0], n // size_divisors[1])) for n in (w, h))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            if all(_overlap(a["bbox"], [x, y, bw, bh]) < 0.15 for a in anns):
-                break
-        else:
+        place = free_place(rng, h, w, anns, size_divisors)
+        if place is None:
             continue
+        x, y, bw, bh = place
         xy = [x, y, x + bw - 1, y + bh - 1]
         (draw.rectangle if shape == "rectangle" else draw.ellipse)(xy, fill=colour, outline=(0, 0, 0))
         area = bw * bh if shape == "rectangle" else np.pi * bw * bh / 4

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import SHAPES, _background, _overlap
+from .synthetic import SHAPES, _background, free_place
 
 #: (id, name, shape, fill colour): the demo's own label space (module docstring)
 OWN_CLASSES: tuple[tuple[int, str, str, tuple[int, int, int]], ...] = (
@@ -57,13 +57,10 @@ def _draw(rng: np.random.Generator, h: int, w: int) -> tuple[Image.Image, list[d
     anns: list[dict] = []
     for _ in range(int(rng.integers(1, 5))):
         cat, _, shape, colour = OWN_CLASSES[int(rng.integers(len(OWN_CLASSES)))]
-        for _ in range(20):
-            bw, bh = int(rng.integers(w // 8, w // 2)), int(rng.integers(h // 8, h // 2))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            if all(_overlap(a["bbox"], [x, y, bw, bh]) < 0.15 for a in anns):
-                break
-        else:
+        place = free_place(rng, h, w, anns)
+        if place is None:
             continue
+        x, y, bw, bh = place
         box = [x, y, x + bw - 1, y + bh - 1]
         if shape == "triangle":
             draw.polygon([(x + bw / 2, y), (x + bw - 1, y + bh - 1), (x, y + bh - 1)], fill=colour, outline=(0, 0, 0))
