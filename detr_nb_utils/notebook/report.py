@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.pdf').name}")
     return 0
 
 
