@@ -164,7 +164,8 @@ save_table(per_class.rename_axis("class"), "07_per_class_ap", report_dir, floatf
 # validation images; then the paired difference (surgery minus re-initialised) at the end.
 
 # %%
-val_gt = CocoDetection(*data.files("val")).coco
+val_set = CocoDetection(*data.files("val"), labels=data.labels)
+val_gt = val_set.coco
 if "reinit" in records:
     groups = class_groups(records["match"])
     groups_table = group_ap_table(val_gt, records, groups, n_resamples)
@@ -184,7 +185,6 @@ else:
 
 # %%
 predictor, labels, run_cfg = model_from_run(record.run_dir)
-val_set = CocoDetection(*data.files("val"))
 paths = predict_paths or [val_set.image_path(i) for i in range(min(6, len(val_set)))]
 result = predict_images(predictor, labels, paths, min_size=run_cfg.min_size, max_size=run_cfg.max_size,
                         threshold=threshold, device=str(device), progress=cfg.progress)

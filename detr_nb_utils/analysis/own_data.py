@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from pycocotools.coco import COCO
 
-from ..training.runs import CLASS_HEAD, RunRecord, load_detections
+from ..data.label_map import LabelMap
+from ..training.runs import CATEGORIES, CLASS_HEAD, RunRecord, load_detections
 from .bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
 
 #: the groups of classes by where their class-head row started (``class_head.csv``'s ``from``)
@@ -41,10 +42,10 @@ def class_groups(record: RunRecord) -> dict[str, list[int]]:
     fresh row ("fresh"), read from its ``class_head.csv`` and ``categories.json``."""
     sources = pd.read_csv(record.run_dir / CLASS_HEAD, index_col=0)
     sources = sources[sources["name"] != "no object"]
-    ids = pd.read_json(record.run_dir / "categories.json", typ="series")["categories"]
-    id_of = {c["index"]: c["id"] for c in ids}
-    fresh = sources["from"] == "fresh"
-    return {"matched": [id_of[i] for i in sources.index[~fresh]], "fresh": [id_of[i] for i in sources.index[fresh]]}
+    labels = LabelMap.load(record.run_dir / CATEGORIES)
+    fresh = (sources["from"] == "fresh").to_numpy()
+    return {group: labels.to_id(sources.index[keep]).tolist()
+            for group, keep in (("matched", ~fresh), ("fresh", fresh))}
 
 
 def _matched(coco_gt: COCO, record: RunRecord, epoch: int, cat_ids: Sequence[int]) -> MatchedDetections:

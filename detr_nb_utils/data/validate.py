@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +75,13 @@ class DatasetSummary:
     categories: int
     crowd: int
     images_without_annotations: int
+    #: category id -> name, as the file lists them (the label map is made from these)
+    category_names: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per field (index ``field``, column ``value``), for a notebook."""
-        return pd.DataFrame({"value": [getattr(self, f.name) for f in fields(self)]},
-                            index=pd.Index([f.name for f in fields(self)], name="field"))
+        """One row per count (index ``field``, column ``value``), for a notebook."""
+        shown = [f.name for f in fields(self) if f.name != "category_names"]
+        return pd.DataFrame({"value": [getattr(self, n) for n in shown]}, index=pd.Index(shown, name="field"))
 
 
 def _int(v: Any) -> bool:
@@ -219,7 +221,8 @@ def validate_coco_dataset(annotation_file: str | Path, image_dir: str | Path, *,
         raise _fail(annotation_file, found)
     return DatasetSummary(annotation_file, image_dir, images=len(images or []), annotations=len(anns),
                           categories=len(cats or []), crowd=crowd,
-                          images_without_annotations=len(image_files.keys() - annotated))
+                          images_without_annotations=len(image_files.keys() - annotated),
+                          category_names={int(c["id"]): str(c["name"]) for c in cats or []})
 
 
 def _check_files(valid: dict[int, dict], image_dir: Path, problems: dict[str, list[str]], progress: bool) -> None:

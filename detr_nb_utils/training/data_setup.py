@@ -78,8 +78,7 @@ def _prepare_own_data(cfg: RunConfig) -> DataSetup:
     summaries = {s: _validated(str(Path(f).resolve()), sha[s], str(Path(i).resolve()), cfg.progress)
                  for s, (f, i) in files.items()}
     (train, train_images), (val, val_images) = files["train"], files["val"]
-    cats = {s: {int(c["id"]): str(c["name"]) for c in json.loads(f.read_text())["categories"]}
-            for s, (f, _) in files.items()}
+    cats = {s: summary.category_names for s, summary in summaries.items()}
     if cats["train"] != cats["val"]:
         differ = sorted(set(cats["train"].items()) ^ set(cats["val"].items()))
         raise ValueError(f"the categories of {train} and {val} differ ((id, name) in one file only: {differ[:5]}"
