@@ -280,7 +280,7 @@ def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100",
 
 
 def cost_vs_ap(cost: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
-    """The cost table (:func:`detr_nb_utils.cost.cost_table`) joined with each variant's final-epoch AP and
+    """The cost table (:func:`detr_nb_utils.analysis.cost.cost_table`) joined with each variant's final-epoch AP and
     ``AP@50det`` and their intervals (:func:`headline_table`)."""
     keep = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
     return cost.join(headline[keep], how="left")
