@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from ..models.loss import LOSS_VIEWS
-from ..training.config import MAX_QUERIES, RunConfig, variant_name, variant_of
+from ..training.config import RunConfig, variant_name, variant_of
+from ..training.config_checks import MAX_QUERIES
 from ..training.runs import CONFIG, MANIFEST, METRICS, PRECISION_FIELD, RunRecord, load_run
 from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
 from .queries import select_queries
