@@ -143,6 +143,10 @@ def test_the_top_level_is_a_small_public_api():
             "predict_images"} <= set(detr_nb_utils.__all__)
     with pytest.raises(AttributeError, match="'detr_nb_utils' has no attribute 'save_fig'"):
         detr_nb_utils.save_fig  # noqa: B018 (a notebook helper: detr_nb_utils.notebook.save_fig)
+    readme = (ROOT / "README.md").read_text()
+    listed = re.search(r"The top level holds the few names a script needs \(([^)]*)\)", readme)
+    assert listed, "README's Layout section no longer lists the top-level names"
+    assert sorted(re.findall(r"`(\w+)`", listed[1])) == detr_nb_utils.__all__
 
 
 @pytest.mark.parametrize("package", PACKAGES)
