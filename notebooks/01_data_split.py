@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,7 +39,8 @@ report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/repo
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
@@ -53,10 +54,11 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import COCO_NAMES, CROWDED_THRESHOLD, CocoDetection, make_split, prepare_data, verify_split
-from detr_nb_utils import objects_per_image, split_diversity, split_summary, split_takeaway
-from detr_nb_utils import gt_panels, plot_category_distribution, plot_detections, plot_objects_per_image
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils.data import COCO_NAMES, CROWDED_THRESHOLD, CocoDetection, make_split, split_diversity, verify_split
+from detr_nb_utils.training import prepare_data
+from detr_nb_utils.notebook import gt_panels, objects_per_image, plot_category_distribution, plot_detections
+from detr_nb_utils.notebook import plot_objects_per_image, save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils.notebook import split_summary, split_takeaway
 
 device, report_dir = setup_notebook(cfg, report_dir)
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -51,7 +51,8 @@ progress = None  # progress bars; None: widgets in JupyterLab, none when headles
 n_resamples = 1000  # paired bootstrap resamples of the val images for the bf16 - fp32 AP difference
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, data_root=data_root, split_dir=split_dir, checkpoint=checkpoint, device=device,
@@ -71,15 +72,16 @@ from pathlib import Path
 
 from torchvision.io import ImageReadMode, decode_image
 
-from detr_nb_utils import COCO_NAMES, VARIANTS, adapt_state_dict, build_model, evaluate_checkpoint, skeleton
-from detr_nb_utils import collate_fn, make_dataset, model_from_checkpoint, predict_images, predict_panels
-from detr_nb_utils import prepare_data
-from detr_nb_utils import detected_objects, run_with_attention
-from detr_nb_utils import ap_vs_paper, checkpoint_takeaway, parameter_counts, reference_ap, surgery_table, world_note
-from detr_nb_utils import precision_ap_table, precision_takeaway
-from detr_nb_utils import plot_detections, plot_parameter_counts, plot_query_norms, plot_query_similarity
-from detr_nb_utils import interactive_attention, plot_decoder_attention, plot_encoder_attention
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils.models import adapt_state_dict
+from detr_nb_utils.data import COCO_NAMES, collate_fn
+from detr_nb_utils.training import build_model, evaluate_checkpoint, make_dataset, model_from_checkpoint, predict_images
+from detr_nb_utils.training import prepare_data
+from detr_nb_utils.analysis import VARIANTS, detected_objects, run_with_attention, world_note
+from detr_nb_utils.notebook import ap_vs_paper, checkpoint_takeaway, interactive_attention, parameter_counts
+from detr_nb_utils.notebook import plot_decoder_attention, plot_detections, plot_encoder_attention
+from detr_nb_utils.notebook import plot_parameter_counts, plot_query_norms, plot_query_similarity, precision_ap_table
+from detr_nb_utils.notebook import precision_takeaway, predict_panels, reference_ap, save_fig, save_table, save_takeaway
+from detr_nb_utils.notebook import setup_notebook, skeleton, surgery_table
 
 device, report_dir = setup_notebook(cfg, report_dir)
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -57,7 +57,8 @@ num_workers = None
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
@@ -74,9 +75,10 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
-from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook, shown
+from detr_nb_utils.data import CocoDetection, verify_split
+from detr_nb_utils.training import prepare_data, run_experiment, seed_configs
+from detr_nb_utils.notebook import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, save_fig, save_table
+from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -105,9 +107,10 @@ for split_file in (data.train_file, data.val_file):
 # %%
 import torch
 
-from detr_nb_utils import COCO_NAMES, build_model, collate_fn, make_dataset
-from detr_nb_utils import assignment_table, cost_terms, layer_loss_sentence, layer_loss_table
-from detr_nb_utils import plot_cost_terms, plot_layer_losses
+from detr_nb_utils.data import COCO_NAMES, collate_fn
+from detr_nb_utils.training import build_model, make_dataset
+from detr_nb_utils.analysis import assignment_table, cost_terms, layer_loss_sentence, layer_loss_table
+from detr_nb_utils.notebook import plot_cost_terms, plot_layer_losses
 
 model, criterion, _ = build_model(cfg, device)
 val_set = make_dataset(cfg, data, "val")

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -58,7 +58,8 @@ progress = None  # progress bars; None: widgets in JupyterLab, none when headles
 n_resamples = 1000  # bootstrap resamples of the val images for the comparison with the baseline
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
@@ -75,9 +76,11 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
-from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook, shown, versus_baseline
+from detr_nb_utils.data import CocoDetection, verify_split
+from detr_nb_utils.training import prepare_data, run_experiment, seed_configs
+from detr_nb_utils.analysis import versus_baseline
+from detr_nb_utils.notebook import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, save_fig, save_table
+from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 

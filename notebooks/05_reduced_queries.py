@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -61,7 +61,8 @@ progress = None  # progress bars; None: widgets in JupyterLab, none when headles
 n_resamples = 1000  # bootstrap resamples of the val images for the comparison with the baseline
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
@@ -78,9 +79,11 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import CocoDetection, prepare_data, run_experiment, seed_configs, verify_split
-from detr_nb_utils import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, with_train_views
-from detr_nb_utils import best_of, save_fig, save_table, save_takeaway, setup_notebook, shown, versus_baseline
+from detr_nb_utils.data import CocoDetection, verify_split
+from detr_nb_utils.training import prepare_data, run_experiment, seed_configs
+from detr_nb_utils.analysis import best_of, versus_baseline
+from detr_nb_utils.notebook import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, save_fig, save_table
+from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -144,9 +147,10 @@ from dataclasses import replace
 
 import pandas as pd
 
-from detr_nb_utils import analysis_loader, build_model, evaluate_checkpoint, query_choice_table, query_match_counts
-from detr_nb_utils import query_usage, select_queries, usage_summary
-from detr_nb_utils import plot_match_counts, plot_query_usage
+from detr_nb_utils.training import build_model, evaluate_checkpoint
+from detr_nb_utils.analysis import analysis_loader, query_choice_table, query_match_counts, query_usage, select_queries
+from detr_nb_utils.analysis import usage_summary
+from detr_nb_utils.notebook import plot_match_counts, plot_query_usage
 
 # %%
 original, _, _ = build_model(replace(cfg, dec_layers=6, num_queries=100, query_indices=None), device)

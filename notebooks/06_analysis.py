@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -45,7 +45,8 @@ report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/repo
 progress = None  # unused here; kept so every notebook takes the same names
 
 # %%
-from detr_nb_utils import make_config, progress_policy
+from detr_nb_utils.training import make_config
+from detr_nb_utils.notebook import progress_policy
 
 cfg = make_config(
     profile=profile, out_dir=out_dir,
@@ -58,13 +59,14 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils import QUERY_CHOICES, VARIANTS, by_variant, first_seed_runs, load_runs, missing_variants
-from detr_nb_utils import ap_per_layer, comparison_table, original_study_table, parameter_counts, with_train_views
-from detr_nb_utils import ApBootstrap, differences_table, finetuning_gain_table, headline_table, layer_equivalence
-from detr_nb_utils import cost_vs_ap, ranking_conclusion, ranking_table, rankings, seeds_table
-from detr_nb_utils import uncertainty_conclusion, variant_costs
-from detr_nb_utils import plot_ap_curves, plot_ap_intervals, plot_ap_per_layer, plot_loss_curves
-from detr_nb_utils import save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils.analysis import ApBootstrap, QUERY_CHOICES, VARIANTS, ap_per_layer, by_variant, comparison_table
+from detr_nb_utils.analysis import cost_vs_ap, differences_table, finetuning_gain_table, first_seed_runs, headline_table
+from detr_nb_utils.analysis import layer_equivalence, load_runs, missing_variants, original_study_table
+from detr_nb_utils.analysis import ranking_conclusion, ranking_table, rankings, seeds_table, uncertainty_conclusion
+from detr_nb_utils.analysis import variant_costs
+from detr_nb_utils.notebook import parameter_counts, plot_ap_curves, plot_ap_intervals, plot_ap_per_layer
+from detr_nb_utils.notebook import plot_loss_curves, save_fig, save_table, save_takeaway, setup_notebook
+from detr_nb_utils.notebook import with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 

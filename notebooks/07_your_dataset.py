@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -67,7 +67,8 @@ n_resamples = 1000  # bootstrap resamples of the validation images
 # %%
 import os
 
-from detr_nb_utils import DEMO_OWN_DATA, make_config, progress_policy
+from detr_nb_utils.training import DEMO_OWN_DATA, make_config
+from detr_nb_utils.notebook import progress_policy
 
 own_files = dict(train_annotation_file=train_annotation_file, train_image_dir=train_image_dir,
                  val_annotation_file=val_annotation_file, val_image_dir=val_image_dir)
@@ -95,11 +96,12 @@ from dataclasses import replace
 import pandas as pd
 from torchvision.io import ImageReadMode, decode_image
 
-from detr_nb_utils import CocoDetection, build_model, make_own_dataset, prepare_data, run_experiment
-from detr_nb_utils import group_ap_table, group_difference, class_groups, surgery_takeaway
-from detr_nb_utils import model_from_run, plot_ap_curves, plot_detections, predict_images, write_outputs
-from detr_nb_utils import run_table, run_takeaway, save_fig, save_table, save_takeaway, setup_notebook, shown
-from detr_nb_utils import with_train_views
+from detr_nb_utils.data import CocoDetection, make_own_dataset
+from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_experiment
+from detr_nb_utils.training import write_outputs
+from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, surgery_takeaway
+from detr_nb_utils.notebook import plot_ap_curves, plot_detections, run_table, run_takeaway, save_fig, save_table
+from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 if demo_data:

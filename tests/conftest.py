@@ -1,5 +1,5 @@
-"""Shared fixtures: the real COCO val2017 samples (in the repository, and the larger shared one), and a local HTTP
-server with Range support."""
+"""Shared fixtures: the real COCO val2017 samples (in the repository, and the larger shared one where present), and a
+local HTTP server with Range support."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COCO_SAMPLE = REPO_ROOT / "tests" / "data" / "coco_sample"
 SHARED_COCO_SAMPLE = (REPO_ROOT / "../shared/coco_val2017_sample").resolve()
 SAMPLE_ANNOTATIONS = Path("annotations") / "instances_val2017_sample.json"
+#: the sample for the larger checks: the shared 206 images where this checkout has them (CI, dev machines), else the
+#: committed 24, so that a user's clone runs every test too
+LARGER_SAMPLE = SHARED_COCO_SAMPLE if (SHARED_COCO_SAMPLE / SAMPLE_ANNOTATIONS).is_file() else COCO_SAMPLE
+
+
+def pytest_report_header() -> str:
+    where = ("../shared/coco_val2017_sample (206 images)" if LARGER_SAMPLE == SHARED_COCO_SAMPLE else
+             "tests/data/coco_sample (24 images; ../shared/coco_val2017_sample is absent)")
+    return f"real COCO sample for the larger checks (shared_coco_sample): {where}"
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +38,13 @@ def coco_sample() -> Path:
     return COCO_SAMPLE
 
 
-@pytest.fixture(scope="session")
-def shared_coco_sample() -> Path:
-    """``../shared/coco_val2017_sample`` (read-only): 206 real COCO val2017 images in the same layout, for the larger
-    checks; present on CI and dev machines, absent in a user clone, where the test skips."""
-    if not (SHARED_COCO_SAMPLE / SAMPLE_ANNOTATIONS).is_file():
-        pytest.skip("needs ../shared/coco_val2017_sample (206 real COCO val2017 images); "
-                    "present in CI and dev machines, absent in a user clone")
-    return SHARED_COCO_SAMPLE
+@pytest.fixture(scope="session", params=[LARGER_SAMPLE],
+                ids=["shared-206" if LARGER_SAMPLE == SHARED_COCO_SAMPLE else "committed-24"])
+def shared_coco_sample(request, coco_sample) -> Path:
+    """The larger real sample: ``../shared/coco_val2017_sample`` (read-only, 206 real COCO val2017 images in the same
+    layout) where present, as on CI and dev machines; in a user's clone, which has no ``../shared``, the committed
+    :func:`coco_sample` (24 images) instead, never a skip. The test id and pytest's header say which ran."""
+    return request.param
 
 
 @dataclass

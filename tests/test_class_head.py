@@ -1,4 +1,4 @@
-"""Class-head surgery by name (issue 15 groundwork): matching names start from the checkpoint's rows, bit for bit,
+"""Class-head surgery by name: matching names start from the checkpoint's rows, bit for bit,
 the others from the fresh initialisation, and "no object" is carried over; the report says where each row came from."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 
 from detr_nb_utils.analysis import comparison
 from detr_nb_utils.analysis.baseline import best_of, versus_baseline
-from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
+from detr_nb_utils.analysis.bootstrap import ApBootstrap, MatchedDetections, holm, top_per_image
 from detr_nb_utils.analysis.conclusions import agreements, ranking_conclusion, rankings, uncertainty_conclusion
 from detr_nb_utils.analysis.queries import select_queries
 from detr_nb_utils.notebook.tables import run_takeaway
@@ -112,7 +112,7 @@ def analysed(run_folders):
     records = comparison.load_runs(run_folders)
     groups = comparison.by_variant(records)
     main = {v: groups[v] for v in ("dec6_q100", "dec3_q100", "dec3_q50")}  # 06's order: the baseline first
-    bootstrap = comparison.ApBootstrap(records, n_resamples=300)
+    bootstrap = ApBootstrap(records, n_resamples=300)
     return records, groups, main, bootstrap
 
 

@@ -8,12 +8,12 @@ import pytest
 
 from detr_nb_utils.training.cli import config_from_args
 from detr_nb_utils.training.config import (
-    CHECKPOINT_SHAPES,
     PROFILE_ENV,
     TINY_CHECKPOINT,
     RunConfig,
     make_config,
 )
+from detr_nb_utils.training.config_checks import CHECKPOINT_SHAPES
 
 
 def test_study_profile_is_the_seed_recipe(monkeypatch):

@@ -27,6 +27,8 @@ from detr_nb_utils.models.fast import model_forward
 from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.config import RunConfig, make_config
+from detr_nb_utils.training.data_setup import make_dataset, prepare_data
+from detr_nb_utils.training.runtime import seed_everything
 
 # a DETR small enough for CI: the demo profile's tiny backbone, frozen (lr_backbone=0, as the published
 # train_backbone = lr_backbone > 0), and a smaller transformer, from random weights
@@ -47,11 +49,11 @@ def tiny_cfg(tmp_path_factory) -> RunConfig:
 
 def test_tiny_model_overfits_two_images(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, lr=1e-3, dropout=0.0)
-    data = engine.prepare_data(cfg)
+    data = prepare_data(cfg)
     images = build_dataset(data.train_file, data.image_dir, "val", val_size=64, max_size=96)  # no augmentation
     two = torch.utils.data.Subset(images, [i for i in range(len(images)) if len(images[i][1]["labels"])][:2])
     loader = DataLoader(two, batch_size=2, collate_fn=collate_fn)
-    engine.seed_everything(0)
+    seed_everything(0)
     model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
     optimizer = engine.build_optimizer(model, cfg)
     losses = [engine.train_one_epoch(model, criterion, loader, optimizer, "cpu", e, cfg)["loss"] for e in range(40)]
@@ -60,8 +62,8 @@ def test_tiny_model_overfits_two_images(tiny_cfg):
 
 def test_bf16_fast_mode_trains_with_fp32_outputs(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, precision="bf16", channels_last=True)
-    data = engine.prepare_data(cfg)
-    dataset = engine.make_dataset(cfg, data, "train")
+    data = prepare_data(cfg)
+    dataset = make_dataset(cfg, data, "train")
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_fn, drop_last=True)
     model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
     images, mask, _ = next(iter(loader))
@@ -160,7 +162,7 @@ def test_channels_last_follows_the_precision_unless_set(tiny_cfg, monkeypatch):
         cfg = dataclasses.replace(tiny_cfg, precision=precision, channels_last=asked)
         model, criterion, _ = engine.build_model(cfg, torch.device("cpu"))
         assert conv(model).is_contiguous(memory_format=cl) == expected, (precision, asked)
-        data = engine.prepare_data(cfg)
+        data = prepare_data(cfg)
         dataset = build_dataset(data.train_file, data.image_dir, "val", val_size=64, max_size=96)
         loader = DataLoader(torch.utils.data.Subset(dataset, [0, 1]), batch_size=2, collate_fn=collate_fn)
         calls.clear()

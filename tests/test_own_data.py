@@ -1,4 +1,4 @@
-"""Your own data (issue 15): the label map and its round trip, the config and the dataset layouts, the class-head
+"""Your own data: the label map and its round trip, the config and the dataset layouts, the class-head
 surgery in a real model, and a run on a dataset whose ids and names are not COCO's, evaluated in the user's ids."""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from detr_nb_utils.data.validate import DatasetError
 from detr_nb_utils.models.checkpoint import read_checkpoint
 from detr_nb_utils.training import engine, runs
 from detr_nb_utils.training.config import TINY_CHECKPOINT, make_config
+from detr_nb_utils.training.data_setup import prepare_data
 
 OWN_IDS = [c for c, *_ in OWN_CLASSES]
 MATCHED = {"Person": 1, "car": 3, "Bottle": 44}  # the demo's own names that are COCO's, and their COCO rows
@@ -89,7 +90,7 @@ def test_dataset_layouts(tmp_path):
 
 def test_surgery_keeps_the_matching_rows(own, tmp_path):
     cfg = _cfg(own, tmp_path)
-    data = engine.prepare_data(cfg)
+    data = prepare_data(cfg)
     assert data.labels.ids == tuple(sorted(OWN_IDS))
     model, criterion, report = engine.build_model(cfg, torch.device("cpu"), data.labels)
     head, bias = model.class_embed.weight.detach(), model.class_embed.bias.detach()
@@ -117,7 +118,7 @@ def test_surgery_keeps_the_matching_rows(own, tmp_path):
 def test_run_reports_ap_in_the_users_ids(own, tmp_path):
     record = engine.run_experiment(_cfg(own, tmp_path, epochs=1, run_name="own"))
     run_dir = record.run_dir
-    assert LabelMap.load(run_dir / runs.CATEGORIES) == engine.prepare_data(record.config).labels
+    assert LabelMap.load(run_dir / runs.CATEGORIES) == prepare_data(record.config).labels
     detections = runs.load_detections(run_dir, 0)
     assert set(np.unique(detections["category_id"]).tolist()) <= set(OWN_IDS)
     assert set(record.per_category_ap.columns) == {n for _, n, *_ in OWN_CLASSES}

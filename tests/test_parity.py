@@ -38,7 +38,8 @@ import torch
 from parity_weights import fill_with_rule, weights_digest
 from torchvision.ops import box_convert
 
-from detr_nb_utils import CocoDetection, HungarianMatcher, SetCriterion, build_detr, make_transforms
+from detr_nb_utils import HungarianMatcher, SetCriterion, build_detr, make_transforms
+from detr_nb_utils.data import CocoDetection
 
 FIXTURE = Path(__file__).parent / "data" / "parity"
 COCO_SAMPLE = Path(__file__).parent / "data" / "coco_sample"

@@ -1,4 +1,4 @@
-"""Prediction (issue 15): ``python -m detr_nb_utils.predict`` and its API :mod:`detr_nb_utils.training.inference`,
+"""Prediction: ``python -m detr_nb_utils.predict`` and its API :mod:`detr_nb_utils.training.inference`,
 with the committed tiny DETR on a few synthetic images (seconds on a CPU)."""
 from __future__ import annotations
 

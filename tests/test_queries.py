@@ -23,6 +23,7 @@ from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.cli import config_from_args
 from detr_nb_utils.training.config import RunConfig, make_config
+from detr_nb_utils.training.data_setup import prepare_data
 
 NUM_CLASSES = 91
 
@@ -162,7 +163,7 @@ def test_analysis_loader_reads_the_train_split_without_augmentation(tmp_path):
     cfg = make_config("demo", data_root=str(tmp_path / "coco"), split_dir=str(tmp_path / "split"), n_train=4,
                       n_val=2, min_size=64, max_size=96, train_scales=(64,), eval_batch_size=3)
     cfg = dataclasses.replace(cfg, checkpoint=None)  # nothing to load (make_config reads None as "the default")
-    data = engine.prepare_data(cfg)
+    data = prepare_data(cfg)
     first, second = list(analysis_loader(cfg, data)), list(analysis_loader(cfg, data))
     assert [len(b[2]) for b in first] == [3, 1]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second))  # deterministic: no random crops/flips

@@ -172,7 +172,8 @@ def test_demo_figures_stay_out_of_the_report_unless_asked():
 
 def test_report_embeds_only_what_the_notebooks_export():
     """Every figure and table report/report.md embeds is one a notebook saves (03-05 name theirs
-    ``<nb>_<variant>_<what>``), and every figure the analysis of issue 7 adds is embedded."""
+    ``<nb>_<variant>_<what>``), and the attention maps, the query figures and 06's gains, differences, seeds, cost and
+    intervals are all embedded."""
     import re
 
     root = Path(__file__).resolve().parents[1]

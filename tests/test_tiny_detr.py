@@ -2,6 +2,7 @@
 through the same surgery, its pre-training stream never draws a demo image, and it learns."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -34,18 +35,22 @@ from detr_nb_utils.models.fast import (
     set_fast_mode,
 )
 from detr_nb_utils.training.engine import build_optimizer, train_one_epoch
+from detr_nb_utils.training.config import RunConfig
 from detr_nb_utils.training.evaluation import evaluate
 from detr_nb_utils.training.pretrain import (
     DEMO_SCALES,
+    SHARED,
+    TINY_RUN,
     PretrainConfig,
     build_tiny,
+    make_pretrain_config,
     parse_args,
     pretrain,
     torch_threads,
 )
 
 DEMO = {"n_images": 18, "seed": 42}  # the demo profile's dataset: n_train + n_val images, split_seed
-QUICK = dict(steps=3, batch_size=2, heldout_images=4, eval_every=3, log_every=3, scales=(64,), eval_size=64)
+QUICK = dict(steps=3, batch_size=2, heldout_images=4, eval_every=3, log_every=3, train_scales=(64,), min_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_fast_mode_leaves_the_tiny_backbone_alone(tiny):
 def checkpoint(tmp_path_factory):
     """A tiny checkpoint written by the pre-training (3 steps), and its summary."""
     out = tmp_path_factory.mktemp("pretrained") / "tiny_detr.pth"
-    return out, pretrain(PretrainConfig(out=str(out), **QUICK), log=lambda line: None)
+    return out, pretrain(make_pretrain_config(out=str(out), **QUICK), log=lambda line: None)
 
 
 def test_pretrain_writes_checkpoint_curve_and_summary(checkpoint):
@@ -165,16 +170,38 @@ def test_tiny_checkpoint_round_trip_and_surgery(checkpoint):
 
 def test_pretraining_is_reproducible(checkpoint, tmp_path):
     _, summary = checkpoint
-    again = pretrain(PretrainConfig(out=str(tmp_path / "again.pth"), **QUICK), log=lambda line: None)
+    again = pretrain(make_pretrain_config(out=str(tmp_path / "again.pth"), **QUICK), log=lambda line: None)
     assert again["sha256"] == summary["sha256"] and again["AP"] == summary["AP"]
 
 
 def test_pretrain_config_and_cli():
-    cfg = parse_args(["--out", "x.pth", "--steps", "10", "--scales", "64,96", "--minutes", "1.5"])
-    assert (cfg.out, cfg.steps, cfg.scales, cfg.minutes, cfg.drop_step) == ("x.pth", 10, (64, 96), 1.5, 7)
-    for bad in ({"steps": 0}, {"scales": (16,)}, {"lr_drop": 0}, {"minutes": 0.0}, {"lr": -1.0}):
+    cfg = parse_args(["--out", "x.pth", "--steps", "10", "--train-scales", "64,96", "--minutes", "1.5", "--lr",
+                      "1e-3", "--lr-drop", "4"])
+    assert (cfg.out, cfg.steps, cfg.minutes, cfg.drop_step) == ("x.pth", 10, 1.5, 4)
+    assert (cfg.run.train_scales, cfg.run.lr, cfg.run.lr_drop) == ((64, 96), 1e-3, None)  # lr_drop: the steps'
+    assert parse_args([]) == make_pretrain_config() == PretrainConfig()  # the committed checkpoint's run
+    for bad in ({"steps": 0}, {"lr_drop": 0}, {"minutes": 0.0}):
         with pytest.raises(ValueError, match=f"PretrainConfig.{next(iter(bad))}"):
-            PretrainConfig(**bad)
+            make_pretrain_config(**bad)
+    for bad in ({"train_scales": (16,)}, {"lr": -1.0}, {"dec_layers": 7}):  # the fine-tuning's checks
+        with pytest.raises(ValueError, match=f"RunConfig.{next(iter(bad))}"):
+            make_pretrain_config(**bad)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['scales'\]"):
+        make_pretrain_config(scales=(64,))
+    with pytest.raises(ValueError, match="PretrainConfig.run has the architecture"):
+        PretrainConfig(run=dataclasses.replace(TINY_RUN, backbone="resnet50", checkpoint=None))
+
+
+def test_pretraining_shares_the_run_config():
+    """The settings pre-training shares with fine-tuning are a RunConfig's fields, not copies: each is read from
+    ``cfg.run``, and the record lists it once under RunConfig's name."""
+    cfg = make_pretrain_config(batch_size=4, dropout=0.1, precision="bf16")
+    assert (cfg.run.batch_size, cfg.run.dropout, cfg.run.precision) == (4, 0.1, "bf16")
+    assert set(SHARED) <= {f.name for f in dataclasses.fields(RunConfig)}
+    assert not set(SHARED) & {f.name for f in dataclasses.fields(PretrainConfig)}
+    record = cfg.to_dict()
+    assert [k for k in record if k in SHARED] == list(SHARED) and record["batch_size"] == 4
+    assert cfg.arch == {**TINY_DETR, "num_classes": 91, "num_queries": 100, "dec_layers": 6}
 
 
 def _demo_images() -> list[tuple[np.ndarray, list]]:
@@ -261,18 +288,18 @@ def test_augmented_stream_boxes_follow_the_image_and_repeat_in_any_process():
 # on the 2-core CPU, one thread: AP 0.58 after 100 steps, 0.79 after 200 (6 s and 11 s; up to 3x slower while the
 # machine is shared). A broken box format, a class-id shift, a matcher, loss, optimizer-group or post-processing bug
 # keeps AP near 0. (Generalising to unseen images takes thousands of steps: the pre-training's job.)
-LEARN = dict(dec_layers=2, num_queries=20, batch_size=8, lr=1e-3, lr_backbone=1e-3, scales=(64,), eval_size=64)
+LEARN = dict(dec_layers=2, num_queries=20, batch_size=8, lr=1e-3, lr_backbone=1e-3, train_scales=(64,), min_size=64)
 
 
 def _world_files(tmp_path, n_images, cfg):
-    """Images ``0 … n_images-1`` of the pre-training stream as a COCO dataset, read back at ``cfg.eval_size``."""
+    """Images ``0 … n_images-1`` of the pre-training stream as a COCO dataset, read back at ``cfg.run.min_size``."""
     data = make_synthetic_coco(tmp_path / "pretrain_part", n_images=n_images, world_part="pretrain")
-    return build_dataset(data.annotations, data.images, "val", val_size=cfg.eval_size, max_size=cfg.max_size)
+    return build_dataset(data.annotations, data.images, "val", val_size=cfg.run.min_size, max_size=cfg.run.max_size)
 
 
 def test_stream_items_are_the_world_files_read_back(tmp_path):
-    cfg = PretrainConfig(scales=(96,), eval_size=96)
-    files, stream = _world_files(tmp_path, 3, cfg), ShapeStream(scales=cfg.scales, max_size=cfg.max_size)
+    cfg = make_pretrain_config(train_scales=(96,), min_size=96)
+    files, stream = _world_files(tmp_path, 3, cfg), ShapeStream(scales=cfg.run.train_scales, max_size=cfg.run.max_size)
     for i in range(3):
         (image, target), (file_image, file_target) = stream[i], files[i]
         assert torch.equal(image, file_image)
@@ -281,17 +308,17 @@ def test_stream_items_are_the_world_files_read_back(tmp_path):
 
 
 def test_a_fresh_tiny_detr_learns(tmp_path):
-    cfg = PretrainConfig(**LEARN)
+    cfg = make_pretrain_config(**LEARN)
     val = DataLoader(_world_files(tmp_path, 8, cfg), batch_size=8, collate_fn=collate_fn)
-    stream = ShapeStream(scales=cfg.scales, max_size=cfg.max_size)
+    stream = ShapeStream(scales=cfg.run.train_scales, max_size=cfg.run.max_size)
     batch = collate_fn([stream[i] for i in range(8)])  # the same 8 images as ``val``
     start = time.perf_counter()
     with torch_threads(1):
         torch.manual_seed(0)
         model, criterion = build_tiny(cfg, torch.device("cpu"))
-        optimizer = build_optimizer(model, cfg)
+        optimizer = build_optimizer(model, cfg.run)
         before = evaluate(model, criterion, val, val.dataset.coco, "cpu", per_layer_ap=False)["AP"]
-        train_one_epoch(model, criterion, [batch] * 150, optimizer, "cpu", 1, cfg)
+        train_one_epoch(model, criterion, [batch] * 150, optimizer, "cpu", 1, cfg.run)
         after = evaluate(model, criterion, val, val.dataset.coco, "cpu", per_layer_ap=False)
     seconds = time.perf_counter() - start
     assert before < 0.01 and after["AP"] > 0.3, (before, after["AP"], seconds)

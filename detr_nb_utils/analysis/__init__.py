@@ -1,2 +1,24 @@
 """Reading finished runs: bootstrap intervals, the comparison of the variants and its closing sentences, the object
-queries, attention maps, cost. Never trains. Imports from models, data and training."""
+queries, attention maps, cost. Never trains. Imports from models, data and training.
+
+``from detr_nb_utils.analysis import ApBootstrap``: the names below, each loaded from its module on first use."""
+from .. import _lazy_exports
+
+#: module (relative to this package) -> the public names it defines
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "bootstrap": ("ApBootstrap", "MatchedDetections", "ap_difference", "ap_interval"),
+    "comparison": ("QUERY_CHOICES", "VARIANTS", "IncomparableRuns", "ap_per_layer", "by_variant", "check_comparable",
+                   "comparison_table", "cost_vs_ap", "differences_table", "discover_runs", "finetuning_gain_table",
+                   "first_seed_runs", "headline_table", "layer_equivalence", "load_runs", "missing_variants",
+                   "original_study_table", "seeds_table"),
+    "conclusions": ("agreements", "ranking_conclusion", "ranking_table", "rankings", "runs_note",
+                    "uncertainty_conclusion", "world_note"),
+    "queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage", "select_queries",
+                "usage_summary"),
+    "attention": ("detected_objects", "record_attention", "run_with_attention"),
+    "cost": ("cost_table", "variant_costs"),
+    "baseline": ("best_of", "loss_gap", "versus_baseline"),
+    "own_data": ("class_groups", "group_ap_table", "group_difference", "surgery_takeaway"),
+    "matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
+}
+__all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from ..models.loss import LOSS_VIEWS
-from ..training.config import MAX_QUERIES, RunConfig, variant_name, variant_of
+from ..training.config import RunConfig, variant_name, variant_of
+from ..training.config_checks import MAX_QUERIES
 from ..training.runs import CONFIG, MANIFEST, METRICS, PRECISION_FIELD, RunRecord, load_run
 from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
 from .queries import select_queries
@@ -280,7 +281,7 @@ def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100",
 
 
 def cost_vs_ap(cost: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
-    """The cost table (:func:`detr_nb_utils.cost.cost_table`) joined with each variant's final-epoch AP and
+    """The cost table (:func:`detr_nb_utils.analysis.cost.cost_table`) joined with each variant's final-epoch AP and
     ``AP@50det`` and their intervals (:func:`headline_table`)."""
     keep = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
     return cost.join(headline[keep], how="left")

@@ -1,6 +1,6 @@
 """Does class-head surgery by name help? AP of the classes that start from a matching COCO row against those that
-start fresh, before and after fine-tuning, and against the whole head re-initialised (issue 15, notebook
-07_your_dataset).
+start fresh, before and after fine-tuning, and against the whole head re-initialised
+(notebook 07_your_dataset).
 
 A class group's AP is COCO AP on the ground truth and detections of those categories only (:func:`subset_coco`), so
 it is the mean of the group's per-category APs with COCO's own matching; its interval comes from the bootstrap of

@@ -2,9 +2,9 @@
 
 Two label spaces. ``"coco"``: the study's and the demo's; the head's row ``i`` IS COCO category id ``i`` (91 rows
 plus "no object", ids 1..90 with gaps, never remapped; ARCHITECTURE.md, "Data conventions"). ``"dataset"``: a user's
-own COCO-format dataset (issue 15) with any integer ids and any number K of categories; its categories, sorted by
-id, get the contiguous indices 0..K-1 the model predicts, and every prediction is mapped back to the user's id before
-COCO evaluation, so AP is reported in the user's ids.
+own COCO-format dataset with any integer ids and any number K of categories; its categories, sorted by id, get the
+contiguous indices 0..K-1 the model predicts, and every prediction is mapped back to the user's id before COCO
+evaluation, so AP is reported in the user's ids.
 
 A run folder stores its map as ``categories.json`` (:meth:`LabelMap.save`); :mod:`detr_nb_utils.predict` and
 notebook 07_your_dataset read it back. Used by the engine (targets, evaluation), the class-head surgery and figures.

@@ -1,4 +1,4 @@
-"""The demo's stand-in for a user's own dataset (issue 15): the shape world under a label space unlike COCO's.
+"""The demo's stand-in for a user's own dataset: the shape world under a label space unlike COCO's.
 
 Six categories with ids a COCO model has never seen (7, 12, 40, 101, 102, 103) and names of three kinds
 (:data:`OWN_CLASSES`): three COCO names spelt the user's way ("Person", "car", "Bottle"), drawn exactly as the shape

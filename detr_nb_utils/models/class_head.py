@@ -1,4 +1,4 @@
-"""Class-head surgery that keeps what a checkpoint knows (issue 15): a dataset with its own K classes gets a
+"""Class-head surgery that keeps what a checkpoint knows: a dataset with its own K classes gets a
 ``class_embed`` of K + 1 rows in which every class whose name matches one of the checkpoint's classes starts from that
 class's row, the others from the published initialisation, and the "no object" row is carried over.
 

@@ -1,2 +1,22 @@
 """What the notebooks need beyond the analysis: the setup cell, the figures and :func:`~.figures.save_fig`, the
-tables and :func:`~.tables.save_table`. The top of the import graph."""
+tables and :func:`~.tables.save_table`. The top of the import graph.
+
+``from detr_nb_utils.notebook import save_fig, setup_notebook``: the names below, each loaded from its module on
+first use."""
+from .. import _lazy_exports
+
+#: module (relative to this package) -> the public names it defines
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "setup_cell": ("progress_policy", "setup_notebook"),
+    "figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer", "plot_category_distribution",
+                "plot_detections", "plot_loss_curves", "plot_objects_per_image", "plot_parameter_counts",
+                "plot_query_norms", "plot_query_similarity", "predict_panels", "save_fig"),
+    "figures_attention": ("interactive_attention", "plot_decoder_attention", "plot_encoder_attention"),
+    "figures_queries": ("plot_match_counts", "plot_query_usage"),
+    "figures_matching": ("plot_cost_terms", "plot_layer_losses"),
+    "report": ("render_report",),
+    "tables": ("ap_vs_paper", "checkpoint_takeaway", "objects_per_image", "parameter_counts", "precision_ap_table",
+               "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_table", "save_takeaway",
+               "shown", "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
+}
+__all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

@@ -49,7 +49,7 @@ def plot_query_usage(records: pd.DataFrame, slots: Sequence[int] | None = None, 
                      objects_only: bool = False, title: str = "") -> Figure:
     """The paper's Fig. 7: per query slot, the centres of its predicted boxes in the unit square (each box
     normalised to its image), coloured by :func:`box_colours`. ``records``: from
-    :func:`~detr_nb_utils.queries.query_usage`; ``slots``: which to draw (default all, by slot id);
+    :func:`~detr_nb_utils.analysis.queries.query_usage`; ``slots``: which to draw (default all, by slot id);
     ``objects_only``: only predictions that are not "no object"."""
     if objects_only:
         records = records[records["is_object"]]

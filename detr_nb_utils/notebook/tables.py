@@ -175,12 +175,13 @@ def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.Data
 
 def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO, n_resamples: int = 1000,
                        seed: int = 0) -> pd.DataFrame:
-    """The same checkpoint evaluated in fp32 and in bf16 (two :func:`~detr_nb_utils.evaluate_checkpoint` results,
-    each with its ``detections`` and ``effective_precision``), scored on the images both evaluated: rows ``AP``,
-    ``AP50``; columns ``fp32``, ``bf16``, ``bf16 - fp32`` (percent points), ``low`` and ``high`` (its 95% interval
-    over ``n_resamples`` paired bootstrap resamples of the images, :func:`~detr_nb_utils.ap_difference`, ``seed``)
-    and ``excludes 0``. ``attrs``: ``n_images``, ``n_resamples``. ``val_file``: the val split's annotation file (or
-    its ``COCO``). The evidence to read before a study switches to the fast mode (02_checkpoint_inspection)."""
+    """The same checkpoint evaluated in fp32 and in bf16 (two
+    :func:`~detr_nb_utils.training.engine.evaluate_checkpoint` results, each with its ``detections`` and
+    ``effective_precision``), scored on the images both evaluated: rows ``AP``, ``AP50``; columns ``fp32``, ``bf16``,
+    ``bf16 - fp32`` (percent points), ``low`` and ``high`` (its 95% interval over ``n_resamples`` paired bootstrap
+    resamples of the images, :func:`~detr_nb_utils.analysis.bootstrap.ap_difference`, ``seed``) and ``excludes 0``.
+    ``attrs``: ``n_images``, ``n_resamples``. ``val_file``: the val split's annotation file (or its ``COCO``). The
+    evidence to read before a study switches to the fast mode (02_checkpoint_inspection)."""
     for name, m in (("fp32", fp32), ("bf16", bf16)):
         if m.get(PRECISION_FIELD) != name:
             raise ValueError(f"precision_ap_table: the {name} result was computed in {m.get(PRECISION_FIELD)!r}; "

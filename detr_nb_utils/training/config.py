@@ -31,11 +31,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..data.transforms import MAX_SIZE, TRAIN_SCALES, VAL_SIZE
-from .config_checks import CHECKPOINT_SHAPES, CHECKS, CLASS_HEADS, MAX_DEC_LAYERS, MAX_QUERIES, OWN_DATA_FILES, fail
-
-__all__ = ["CHECKPOINT_SHAPES", "CLASS_HEADS", "DEFAULT_SEEDS", "DEMO_OWN_DATA", "MAX_DEC_LAYERS", "MAX_QUERIES",
-           "OWN_DATA_FILES", "PROFILES", "PROFILE_ENV", "RunConfig", "TINY_CHECKPOINT", "default_num_workers",
-           "make_config", "seed_configs", "seeded_run_name", "variant_name", "variant_of"]
+from .config_checks import CHECKPOINT_SHAPES, CHECKS, fail
 
 PROFILE_ENV = "DETR_NB_PROFILE"
 #: the demo world's pre-trained tiny DETR, committed with the project (its SHA-256 in ``<stem>.json``)
@@ -51,10 +47,11 @@ class RunConfig:
     Your own dataset instead of a split of ``data_root`` (:attr:`own_data`): ``train_annotation_file``,
     ``train_image_dir``, ``val_annotation_file`` and ``val_image_dir``, or ``dataset_dir``, a folder laid out like COCO
     (:func:`~detr_nb_utils.data.coco.resolve_dataset_layout`); its classes get contiguous indices
-    (:class:`~detr_nb_utils.data.label_map.LabelMap`) and ``class_head`` (:data:`CLASS_HEADS`) says how their rows
-    start. ``checkpoint`` ``None``: random initialisation (tests only). Image sizes are pixels: validation resizes the
-    shorter side to ``min_size`` with the longer side at most ``max_size``; training picks the shorter side from
-    ``train_scales`` and, with ``random_crop`` (the published augmentation), half the time first crops a random region.
+    (:class:`~detr_nb_utils.data.label_map.LabelMap`) and ``class_head`` (:data:`.config_checks.CLASS_HEADS`) says
+    how their rows start. ``checkpoint`` ``None``: random initialisation (tests only). Image sizes are pixels:
+    validation resizes the shorter side to ``min_size`` with the longer side at most ``max_size``; training picks the
+    shorter side from ``train_scales`` and, with ``random_crop`` (the published augmentation), half the time first
+    crops a random region.
     ``eval_batch_size`` matters for AP because images of a batch are padded to the largest one; the published numbers
     use 2. ``precision``: ``"fp32"`` (the study's, the published computation), ``"bf16"`` (the fast mode: bf16 autocast)
     or ``"auto"`` (the demo's: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), else fp32);
@@ -74,7 +71,7 @@ class RunConfig:
     image_dir: str | None = None
     annotation_file: str | None = None
     split_dir: str = "data/mini_coco"
-    # your own data (issue 15): a train and a validation set, each an instances file and its image folder, or a
+    # your own data: a train and a validation set, each an instances file and its image folder, or a
     # folder laid out like COCO (dataset_dir); any category ids, any number of classes (the "dataset" label space)
     dataset_dir: str | None = None
     train_annotation_file: str | None = None

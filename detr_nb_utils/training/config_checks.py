@@ -1,8 +1,8 @@
 """The checks a :class:`~.config.RunConfig` runs on itself when made: every field's type and range, and what the
 checkpoint's shape allows, each failure a ``ValueError`` naming the field, its value and what it must be.
 
-The limits the checks enforce live here too (:data:`CHECKPOINT_SHAPES`, :data:`MAX_QUERIES`, ...); :mod:`.config`
-re-exports them. Used only by :mod:`.config`.
+The limits the checks enforce live here too (:data:`CHECKPOINT_SHAPES`, :data:`MAX_QUERIES`, ...), and are imported
+from here. The checks are run by :mod:`.config`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CHECKPOINT_SHAPES = {
     "tiny": {"num_classes": 91, **{k: v for k, v in TINY_DETR.items() if k != "backbone"}},
 }
 MAX_QUERIES, MAX_DEC_LAYERS = 100, 6
-#: the files naming your own data's train and validation sets (issue 15), all four or none
+#: the files naming your own data's train and validation sets, all four or none
 OWN_DATA_FILES = ("train_annotation_file", "train_image_dir", "val_annotation_file", "val_image_dir")
 #: how the class head starts: "match", each class from the checkpoint's row of the same name (COCO's label space:
 #: the whole head as loaded), the others fresh, "no object" carried; "reinit", the whole head fresh (Hugging Face)

@@ -31,7 +31,7 @@ from ..models.fast import model_forward, resolve_amp_dtype, resolve_channels_las
 from ..models.loss import SetCriterion, weighted_total
 from . import runs
 from .config import RunConfig
-from .data_setup import DataSetup, build_loader, make_dataset, prepare_data  # noqa: F401 (engine.make_dataset, ...)
+from .data_setup import build_loader, prepare_data
 from .evaluation import evaluate
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
 

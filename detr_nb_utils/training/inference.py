@@ -46,7 +46,8 @@ from ..models.checkpoint import CheckpointError, checkpoint_dims, read_checkpoin
 from ..models.detr import DETR, build_detr
 from ..models.postprocess import postprocess
 from . import runs
-from .config import CHECKPOINT_SHAPES, PROFILES, RunConfig
+from .config import PROFILES, RunConfig
+from .config_checks import CHECKPOINT_SHAPES
 from .runtime import resolve_device
 
 RESULTS, IMAGES = "results.json", "images.json"
@@ -113,7 +114,7 @@ class PredictResult:
 def model_from_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[DETR, LabelMap, RunConfig]:
     """The model of a run folder, in eval mode on the CPU, with its label map and configuration.
 
-    Reads ``config.json``, ``categories.json`` (absent: COCO's label space, as runs before issue 15) and the weights
+    Reads ``config.json``, ``categories.json`` (absent: COCO's label space, as a run on a split of COCO) and the weights
     of ``checkpoint_best.pth`` (``which="best"``; a run without one falls back to ``checkpoint_last.pth`` with a
     warning) or ``checkpoint_last.pth`` (``which="last"``), loaded with ``weights_only=True`` and ``strict=True``.
     Missing files raise ``FileNotFoundError`` naming the folder and what it lacks. Predict at the run's sizes,

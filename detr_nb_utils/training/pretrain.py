@@ -9,7 +9,11 @@ ShapeStream`), with the project's matcher, set loss (auxiliary losses included) 
 the same world (:func:`.evaluation.evaluate`). Beside the checkpoint ``<out>`` it writes ``<stem>.csv`` (the
 training curve: step, losses, AP at each evaluation) and ``<stem>.json`` (final AP, SHA-256 of the checkpoint,
 wall time, the configuration, and ``demo_val``: the checkpoint's epoch-0 AP on the demo profile's validation split,
-which a test holds the committed checkpoint to). All three are written atomically.
+which a test holds the committed checkpoint to). All three are written atomically. The settings it shares with
+fine-tuning (batch size, learning rates, loss weights, image sizes, device, precision, ...) are a
+:class:`.config.RunConfig` (:data:`SHARED`, :data:`TINY_RUN`), with one flag each under RunConfig's name
+(``--lr``, ``--min-size``, ``--train-scales``); the pre-training's own (``--steps``, ``--lr-drop`` in steps, ...) sit
+beside it in :class:`PretrainConfig`.
 
 The checkpoint is the project's format, a dict with ``model`` (the fp32 state dict), ``arch`` (the
 :func:`~detr_nb_utils.models.detr.build_detr` arguments) and ``pretrain`` (steps, seed, AP), loadable by
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +55,9 @@ from ..data.transforms import TRAIN_SCALES, VAL_SIZE
 from ..models.detr import TINY_DETR, build_detr
 from ..models.fast import resolve_amp_dtype, resolve_channels_last, set_fast_mode
 from ..models.loss import SetCriterion
-from .engine import build_optimizer, train_one_epoch
+from .config import RunConfig, make_config
+from .config_checks import CHECKPOINT_SHAPES
+from .engine import build_optimizer, evaluate_checkpoint, train_one_epoch
 from .evaluation import evaluate
 from .runtime import resolve_device, seed_everything
 
@@ -59,101 +65,113 @@ from .runtime import resolve_device, seed_everything
 DEMO_SCALES = tuple(round(s * 96 / VAL_SIZE) for s in TRAIN_SCALES)
 
 
+#: the settings pre-training shares with fine-tuning: fields of :class:`.config.RunConfig`, read from
+#: :attr:`PretrainConfig.run` (min_size: the held-out set's shorter side; train_scales: the training images')
+SHARED = ("seed", "batch_size", "lr", "lr_backbone", "weight_decay", "clip_max_norm", "eos_coef", "dropout",
+          "num_queries", "dec_layers", "min_size", "max_size", "train_scales", "num_workers", "device", "precision",
+          "channels_last", "progress")
+#: the committed checkpoint's values of :data:`SHARED`: the tiny DETR from scratch (no checkpoint) at batch 16, both
+#: learning rates 5e-4, no dropout, one image size (shorter side 96, longer at most 192), in fp32 on the CPU; the rest
+#: as the published recipe (weight decay 1e-4, clipping 0.1, "no object" weight 0.1, 6 decoder layers, 100 queries)
+TINY_RUN = RunConfig(profile="demo", backbone="tiny", **CHECKPOINT_SHAPES["tiny"], checkpoint=None, seed=0,
+                     batch_size=16, lr=5e-4, lr_backbone=5e-4, dropout=0.0, min_size=96, max_size=192,
+                     train_scales=(96,), num_workers=1, device="cpu", progress=False)
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Everything that decides a pre-training run's weights. Image sizes are pixels (height, width); the world's
-    images are drawn at ``image_size`` (the demo dataset's) and resized to a shorter side in ``scales`` (training)
-    or ``eval_size`` (held-out set), the longer side at most ``max_size``. ``augment``: train with the published
-    augmentation (flip, multi-scale resize, random crops; :class:`ShapeStream`; pass ``scales=DEMO_SCALES``) as the
-    official checkpoint was; without it (the default, the committed checkpoint's), one resize to a scale of
-    ``scales``. From scratch with it, the tiny DETR had not learnt the classes after 6,000 steps (held-out AP 0.01;
-    ``benchmarks/RESULTS.md``), so the demo fine-tunes at the one scale it was pre-trained at.
-    ``lr_drop``: the step at which both learning rates drop x0.1 (``None``: 2/3 of ``steps``). ``minutes``: stop at
-    the first log point past this wall time (``None``: run every step). ``threads``: torch's CPU threads for the
-    model; ``num_workers``: DataLoader processes drawing the images (the default, one thread and one worker, keeps
+    """Everything that decides a pre-training run's weights: ``run``, a :class:`.config.RunConfig` holding the
+    settings shared with fine-tuning (:data:`SHARED`, which mean the same there; the engine's training step reads
+    it), and the pre-training's own fields. :func:`make_pretrain_config` makes one from flat keyword arguments.
+
+    Image sizes are pixels (height, width): the world's images are drawn at ``image_size`` (the demo dataset's) and
+    resized to a shorter side in ``run.train_scales`` (training) or ``run.min_size`` (held-out set), the longer side
+    at most ``run.max_size``. ``augment``: train with the published augmentation (flip, multi-scale resize, random
+    crops; :class:`ShapeStream`; pass ``train_scales=DEMO_SCALES``) as the official checkpoint was; without it (the
+    default, the committed checkpoint's), one resize to a scale of ``run.train_scales``. From scratch with it, the
+    tiny DETR had not learnt the classes after 6,000 steps (held-out AP 0.01; ``benchmarks/RESULTS.md``), so the demo
+    fine-tunes at the one scale it was pre-trained at. ``lr_drop``: the step (not epoch) at which both learning
+    rates drop x0.1 (``None``: 2/3 of ``steps``); ``eval_every``, ``log_every``: steps. ``minutes``: stop at the
+    first log point past this wall time (``None``: run every step). ``threads``: torch's CPU threads for the model;
+    ``run.num_workers``: DataLoader processes drawing the images (the default, one thread and one worker, keeps
     both cores of a 2-core machine busy and degrades gently when the machine is shared: two threads of compute
     slowed down twenty-fold next to another job). The weights depend on ``threads`` (the order of floating-point
-    sums), not on ``num_workers``. The names shared with :class:`.config.RunConfig` mean the same there (the
-    engine's training step reads ``precision``, ``channels_last``, ``clip_max_norm``, ``progress``, ``batch_size``,
-    ``lr``, ``lr_backbone``, ``weight_decay``)."""
+    sums), not on ``num_workers``."""
 
+    run: RunConfig = TINY_RUN
     out: str = "data/pretrained/tiny_detr.pth"
     steps: int = 9000
     minutes: float | None = None
-    seed: int = 0
-    batch_size: int = 16
-    lr: float = 5e-4
-    lr_backbone: float = 5e-4
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
     lr_drop: int | None = None
-    eos_coef: float = 0.1
-    dropout: float = 0.0
-    num_queries: int = 100
-    dec_layers: int = 6
     image_size: tuple[int, int] = (160, 224)
-    scales: tuple[int, ...] = (96,)
-    eval_size: int = 96
-    max_size: int = 192
     augment: bool = False
     heldout_images: int = 200
     eval_every: int = 1000
     log_every: int = 100
-    num_workers: int = 1
     threads: int = 1
-    device: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool | None = None
-    progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "scales"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("steps", "batch_size", "num_queries", "dec_layers", "eval_size", "max_size",
-                     "heldout_images", "eval_every", "log_every", "threads"):
+        object.__setattr__(self, "image_size", tuple(self.image_size))
+        if not (isinstance(self.run, RunConfig) and self.run.arch == {**TINY_DETR, "num_classes": 91}):
+            arch = self.run.arch if isinstance(self.run, RunConfig) else self.run
+            raise ValueError(f"PretrainConfig.run has the architecture {arch!r}: must be the tiny DETR's "
+                             f"({TINY_DETR}, 91 classes), e.g. dataclasses.replace(TINY_RUN, ...)")
+        for name in ("steps", "heldout_images", "eval_every", "log_every", "threads"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"PretrainConfig.{name} = {getattr(self, name)!r} is invalid: must be an integer >= 1")
-        if not (self.scales and all(isinstance(s, int) and 32 <= s <= self.max_size for s in self.scales)):
-            raise ValueError(f"PretrainConfig.scales = {self.scales!r} is invalid: must be integers in 32..max_size")
         if self.lr_drop is not None and not (isinstance(self.lr_drop, int) and self.lr_drop >= 1):
             raise ValueError(f"PretrainConfig.lr_drop = {self.lr_drop!r} is invalid: must be None or an integer >= 1")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"PretrainConfig.minutes = {self.minutes!r} is invalid: must be None or > 0")
-        for name in ("lr", "lr_backbone", "weight_decay", "clip_max_norm"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"PretrainConfig.{name} = {getattr(self, name)!r} is invalid: must be >= 0")
 
     @property
     def arch(self) -> dict:
         """The :func:`build_detr` arguments of the model, as stored in the checkpoint."""
-        return {**TINY_DETR, "num_classes": 91, "num_queries": self.num_queries, "dec_layers": self.dec_layers}
+        return {**TINY_DETR, "num_classes": self.run.num_classes, "num_queries": self.run.num_queries,
+                "dec_layers": self.run.dec_layers}
 
     @property
     def drop_step(self) -> int:
         return self.lr_drop if self.lr_drop is not None else max(1, round(self.steps * 2 / 3))
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The pre-training's own fields, then :data:`SHARED` from ``run``: one flat record."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
+        values = {**own, **{name: getattr(self.run, name) for name in SHARED}}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def make_pretrain_config(**params) -> PretrainConfig:
+    """A :class:`PretrainConfig` from flat keyword arguments: the pre-training's own fields, and any of
+    :data:`SHARED`, which replace :data:`TINY_RUN`'s (checked by :class:`.config.RunConfig`)."""
+    own = {f.name for f in fields(PretrainConfig)} - {"run"}
+    unknown = sorted(set(params) - own - set(SHARED))
+    if unknown:
+        raise ValueError(f"make_pretrain_config: unknown parameter(s) {unknown}; valid: {sorted(own | set(SHARED))}")
+    run = replace(TINY_RUN, **{k: v for k, v in params.items() if k in SHARED})
+    return PretrainConfig(run=run, **{k: v for k, v in params.items() if k in own})
 
 
 def build_tiny(cfg: PretrainConfig, device: torch.device) -> tuple[nn.Module, SetCriterion]:
     """A fresh tiny DETR of ``cfg.arch`` (random initialisation from the current torch seed) and its criterion."""
-    model = build_detr(**cfg.arch, dropout=cfg.dropout).to(device)
-    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    run = cfg.run
+    model = build_detr(**cfg.arch, dropout=run.dropout).to(device)
+    amp_dtype = resolve_amp_dtype(run.precision, device)
     set_fast_mode(model, amp_dtype is not None)
-    if resolve_channels_last(cfg.channels_last, amp_dtype):
+    if resolve_channels_last(run.channels_last, amp_dtype):
         model.to(memory_format=torch.channels_last)
-    criterion = SetCriterion(num_classes=cfg.arch["num_classes"], eos_coef=cfg.eos_coef, dec_layers=cfg.dec_layers)
+    criterion = SetCriterion(num_classes=cfg.arch["num_classes"], eos_coef=run.eos_coef, dec_layers=run.dec_layers)
     return model, criterion.to(device)
 
 
 def heldout_loader(cfg: PretrainConfig, folder: Path) -> DataLoader:
     """The fixed held-out set (``cfg.heldout_images`` images of the world's ``heldout`` part, written as a COCO
-    dataset into ``folder``), read as the demo reads its validation images, at ``cfg.eval_size``."""
-    data = make_synthetic_coco(folder, n_images=cfg.heldout_images, seed=cfg.seed, image_size=cfg.image_size,
+    dataset into ``folder``), read as the demo reads its validation images, at ``cfg.run.min_size``."""
+    data = make_synthetic_coco(folder, n_images=cfg.heldout_images, seed=cfg.run.seed, image_size=cfg.image_size,
                                world_part="heldout")
-    dataset = build_dataset(data.annotations, data.images, "val", val_size=cfg.eval_size, max_size=cfg.max_size)
-    return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collate_fn)
+    dataset = build_dataset(data.annotations, data.images, "val", val_size=cfg.run.min_size,
+                            max_size=cfg.run.max_size)
+    return DataLoader(dataset, batch_size=cfg.run.batch_size, collate_fn=collate_fn)
 
 
 def _segments(cfg: PretrainConfig) -> list[int]:
@@ -163,9 +181,9 @@ def _segments(cfg: PretrainConfig) -> list[int]:
 
 
 def _evaluate(model, criterion, loader, cfg: PretrainConfig, device) -> dict[str, float]:
-    amp_dtype = resolve_amp_dtype(cfg.precision, device)
+    amp_dtype = resolve_amp_dtype(cfg.run.precision, device)
     metrics = evaluate(model, criterion, loader, loader.dataset.coco, device, amp_dtype,
-                       resolve_channels_last(cfg.channels_last, amp_dtype), per_layer_ap=False)
+                       resolve_channels_last(cfg.run.channels_last, amp_dtype), per_layer_ap=False)
     return {k: metrics[k] for k in ("AP", "AP50", "AP75", "loss_final")}
 
 
@@ -179,22 +197,23 @@ def train(cfg: PretrainConfig, heldout_dir: Path, log=print) -> tuple[nn.Module,
 
 
 def _train(cfg: PretrainConfig, heldout_dir: Path, log) -> tuple[nn.Module, list[dict], dict]:
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    run = cfg.run
+    device = resolve_device(run.device)
+    seed_everything(run.seed)
     model, criterion = build_tiny(cfg, device)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, run)
     val_loader = heldout_loader(cfg, heldout_dir)
-    stream = ShapeStream(seed=cfg.seed, image_size=cfg.image_size, scales=cfg.scales, max_size=cfg.max_size,
+    stream = ShapeStream(seed=run.seed, image_size=cfg.image_size, scales=run.train_scales, max_size=run.max_size,
                          augment=cfg.augment)
-    batches: Iterator = iter(DataLoader(stream, batch_size=cfg.batch_size, collate_fn=collate_fn,
-                                        num_workers=cfg.num_workers))
+    batches: Iterator = iter(DataLoader(stream, batch_size=run.batch_size, collate_fn=collate_fn,
+                                        num_workers=run.num_workers))
     curve, done, start = [], 0, time.perf_counter()
     for step in _segments(cfg):
         if done == cfg.drop_step:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
         stats = train_one_epoch(model, criterion, itertools.islice(batches, step - done), optimizer, device,
-                                step, cfg)
+                                step, run)
         done = step
         row = {"step": step, "wall_s": round(time.perf_counter() - start, 1), "lr": optimizer.param_groups[0]["lr"],
                **{k: stats[k] for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error")}}
@@ -217,7 +236,7 @@ def save(model: nn.Module, cfg: PretrainConfig, curve: list[dict], final: dict) 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()  # torch.save names the archive after a file: saved to memory, the bytes repeat run to run
     torch.save({"model": state, "arch": cfg.arch,
-                "pretrain": {"steps": final["step"], "seed": cfg.seed, "AP": final["AP"], "AP50": final["AP50"]},
+                "pretrain": {"steps": final["step"], "seed": cfg.run.seed, "AP": final["AP"], "AP50": final["AP50"]},
                 "note": "tiny DETR pre-trained on synthetic shapes (detr_nb_utils.training.pretrain)"}, buffer)
     atomic.write_bytes(out, buffer.getvalue())
     text = io.StringIO()
@@ -245,10 +264,6 @@ def demo_val_ap(checkpoint: str | Path, **params) -> dict[str, float]:
     """Epoch-0 ``AP``, ``AP50``, ``AP75`` of ``checkpoint`` (6 decoder layers, 100 queries) on the demo profile's
     validation split, in fp32: what 02 and 03 show at epoch 0. ``params``: :func:`.config.make_config` overrides
     (e.g. other ``data_root``/``split_dir``; by default the demo's, made when missing)."""
-    from .config import (
-        make_config,  # the fine-tuning side of the package, only needed here
-    )
-    from .engine import evaluate_checkpoint
     cfg = make_config("demo", checkpoint=str(checkpoint), progress=False, **params)
     metrics = evaluate_checkpoint(cfg)
     return {k: metrics[k] for k in ("AP", "AP50", "AP75")}
@@ -279,20 +294,22 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
+    """The command line: one flag per field of :class:`PretrainConfig` and per setting of :data:`SHARED`
+    (``--batch-size``, ``--train-scales 64,96``, ...), each defaulting to the committed checkpoint's value."""
     parser = argparse.ArgumentParser(prog="python -m detr_nb_utils.training.pretrain",
                                      description=__doc__.split("\n\n")[0])
-    defaults = PretrainConfig()
-    for f in fields(PretrainConfig):
-        value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
-        if isinstance(value, bool) or f.name == "channels_last":
+    defaults = make_pretrain_config().to_dict()
+    for name in [f.name for f in fields(PretrainConfig) if f.name != "run"] + list(SHARED):
+        value, flag = defaults[name], "--" + name.replace("_", "-")
+        if isinstance(value, bool) or name == "channels_last":
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
-        elif isinstance(value, tuple):
-            parser.add_argument(flag, type=_ints, default=value, help="comma-separated integers")
-        elif f.name in ("minutes", "lr_drop"):
-            parser.add_argument(flag, type=float if f.name == "minutes" else int, default=value)
+        elif isinstance(value, list):
+            parser.add_argument(flag, type=_ints, default=tuple(value), help="comma-separated integers")
+        elif name in ("minutes", "lr_drop"):
+            parser.add_argument(flag, type=float if name == "minutes" else int, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
-    return PretrainConfig(**vars(parser.parse_args(argv)))
+    return make_pretrain_config(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
