@@ -8,26 +8,18 @@ import dataclasses
 import pytest
 import torch
 from pycocotools.coco import COCO
+from tiny_run import tiny_config
 
-from detr_nb_utils.data.synthetic import make_synthetic_coco
 from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
-from detr_nb_utils.training.config import RunConfig, make_config
+from detr_nb_utils.training.config import RunConfig
 from detr_nb_utils.training.evaluation import evaluate
 from detr_nb_utils.training.non_finite import NonFiniteOutputError, finite_flags, output_names
-
-TINY = dict(checkpoint=None, enc_layers=1, dec_layers=2, hidden_dim=64, nheads=4, dim_feedforward=128, num_queries=10,
-            lr_backbone=0.0)
 
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory) -> RunConfig:
-    root = tmp_path_factory.mktemp("non_finite")
-    make_synthetic_coco(root / "coco", n_images=8, seed=0, image_size=(64, 96))
-    cfg = make_config("demo", data_root=str(root / "coco"), split_dir=str(root / "split"), out_dir=str(root / "runs"),
-                      n_train=4, n_val=3, min_size=64, max_size=96, train_scales=(64,), epochs=1, precision="fp32",
-                      progress=False, num_workers=0)
-    return dataclasses.replace(cfg, **TINY)
+    return tiny_config(tmp_path_factory.mktemp("non_finite"))
 
 
 def _poison_boxes(model) -> None:

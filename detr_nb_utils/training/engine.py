@@ -10,6 +10,7 @@ evaluate / save per epoch into the run folder (:mod:`.runs`), resuming a run fol
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -35,6 +36,7 @@ from .data_setup import DataSetup, build_loader, make_dataset, prepare_data  # n
 from .evaluation import evaluate
 from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,  # noqa: F401
                          finite_flags, raise_if_outputs_non_finite)
+from .run_lock import RunLock
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
 
 
@@ -314,5 +316,8 @@ def run_experiment(cfg: RunConfig) -> runs.RunRecord:
     resumed from its last one (bit-identical metrics on CPU, single process); one with a different config is
     refused (:class:`.runs.RunConfigMismatch`), as is one whose finished epochs were computed in another precision
     than this run would compute in (:class:`.runs.PrecisionMismatch`: ``"auto"`` resolves per device) and one whose
-    ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). Returns the run folder read back."""
-    return TrainingRun(cfg).run()
+    ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). The run holds the folder's lock from start
+    to end (:class:`.run_lock.RunLock`): a second process starting the same folder meanwhile is refused
+    (:class:`.run_lock.RunFolderLocked`, naming the holder). Returns the run folder read back."""
+    with RunLock(cfg.run_dir) if rank_world()[0] == 0 else contextlib.nullcontext():
+        return TrainingRun(cfg).run()
