@@ -19,6 +19,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..data import atomic
+
 try:
     import fcntl
 except ImportError:  # not on Windows
@@ -80,9 +82,13 @@ class RunLock:
                           stacklevel=2)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode("utf-8"), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode("utf-8"), 0)
+        except OSError as e:  # a full disk: name the file and the space left
+            self.release()
+            raise atomic.write_failure(self.path, e) from e
         return self
 
     def _locked_fd(self) -> int | None:
