@@ -211,17 +211,18 @@ class TrainingRun:
         self.rank, self.world = rank_world()
         self.precision = effective_precision(cfg.precision, self.device)
         self.data = prepare_data(cfg)
-        last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
+        # before the folder is touched, so that a refused resume or a checkpoint that cannot be loaded changes nothing
+        last = self._checked_last()
+        seed_everything(cfg.seed + self.rank)
+        self.model, self.criterion, report = build_model(cfg, self.device, self.data.labels)
         if self.rank == 0:
             runs.prepare_run_dir(cfg, self.data.manifest)
             self.data.labels.save(cfg.run_dir / runs.CATEGORIES)
+            if report is not None:
+                atomic.write_text(cfg.run_dir / runs.CLASS_HEAD, report.class_sources.to_csv())
             if last is None or last["epoch"] < cfg.epochs:  # a session that trains (re-reading a finished run does not)
                 runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
-        seed_everything(cfg.seed + self.rank)
-        self.model, self.criterion, report = build_model(cfg, self.device, self.data.labels)
-        if self.rank == 0 and report is not None:
-            atomic.write_text(cfg.run_dir / runs.CLASS_HEAD, report.class_sources.to_csv())
         self.random_weights = bool(report is not None and report.random_weights)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)

@@ -53,20 +53,19 @@ def _read(fd: int) -> dict:
 
 
 class RunLock:
-    """The exclusive lock on ``run_dir`` (created when missing; removed again at release if it was made here and
-    is still empty). Use as a context manager, or :meth:`acquire` and :meth:`release`."""
+    """The exclusive lock on ``run_dir`` (created when missing, and removed again at release, with the folders made
+    for it, when the run left it empty). Use as a context manager, or :meth:`acquire` and :meth:`release`."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self._fd: int | None = None
-        self._made_dir = False
+        self._made: list[Path] = []  # the folders acquire created, deepest first
 
     def acquire(self) -> RunLock:
         """Take the lock; raises :class:`RunFolderLocked` naming the holder when another process has it."""
-        if not self.run_dir.is_dir():
-            self.run_dir.mkdir(parents=True)
-            self._made_dir = True
+        self._made = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
             warnings.warn(f"file locks are not available on this platform: nothing stops a second process from "
                           f"running in {self.run_dir} at the same time", RuntimeWarning, stacklevel=2)
@@ -127,12 +126,12 @@ class RunLock:
                 pass
             os.close(self._fd)
             self._fd = None
-        if self._made_dir:
+        for folder in self._made:  # only those the run left empty (it failed before starting)
             try:
-                self.run_dir.rmdir()  # only if the run wrote nothing (it failed before starting)
+                folder.rmdir()
             except OSError:
-                pass
-            self._made_dir = False
+                break
+        self._made = []
 
     def __enter__(self) -> RunLock:
         return self.acquire()
