@@ -6,55 +6,23 @@ import dataclasses
 import json
 import signal
 import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
-from tiny_run import tiny_config
+from tiny_run import lock_holder, tiny_config  # noqa: F401 (a fixture)
 
 from detr_nb_utils.training import engine as engine
 from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.config import RunConfig
 from detr_nb_utils.training.run_lock import LOCK, RunFolderLocked, RunLock, StaleRunLock
 
-# a second process that takes the lock, says so, and holds it until its stdin closes
-HOLDER = """
-import sys
-from detr_nb_utils.training.run_lock import RunLock
-lock = RunLock(sys.argv[1]).acquire()
-print("locked", flush=True)
-sys.stdin.read()
-lock.release()
-"""
-
-
-@pytest.fixture
-def holder():
-    """Start a process holding the lock of a folder: ``holder(run_dir)`` returns the running process."""
-    started = []
-
-    def start(run_dir: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "locked"
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def _refusal(pid: int) -> str:
     return rf"is in use by process {pid} on host '{socket.gethostname()}' \(since .*\): one run folder trains in one"
 
 
-def test_a_second_process_is_refused_naming_the_holder_until_it_ends(tmp_path, holder):
-    proc = holder(tmp_path / "run")
+def test_a_second_process_is_refused_naming_the_holder_until_it_ends(tmp_path, lock_holder):
+    proc = lock_holder(tmp_path / "run")
     with pytest.raises(RunFolderLocked, match=_refusal(proc.pid)):
         RunLock(tmp_path / "run").acquire()
     proc.stdin.close()
@@ -67,8 +35,8 @@ def test_a_second_process_is_refused_naming_the_holder_until_it_ends(tmp_path, h
     assert not (tmp_path / "run").exists()  # made for the lock, left empty: removed again
 
 
-def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, holder):
-    proc = holder(tmp_path / "run")
+def test_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, lock_holder):
+    proc = lock_holder(tmp_path / "run")
     proc.send_signal(signal.SIGKILL)  # kill -9: no chance to release
     proc.wait(timeout=30)
     assert json.loads((tmp_path / "run" / LOCK).read_text())["pid"] == proc.pid  # the file stays behind
@@ -100,9 +68,9 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_training_in_a_folder_another_process_holds_is_refused_and_changes_nothing(finished, holder):
+def test_training_in_a_folder_another_process_holds_is_refused_and_changes_nothing(finished, lock_holder):
     before = _snapshot(finished.run_dir)
-    proc = holder(finished.run_dir)
+    proc = lock_holder(finished.run_dir)
     with pytest.raises(RunFolderLocked, match=_refusal(proc.pid)):
         engine.run_experiment(dataclasses.replace(finished, epochs=2))
     assert {k: v for k, v in _snapshot(finished.run_dir).items() if k != LOCK} == before  # environment.jsonl too
