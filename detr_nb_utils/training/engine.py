@@ -37,7 +37,7 @@ from .evaluation import evaluate
 from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,  # noqa: F401
                          finite_flags, raise_if_outputs_non_finite)
 from .run_lock import RunLock
-from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
+from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
@@ -191,8 +191,10 @@ def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
     ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
     is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap);
-    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16")."""
+    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16"; TF32 off in fp32,
+    :func:`.runtime.set_tf32`)."""
     device = resolve_device(cfg.device)
+    set_tf32(effective_precision(cfg.precision, device))
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
     model, criterion, report = build_model(cfg, device, data.labels)
@@ -210,6 +212,7 @@ class TrainingRun:
             tune_cpu_allocator()  # keep freed activations for the next step instead of page-faulting them back
         self.rank, self.world = rank_world()
         self.precision = effective_precision(cfg.precision, self.device)
+        set_tf32(self.precision)  # fp32 means fp32: no TF32 convolutions (recorded in environment.jsonl)
         self.data = prepare_data(cfg)
         # before the folder is touched, so that a refused resume or a checkpoint that cannot be loaded changes nothing
         last = self._checked_last()
