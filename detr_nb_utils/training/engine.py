@@ -34,7 +34,7 @@ from . import runs
 from .config import RunConfig
 from .data_setup import DataSetup, build_loader, make_dataset, prepare_data  # noqa: F401 (engine.make_dataset, ...)
 from .evaluation import evaluate
-from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,  # noqa: F401
+from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,
                          finite_flags, raise_if_outputs_non_finite)
 from .run_lock import RunLock
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32
