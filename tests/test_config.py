@@ -130,3 +130,36 @@ def test_study_workers_follow_the_machine(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert make_config("study").num_workers == 2
     assert config.default_num_workers("cuda:0", cores=6) == 4
+
+
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.type.startswith("float")]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_non_finite_floats_are_refused_naming_the_field_value_and_range(field, value):
+    with pytest.raises(ValueError, match=rf"RunConfig\.{field} = {value!r} is invalid: must be a finite number in "
+                                         r"[\[(]-?\d"):
+        make_config("demo", **{field: value})
+
+
+def test_every_float_field_is_checked():
+    assert set(FLOAT_FIELDS) == {"dropout", "eos_coef", "lr", "lr_backbone", "weight_decay", "clip_max_norm"}
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e999"])
+def test_non_finite_values_from_the_notebooks_and_the_cli_are_refused(text, tmp_path):
+    from papermill.cli import _resolve_type  # what `papermill -p lr TEXT` does with TEXT
+    from papermill.translators import PythonTranslator
+
+    injected: dict = {}
+    exec(PythonTranslator.codify({"lr": _resolve_type(text)}), injected)  # the cell papermill injects
+    with pytest.raises(ValueError, match=r"RunConfig\.lr = .* must be a finite number"):
+        make_config("demo", lr=injected["lr"])
+    path = tmp_path / "run.json"
+    make_config("demo").to_json(path)
+    with pytest.raises(ValueError, match=r"RunConfig\.lr = .* must be a finite number"):
+        config_from_args(["--config", str(path), "--set", f"lr={text}"])
+    path.write_text(path.read_text().replace('"lr": 0.0001', '"lr": Infinity'))  # json.loads reads it
+    with pytest.raises(ValueError, match=r"RunConfig\.lr = inf .* must be a finite number"):
+        config_from_args(["--config", str(path)])

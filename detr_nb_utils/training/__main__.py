@@ -1,4 +1,6 @@
 """``python -m detr_nb_utils.training``: see :mod:`.cli`."""
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

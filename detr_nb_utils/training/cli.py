@@ -3,23 +3,38 @@
     python -m detr_nb_utils.training --config run.json --set epochs=10 --set run_name=long
     torchrun --nproc_per_node=4 -m detr_nb_utils.training --config run.json
 
-``--config`` reads a ``config.json`` (from a run folder, or written with ``RunConfig.to_json``); without it the
-profile's defaults (``--profile``, else ``DETR_NB_PROFILE``, else study). Under torchrun every process trains on
-its shard of each batch with DistributedDataParallel (NCCL on CUDA, one GPU per process; gloo on CPU): the
-global batch is ``nproc x batch_size``, the number of boxes that normalises the box losses is averaged over the
-processes as published, evaluation is sharded and gathered, and only rank 0 writes the run folder.
+``--config`` reads a ``config.json`` (written with ``RunConfig.to_json``, or a run folder's own, which resumes or
+extends that run where the folder is now, moved or not); without it the profile's defaults (``--profile``, else
+``DETR_NB_PROFILE``, else study). Under torchrun every process trains on its shard of each batch with
+DistributedDataParallel (NCCL on CUDA, one GPU per process; gloo on CPU): the global batch is
+``nproc x batch_size``, the number of boxes that normalises the box losses is averaged over the processes as
+published, evaluation is sharded and gathered, and only rank 0 writes the run folder.
+
+Exit status: 0 when the run finished; 2, after one line ``error: …``, for the errors a user can act on (a bad
+config value or field, a broken config file, missing data, a damaged checkpoint, a refused resume, a run folder in
+use, a full disk, a run that diverged); a traceback means a bug.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..models.checkpoint import CheckpointError
+from . import runs
 from .config import RunConfig, make_config
 from .engine import run_experiment
+from .non_finite import NonFiniteError
+from .run_lock import RunFolderLocked
+
+#: the errors a user can meet and act on, each with a message naming the file or field: printed as one line
+#: ``error: …`` with exit status 2 (ValueError: configs, data, refused resumes; OSError: missing files, full disks)
+EXPECTED_ERRORS = (ValueError, OSError, CheckpointError, runs.DamagedRunFolder, RunFolderLocked, NonFiniteError)
 
 
 def parse_value(cfg_field: str, text: str, type_name: str):
@@ -48,7 +63,7 @@ def config_from_args(argv: list[str] | None = None) -> RunConfig:
     parser.add_argument("--profile", choices=["study", "demo"], help="defaults to use without --config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
     args = parser.parse_args(argv)
-    base = RunConfig.from_json(args.config).to_dict() if args.config else make_config(args.profile).to_dict()
+    base = _read_config(args.config) if args.config else make_config(args.profile).to_dict()
     types = {f.name: f.type for f in fields(RunConfig)}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -56,6 +71,19 @@ def config_from_args(argv: list[str] | None = None) -> RunConfig:
             parser.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
         base[key] = parse_value(key, value, types[key])
     return RunConfig.from_dict(base)
+
+
+def _read_config(path: str) -> dict:
+    """The fields of the config file ``path``. A run folder's own ``config.json`` (beside its metrics or last
+    checkpoint) names that folder as the run's, where it is now (:func:`.runs.located`): a moved folder resumes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    cfg = RunConfig.from_json(path)
+    folder = path.parent
+    if path.name == runs.CONFIG and any((folder / name).is_file() for name in (runs.METRICS, runs.LAST)):
+        cfg = runs.located(cfg, folder)
+    return cfg.to_dict()
 
 
 def init_distributed(cfg: RunConfig) -> RunConfig:
@@ -71,19 +99,32 @@ def init_distributed(cfg: RunConfig) -> RunConfig:
     return RunConfig.from_dict({**cfg.to_dict(), "device": f"cuda:{local_rank}"})
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = init_distributed(config_from_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 finished, 2 an expected error, printed as ``error: …``)."""
     try:
-        record = run_experiment(cfg)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        cfg = config_from_args(argv)
+    except SystemExit as e:  # argparse has printed the problem (or the help)
+        return e.code
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        cfg = init_distributed(cfg)
+        try:
+            record = run_experiment(cfg)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         best = record.best_epoch_ap
         ap = f"{record.metrics.loc[best, 'val_AP']:.4f} at epoch {best}" if best is not None else "n/a"
         print(f"{record.run_dir}: {int(record.metrics.index[-1])} epochs finished; best val AP {ap}; "
               f"best total val loss at epoch {record.best_epoch_loss}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -173,11 +173,27 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> RunConfig:
-        """Read a config from a JSON file, or from JSON text."""
+        """Read a config from a JSON file, or from JSON text. Every error in a file (not JSON, not an object, an
+        unknown field, a bad value) is a ``ValueError`` naming the file."""
         text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text()
-        return cls.from_dict(json.loads(text))
+        if text.lstrip().startswith("{"):
+            return cls.from_dict(json.loads(text))
+        path = Path(path_or_text)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): repair it, "
+                             f"or write it again with RunConfig.to_json") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a text file (not UTF-8): a config is the JSON RunConfig.to_json "
+                             f"writes") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} holds a JSON {type(d).__name__}, not a config: expected an object of "
+                             f"RunConfig fields")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def variant_name(dec_layers: int, num_queries: int, query_indices: tuple[int, ...] | None = None) -> str:

@@ -6,6 +6,7 @@ from here. The checks are run by :mod:`.config`.
 """
 from __future__ import annotations
 
+import math
 import re
 
 from ..models.detr import BACKBONES, TINY_DETR
@@ -40,12 +41,13 @@ def _int(cfg, name, low, high=None, optional=False, why=""):
 
 
 def _float(cfg, name, low, high=None, low_open=False, high_open=False):
+    """A float in the range; never NaN or infinite (an infinite lr passes ``> 0`` and dies inside the matcher)."""
     v = getattr(cfg, name)
-    ok = isinstance(v, float) and v == v
+    ok = isinstance(v, float) and math.isfinite(v)
     ok = ok and (v > low if low_open else v >= low) and (high is None or (v < high if high_open else v <= high))
     if not ok:
         lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
-        fail(name, v, f"a number in {lo}{low}, {'inf' if high is None else high}{hi}")
+        fail(name, v, f"a finite number in {lo}{low}, {'inf' if high is None else high}{hi}")
 
 
 def _str(cfg, name, optional=False):

@@ -10,6 +10,7 @@ evaluate / save per epoch into the run folder (:mod:`.runs`), resuming a run fol
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -33,17 +34,10 @@ from . import runs
 from .config import RunConfig
 from .data_setup import build_loader, prepare_data
 from .evaluation import evaluate
-from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops before the optimizer step."""
-
-    def __init__(self, epoch: int, step: int, loss_dict: dict[str, float]) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in loss_dict.items())
-        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {terms}. Training stopped before the "
-                         f"optimizer step; the run folder keeps the last finished epoch. Lower lr or clip_max_norm.")
-        self.epoch, self.step, self.loss_dict = epoch, step, loss_dict
+from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,
+                         finite_flags, raise_if_outputs_non_finite)
+from .run_lock import RunLock
+from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
@@ -80,13 +74,20 @@ def _step_values(loss_dict: dict, loss: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _step_name(epoch: int, step: int, targets: list[dict]) -> str:
+    return f"epoch {epoch}, step {step} (image ids {[int(t['image_id']) for t in targets]})"
+
+
 def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer: torch.optim.Optimizer,
                     device: torch.device | str, epoch: int, cfg: RunConfig) -> dict[str, float]:
     """One pass over ``loader``: forward (bf16 autocast when ``cfg.precision`` resolves to it), matching and
     loss in fp32, ``Σ weight·term`` backward, gradient clipping to ``cfg.clip_max_norm``, AdamW step.
 
     Returns the mean over steps of ``loss`` and of every unweighted term, plus ``lr``, ``lr_backbone``,
-    ``steps``. Raises :class:`NonFiniteLossError` before the optimizer step when the loss is not finite.
+    ``steps``. Raises, before the optimizer step, :class:`~.non_finite.NonFiniteOutputError` naming the model's
+    outputs (any decoder layer's ``pred_logits``, ``pred_boxes``) that are NaN or infinite, instead of letting the
+    matcher fail on them, and :class:`~.non_finite.NonFiniteLossError` when the loss is not finite. Both checks are
+    read in the step's one synchronisation with the device (as the loss's check alone was before).
     """
     device = torch.device(device)
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
@@ -96,14 +97,20 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
     sums, keys, steps = None, None, 0
     show = cfg.progress and rank_world()[0] == 0
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False, dynamic_ncols=True)
-    for images, mask, targets in bar:
+    for images, mask, batch in bar:
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        targets = [{k: t[k].to(device, non_blocking=True) for k in ("labels", "boxes")} for t in targets]
+        targets = [{k: t[k].to(device, non_blocking=True) for k in ("labels", "boxes")} for t in batch]
         outputs = model_forward(model, images, mask, amp_dtype, channels_last)
-        loss_dict = criterion(outputs, targets)
+        finite = finite_flags(outputs)  # on the device; read with the loss's check below
+        try:
+            loss_dict = criterion(outputs, targets)
+        except (ValueError, RuntimeError):  # the matcher refuses NaN costs: name the outputs they came from
+            raise_if_outputs_non_finite(finite, outputs, _step_name(epoch, steps, batch), TRAINING_ADVICE)
+            raise
         loss = weighted_total(loss_dict, criterion.weight_dict)
         values = _step_values(loss_dict, loss)
-        if not torch.isfinite(values[0]):
+        if not bool(torch.cat([finite, torch.isfinite(values[:1])]).all()):  # the step's one synchronisation
+            raise_if_outputs_non_finite(finite, outputs, _step_name(epoch, steps, batch), TRAINING_ADVICE)
             raise NonFiniteLossError(epoch, steps, {k: float(v) for k, v in zip(loss_dict, values[1:])})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -160,25 +167,38 @@ def build_model(cfg: RunConfig, device: torch.device,
 
 
 def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader: DataLoader,
-              device: torch.device) -> dict:
+              device: torch.device, epoch: int) -> dict:
+    """:func:`.evaluation.evaluate` of epoch ``epoch``, a non-finite output named with the epoch and what to do."""
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
-    return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
-                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels)
+    try:
+        return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
+                        progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels)
+    except NonFiniteOutputError as e:
+        if epoch == 0:
+            start = f"the checkpoint {cfg.checkpoint}" if cfg.checkpoint else "random weights"
+            advice = (f"The model gives them with the weights it starts from ({start}), before any training: the "
+                      f"checkpoint is damaged or does not fit these settings.")
+        else:
+            advice = (f"The weights trained in epoch {epoch} diverged; nothing of epoch {epoch} was saved (the run "
+                      f"folder keeps epoch {epoch - 1}). Lower lr or clip_max_norm.")
+        raise e.reword(where=f"the evaluation of epoch {epoch}, {e.where}", advice=advice)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
     ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
     is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap);
-    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16")."""
+    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16"; TF32 off in fp32,
+    :func:`.runtime.set_tf32`)."""
     device = resolve_device(cfg.device)
+    set_tf32(effective_precision(cfg.precision, device))
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
     model, criterion, report = build_model(cfg, device, data.labels)
-    metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device)
+    metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device, 0)
     return {**metrics, "random_weights": bool(report is not None and report.random_weights),
             runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
 
@@ -192,18 +212,20 @@ class TrainingRun:
             tune_cpu_allocator()  # keep freed activations for the next step instead of page-faulting them back
         self.rank, self.world = rank_world()
         self.precision = effective_precision(cfg.precision, self.device)
+        set_tf32(self.precision)  # fp32 means fp32: no TF32 convolutions (recorded in environment.jsonl)
         self.data = prepare_data(cfg)
-        last = self._checked_last()  # before the folder is touched: a refused resume changes nothing in it
+        # before the folder is touched, so that a refused resume or a checkpoint that cannot be loaded changes nothing
+        last = self._checked_last()
+        seed_everything(cfg.seed + self.rank)
+        self.model, self.criterion, report = build_model(cfg, self.device, self.data.labels)
         if self.rank == 0:
             runs.prepare_run_dir(cfg, self.data.manifest)
             self.data.labels.save(cfg.run_dir / runs.CATEGORIES)
+            if report is not None:
+                atomic.write_text(cfg.run_dir / runs.CLASS_HEAD, report.class_sources.to_csv())
             if last is None or last["epoch"] < cfg.epochs:  # a session that trains (re-reading a finished run does not)
                 runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
-        seed_everything(cfg.seed + self.rank)
-        self.model, self.criterion, report = build_model(cfg, self.device, self.data.labels)
-        if self.rank == 0 and report is not None:
-            atomic.write_text(cfg.run_dir / runs.CLASS_HEAD, report.class_sources.to_csv())
         self.random_weights = bool(report is not None and report.random_weights)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
@@ -244,19 +266,20 @@ class TrainingRun:
             start = "from the checkpoint" if self.epoch is None else f"resuming after epoch {self.epoch}"
             tqdm.write(f"== {self.cfg.run_dir.name}: {self.cfg.epochs} epochs, seed {self.cfg.seed}, {start}, "
                        f"{self.precision} on {self.device}")
-        if self.epoch is None:
-            self._finish_epoch(0, {}, 0.0)
-        for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
-            self.loaders["train"].sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            try:
+        try:
+            if self.epoch is None:
+                self._finish_epoch(0, {}, 0.0)
+            for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+                self.loaders["train"].sampler.set_epoch(epoch)
+                start = time.perf_counter()
                 train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
                                         self.device, epoch, self.cfg)
-            except NonFiniteLossError as e:
+                self.scheduler.step()
+                self._finish_epoch(epoch, train, time.perf_counter() - start)
+        except NonFiniteError as e:
+            if (self.cfg.run_dir / runs.LAST).is_file():
                 e.args = (f"{e.args[0]} Last good checkpoint: {self.cfg.run_dir / runs.LAST}",)
-                raise
-            self.scheduler.step()
-            self._finish_epoch(epoch, train, time.perf_counter() - start)
+            raise
         barrier()
         return runs.load_run(self.cfg.run_dir)
 
@@ -264,7 +287,9 @@ class TrainingRun:
         """Evaluate (epoch 0, every ``eval_every`` epochs and the last), then rank 0 saves and logs the epoch."""
         cfg, start = self.cfg, time.perf_counter()
         evaluate_now = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-        val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device) if evaluate_now else {}
+        val = {}
+        if evaluate_now:
+            val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, epoch)
         self.epoch = epoch
         if self.rank != 0:
             return
@@ -295,5 +320,8 @@ def run_experiment(cfg: RunConfig) -> runs.RunRecord:
     resumed from its last one (bit-identical metrics on CPU, single process); one with a different config is
     refused (:class:`.runs.RunConfigMismatch`), as is one whose finished epochs were computed in another precision
     than this run would compute in (:class:`.runs.PrecisionMismatch`: ``"auto"`` resolves per device) and one whose
-    ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). Returns the run folder read back."""
-    return TrainingRun(cfg).run()
+    ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). The run holds the folder's lock from start
+    to end (:class:`.run_lock.RunLock`): a second process starting the same folder meanwhile is refused
+    (:class:`.run_lock.RunFolderLocked`, naming the holder). Returns the run folder read back."""
+    with RunLock(cfg.run_dir) if rank_world()[0] == 0 else contextlib.nullcontext():
+        return TrainingRun(cfg).run()

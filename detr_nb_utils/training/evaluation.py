@@ -26,6 +26,7 @@ from ..models.fast import cached_folded_weights, model_forward
 from ..models.loss import loss_views
 from ..models.postprocess import postprocess
 from .coco_eval import mean_precision, results_array, run_cocoeval, start_layer_aps
+from .non_finite import EVALUATION_ADVICE, finite_flags, raise_if_outputs_non_finite
 from .runtime import is_distributed, rank_world
 
 # COCOeval.stats in order: AP at IoU .50:.95, .50, .75, small/medium/large, then AR at 1/10/100 detections
@@ -101,14 +102,24 @@ def _start_layer_metrics(coco_gt: COCO, dets: list[dict], img_ids: list[int], wo
 
 
 def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, channels_last, per_layer_ap,
-                    sums: dict, dets: list, labels: LabelMap | None) -> None:
-    """One batch of :func:`evaluate`: forward, losses added to ``sums``, detections of each layer into ``dets``
+                    sums: dict, dets: list, labels: LabelMap | None, batch: int) -> None:
+    """One batch (number ``batch``) of :func:`evaluate`: forward, the outputs checked to be finite
+    (:class:`~.non_finite.NonFiniteOutputError`), losses added to ``sums``, detections of each layer into ``dets``
     (their labels the category ids of ``labels``, the ground truth's)."""
     images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     outputs = model_forward(model, images, mask, amp_dtype, channels_last)
-    loss_dict = criterion(outputs, [{k: t[k].to(device) for k in ("labels", "boxes")} for t in targets])
-    for k, v in loss_dict.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
+    finite = finite_flags(outputs)
+    where = f"evaluation batch {batch} (image ids {[int(t['image_id']) for t in targets]})"
+    try:
+        loss_dict = criterion(outputs, [{k: t[k].to(device) for k in ("labels", "boxes")} for t in targets])
+    except (ValueError, RuntimeError):  # the matcher refuses NaN costs: name the outputs they came from
+        raise_if_outputs_non_finite(finite, outputs, where, EVALUATION_ADVICE)
+        raise
+    # the loss terms and the flags in one transfer (one synchronisation instead of one per term)
+    values = torch.cat([torch.stack([v.detach().float() for v in loss_dict.values()]), finite.float()]).tolist()
+    raise_if_outputs_non_finite(values[len(loss_dict):], outputs, where, EVALUATION_ADVICE)
+    for k, v in zip(loss_dict, values):
+        sums[k] = sums.get(k, 0.0) + v
     orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
     layers = [*outputs.get("aux_outputs", []), outputs] if per_layer_ap else [outputs]
     for store, out in zip(dets, layers):
@@ -139,7 +150,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     processes scoring the auxiliary layers while this one scores the final layer (``None``: one per layer up to
     the cores but one, from 500 images; 0: all in this process). ``labels``: the run's label map, which turns the
     model's class indices into the ground truth's category ids (None: COCO's label space, where they are the same),
-    so that AP and the saved detections are in the dataset's own ids.
+    so that AP and the saved detections are in the dataset's own ids. Raises
+    :class:`~.non_finite.NonFiniteOutputError` naming the batch, its images and the outputs when the model's outputs
+    are NaN or infinite (checked before the matcher, read with the batch's loss terms).
     """
     if len(loader.dataset) == 0:
         raise ValueError("evaluate: the validation set is empty; check n_val / max_val_images and the split")
@@ -152,7 +165,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     with cached_folded_weights(model):  # fast mode: the folded bf16 conv weights made once for the pass
         for images, mask, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, channels_last, per_layer_ap,
-                            sums, dets, labels)
+                            sums, dets, labels, batches)
             batches += 1
     sums, batches, dets = _gather(sums, batches, dets)
     metrics = {k: v / batches for k, v in sums.items()}

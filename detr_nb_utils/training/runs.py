@@ -19,7 +19,7 @@ import math
 import pickle
 import random
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +41,10 @@ ENVIRONMENT = "environment.jsonl"
 # fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended;
 # channels_last: the memory layout, rounding at most)
 RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device", "channels_last")
+#: where the run folder is, which is not what the run is: a folder moved or renamed resumes where it is now (its
+#: config.json is rewritten to say so). The input paths (data, split, checkpoint) stay part of a run's identity: they
+#: are relative to the project root, so they hold wherever the folder goes within the project (or a copy of it)
+LOCATION_FIELDS = ("out_dir", "run_name")
 
 
 class RunConfigMismatch(ValueError):
@@ -48,9 +52,21 @@ class RunConfigMismatch(ValueError):
 
 
 def config_diff(old: RunConfig, new: RunConfig) -> list[tuple[str, object, object]]:
-    """``(field, old, new)`` for every field that differs, except :data:`RESUMABLE_CHANGES`."""
+    """``(field, old, new)`` for every field that differs, except :data:`RESUMABLE_CHANGES` and
+    :data:`LOCATION_FIELDS`."""
     a, b = old.to_dict(), new.to_dict()
-    return [(k, a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
+    return [(k, a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES + LOCATION_FIELDS]
+
+
+def located(cfg: RunConfig, run_dir: str | Path) -> RunConfig:
+    """``cfg`` with ``out_dir`` and ``run_name`` (None where the folder's name is the default,
+    :func:`~.config.variant_name`) saying that its run folder is ``run_dir``: the config of a folder read where it is
+    now, after a move."""
+    run_dir = Path(run_dir)
+    if cfg.run_dir == run_dir:
+        return cfg
+    moved = replace(cfg, out_dir=str(run_dir.parent), run_name=None)
+    return moved if moved.run_dir.name == run_dir.name else replace(moved, run_name=run_dir.name)
 
 
 def prepare_run_dir(cfg: RunConfig, manifest: dict | Path) -> Path:
@@ -58,7 +74,7 @@ def prepare_run_dir(cfg: RunConfig, manifest: dict | Path) -> Path:
     or your own dataset's files and their SHA-256) as ``split_manifest.json``.
 
     Raises :class:`RunConfigMismatch` naming the differing fields when the folder holds another configuration
-    or other data.
+    or other data. The folder's location is not compared (:data:`LOCATION_FIELDS`): a moved folder resumes.
     """
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,11 +320,12 @@ class RunRecord:
 
 
 def load_run(path: str | Path) -> RunRecord:
-    """Read a run folder written by :func:`.engine.run_experiment` (never trains)."""
+    """Read a run folder written by :func:`.engine.run_experiment` (never trains); its config says where the folder
+    is now (:func:`located`), wherever it was trained."""
     run_dir = Path(path)
     if not (run_dir / METRICS).is_file():
         raise FileNotFoundError(f"{run_dir} holds no {METRICS}: it is not a run folder, or no epoch has finished")
-    cfg = RunConfig.from_json(run_dir / CONFIG)
+    cfg = located(RunConfig.from_json(run_dir / CONFIG), run_dir)
     history = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in history]
     metrics = pd.DataFrame([{k: v for k, v in h.items() if not isinstance(v, dict)} for h in history])

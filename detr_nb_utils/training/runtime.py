@@ -1,4 +1,4 @@
-"""Where a run executes: the device, the random seeds, and the processes of a ``torchrun`` job.
+"""Where a run executes: the device, the random seeds, the TF32 switches, and the processes of a ``torchrun`` job.
 
 Used by the engine and the evaluation (notebooks 02-05, ``python -m detr_nb_utils.training``), and by every
 notebook's setup cell (the device).
@@ -52,15 +52,37 @@ def barrier() -> None:
         dist.barrier()
 
 
+def set_tf32(precision: str) -> dict:
+    """Set PyTorch's TF32 switches for a run computing in ``precision`` (the effective one, "fp32" or "bf16") and
+    return them (:func:`tf32_flags`). Called by the engine when a run or an evaluation starts.
+
+    "fp32" is the published computation, so TF32 is off: on an Ampere or newer GPU, cuDNN's convolutions use TF32
+    by default (``torch.backends.cudnn.allow_tf32``), which keeps 10 of fp32's 23 mantissa bits. "bf16" (the fast
+    mode, whose forward runs under bf16 autocast) gets PyTorch's defaults, as it always had: cuDNN TF32 on, matmuls
+    outside autocast in full fp32. The switches exist, and are set, on CPU-only builds too, where they change
+    nothing."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    return tf32_flags()
+
+
+def tf32_flags() -> dict:
+    """PyTorch's TF32 switches as they are now: ``tf32_matmul`` (``torch.backends.cuda.matmul.allow_tf32``),
+    ``tf32_cudnn`` (``torch.backends.cudnn.allow_tf32``) and ``float32_matmul_precision``."""
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 def environment(device: torch.device | str) -> dict:
     """What a run executes on, for its folder's ``environment.jsonl`` and the report's setup section: the CPU model
-    and its cores, the device and the GPU's name (if any), the Python, torch and CUDA versions, the world size and
-    the project's git commit (``None`` outside a git checkout)."""
+    and its cores, the device and the GPU's name (if any), the Python, torch and CUDA versions, the world size, the
+    TF32 switches (:func:`tf32_flags`) and the project's git commit (``None`` outside a git checkout)."""
     device = torch.device(device)
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "world_size": rank_world()[1], "commit": _git_commit()}
+            "world_size": rank_world()[1], **tf32_flags(), "commit": _git_commit()}
 
 
 def _cpu_model() -> str:
