@@ -70,7 +70,8 @@ def test_valid_dataset_passes_with_right_counts(dataset: tuple[dict, Path]) -> N
     assert summary.image_dir == image_dir and summary.annotation_file.name == "annotations.json"
     frame = summary.to_frame()
     assert list(frame.index) == ["annotation_file", "image_dir", "images", "annotations", "categories", "crowd",
-                                 "images_without_annotations"]
+                                 "images_without_annotations", "areas_filled"]
+    assert summary.areas_filled == 0
     assert frame.loc["crowd", "value"] == summary.crowd and frame.loc["images", "value"] == summary.images
 
 
@@ -161,7 +162,7 @@ def test_missing_and_undecodable_files(dataset: tuple[dict, Path], monkeypatch: 
     unreadable = err.problems["unreadable images"]
     assert len(unreadable) == 2 and unreadable[0].startswith("image 3 (img_3.jpg)")
     assert unreadable[1].startswith("image 4 (big.jpg)") and "truncated" in unreadable[1]
-    assert "1 image file missing" in str(err) and "2 image files not decoding" in str(err)
+    assert "1 image file missing" in str(err) and "2 image files not readable" in str(err)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
     assert _validate(data, image_dir, check_images=False).images == 4  # the files are not read
 
