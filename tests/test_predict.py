@@ -1,5 +1,6 @@
-"""Prediction (issue 15): ``python -m detr_nb_utils.predict`` and its API :mod:`detr_nb_utils.training.inference`,
-with the committed tiny DETR on a few synthetic images (seconds on a CPU)."""
+"""Prediction: ``python -m detr_nb_utils.predict`` and its API (:mod:`detr_nb_utils.training.inference`,
+:mod:`detr_nb_utils.training.prediction_files`), with the committed tiny DETR on a few synthetic images (seconds on a
+CPU): no one image stops the others, damaged weights are named, and an output folder never mixes two calls."""
 from __future__ import annotations
 
 import contextlib
@@ -24,14 +25,9 @@ from detr_nb_utils.models.postprocess import postprocess
 from detr_nb_utils.predict import collect_images, main
 from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import PROFILES, TINY_CHECKPOINT, make_config
-from detr_nb_utils.training.inference import (
-    model_from_checkpoint,
-    model_from_run,
-    output_names,
-    predict_images,
-    read_image,
-    write_outputs,
-)
+from detr_nb_utils.data.images import read_image
+from detr_nb_utils.training.inference import model_from_checkpoint, model_from_run, predict_images
+from detr_nb_utils.training.prediction_files import OutputFolderError, output_names, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / TINY_CHECKPOINT
@@ -126,7 +122,7 @@ def _dataset_run(tmp_path: Path, with_best: bool = True) -> Path:
     cfg.to_json(run_dir / runs.CONFIG)
     LabelMap("dataset", (7, 3), ("widget", "car")).save(run_dir / runs.CATEGORIES)
     model = build_detr(**{**cfg.arch, "num_classes": 2}, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
-    state, _ = read_checkpoint(TINY)
+    state = read_checkpoint(TINY)["model"]
     rows = torch.tensor([1, 3, 91])  # person -> index 0, car -> index 1, "no object"
     state = {**state, "class_embed.weight": state["class_embed.weight"][rows],
              "class_embed.bias": state["class_embed.bias"][rows]}
@@ -165,10 +161,10 @@ def test_model_from_checkpoint(tmp_path):
     assert labels.label_space == "coco" and sizes == DEMO_SIZES and not model.training
     assert model.dec_layers == 6 and model.num_queries == 100
     cut = tmp_path / "cut.pth"  # a cut tiny checkpoint: the layers and queries are read off the weights
-    state, _ = read_checkpoint(TINY)
-    state = {k: v for k, v in state.items() if not k.startswith("transformer.decoder.layers.5.")}
+    entries = read_checkpoint(TINY)
+    state = {k: v for k, v in entries["model"].items() if not k.startswith("transformer.decoder.layers.5.")}
     torch.save({"model": {**state, "query_embed.weight": state["query_embed.weight"][:50]},
-                "arch": torch.load(TINY, weights_only=True)["arch"]}, cut)
+                "arch": entries["arch"]}, cut)
     model, _, _ = model_from_checkpoint(cut)
     assert model.dec_layers == 5 and model.num_queries == 50
     run_best = tmp_path / "run_best.pth"  # a run's checkpoint: the architecture and sizes from its config entry

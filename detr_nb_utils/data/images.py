@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from PIL import Image, ImageFile
 #: resizes every image to a shorter side of 800 at most, so bigger files only cost memory; PIL's own bomb check
 #: warns from 89 megapixels.
 MAX_PIXELS = 64 * 2**20
+#: the file suffixes taken for images when a folder is expanded (``python -m detr_nb_utils.predict photos/``)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -38,7 +41,9 @@ class ImageReadError(ValueError):
     """An image file that cannot be read: ``path``, ``reason`` (what is wrong, without the path); the message
     names both."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike | BinaryIO, reason: str) -> None:
+        if not isinstance(path, (str, os.PathLike)):  # an open file: its name, if it has one
+            path = getattr(path, "name", None) or "<in-memory image>"
         super().__init__(f"image {shown(path)}: {reason}")
         self.path, self.reason = Path(path), reason
 
@@ -85,14 +90,16 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """The pixels of an image file as 8-bit RGB, uint8 ``[3, H, W]`` (H, W: the stored size, EXIF ignored).
+def read_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """The pixels of an image file (or of an open binary file, e.g. an encoded image in ``io.BytesIO``) as 8-bit
+    RGB, uint8 ``[3, H, W]`` (H, W: the stored size, EXIF ignored).
 
     Raises :class:`ImageReadError` naming the file and the reason: missing, not a file, empty, not an image,
     more than ``max_pixels`` pixels by its header (refused before decoding), truncated or corrupt data, a mode
     with no 8-bit RGB meaning (32-bit float).
     """
-    path = _existing(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = _existing(path)
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a file whose data ends early is refused, not padded with grey
     try:
@@ -119,7 +126,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated
 
 
-def _rgb(im: Image.Image, path: Path) -> torch.Tensor:
+def _rgb(im: Image.Image, path: Path | BinaryIO) -> torch.Tensor:
     """uint8 [3, H, W] of a loaded PIL image of any mode."""
     if im.mode in _SIXTEEN_BIT:
         levels = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
@@ -127,9 +134,8 @@ def _rgb(im: Image.Image, path: Path) -> torch.Tensor:
         return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
     if im.mode == "F":
         raise ImageReadError(path, "32-bit float pixels (mode F) have no standard 8-bit meaning; save it as 8-bit")
+    if im.mode in ("P", "PA"):  # palette colours (and their transparency) first, then alpha is dropped
+        im = im.convert("RGBA")
     if im.mode != "RGB":
-        try:
-            im = im.convert("RGB")
-        except ValueError:  # modes PIL cannot take to RGB in one step (e.g. PA on some versions)
-            im = im.convert("RGBA").convert("RGB")
+        im = im.convert("RGB")
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
