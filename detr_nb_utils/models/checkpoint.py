@@ -149,8 +149,10 @@ def read_checkpoint(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict:
     """
     path = Path(path)
 
-    def fail(reason: str, advice: str = fix) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} {reason}. {advice}", path, reason)
+    def fail(clause: str, advice: str = fix) -> CheckpointError:
+        """``checkpoint <path> <clause>. <advice>``; the reason a caller sees is the clause about "it"."""
+        what = clause.removeprefix("is damaged: ") if clause.startswith("is damaged: ") else f"it {clause}"
+        return CheckpointError(f"checkpoint {path} {clause}. {advice}", path, what)
 
     if not path.is_file():
         raise fail("does not exist" if not path.exists() else "is not a file")
