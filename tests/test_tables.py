@@ -32,8 +32,7 @@ def _record(name: str, layers: int, queries: int, total: list[float], final: lis
         m[f"val_{stat}"] = ap
     for layer in range(layers):
         m[f"val_AP_layer_{layer}"] = [a * (layer + 1) / layers for a in ap]
-    cfg = make_config("study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1,
-                      **({"backbone": "tiny"} if tiny else {}))
+    cfg = make_config("demo" if tiny else "study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1)
     history = [{"epoch": e, "val_AP": ap[e], "val_loss_total": total[e]} for e in epochs]
     return RunRecord(run_dir=Path("runs") / name, config=cfg, metrics=m, per_category_ap=pd.DataFrame(),
                      best_epoch_ap=best_epoch(history, "val_AP", "max"),

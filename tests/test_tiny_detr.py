@@ -143,7 +143,7 @@ def test_pretrain_writes_checkpoint_curve_and_summary(checkpoint):
 
 def test_tiny_checkpoint_round_trip_and_surgery(checkpoint):
     out, _ = checkpoint
-    sd, _ = read_checkpoint(out)
+    sd = read_checkpoint(out)["model"]
     full = build_detr(**TINY_DETR).eval()
     assert set(load_pretrained(full, out).summary().index) == {"loaded"}
     assert all(torch.equal(v, sd[k]) for k, v in full.state_dict().items())
