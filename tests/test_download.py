@@ -206,8 +206,8 @@ def test_the_checkpoint_download_checks_size_and_sha384_and_refetches_a_bad_copy
     that fails (one byte changed, same size) is fetched again, a server file that fails is refused."""
     data = payload(5000)
     (local_http_server.root / "w.pth").write_bytes(data)
-    asset = Asset("w.pth", local_http_server.url("w.pth"), len(data), sha256_prefix=hashlib.sha256(data).hexdigest()[:8],
-                  sha384=hashlib.sha384(data).hexdigest())
+    asset = Asset("w.pth", local_http_server.url("w.pth"), len(data),
+                  sha256_prefix=hashlib.sha256(data).hexdigest()[:8], sha384=hashlib.sha384(data).hexdigest())
     dest = download.download_checkpoint(tmp_path, progress=False, asset=asset)
     assert dest.read_bytes() == data
     bad = bytearray(data)

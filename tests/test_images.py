@@ -25,7 +25,8 @@ def test_every_mode_becomes_8_bit_rgb(tmp_path):
     rgb = pixels(40, 30)
     cases = {"rgb.png": Image.fromarray(rgb), "rgba.png": Image.fromarray(rgb).convert("RGBA"),
              "gray.png": Image.fromarray(rgb).convert("L"), "la.png": Image.fromarray(rgb).convert("LA"),
-             "palette.png": Image.fromarray(rgb).convert("P"), "bilevel.png": Image.fromarray(rgb).convert("1"), "cmyk.jpg": Image.fromarray(rgb).convert("CMYK")}
+             "palette.png": Image.fromarray(rgb).convert("P"), "bilevel.png": Image.fromarray(rgb).convert("1"),
+             "cmyk.jpg": Image.fromarray(rgb).convert("CMYK")}
     for name, im in cases.items():
         im.save(tmp_path / name)
     cases["palette_transparent.png"] = cases["palette.png"]  # a palette with a transparent colour

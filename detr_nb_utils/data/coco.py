@@ -47,7 +47,8 @@ class CocoDetection(Dataset):
     the module docstring. Images are read by the package's one image reader (:func:`.images.read_image`: 8-bit
     RGB, EXIF orientation ignored as COCO's annotations ignore it, a file name leading outside ``img_dir``
     refused), as the validation reads them. An annotation without ``area`` gets its box's (w x h), so COCO
-    evaluation has one for every ground-truth box (``num_areas_filled``). ``image_ids`` / ``max_images`` select a subset (ids in ascending order).
+    evaluation has one for every ground-truth box (``num_areas_filled``). ``image_ids`` / ``max_images`` select
+    a subset (ids in ascending order).
     Counters: ``num_crowd_excluded`` and ``num_degenerate_dropped`` (zero width/height after clamping; fixed at
     construction) and ``num_dropped_by_transforms`` (boxes the training crop leaves with zero width or height, the
     only boxes a transform drops; accumulated per process: with DataLoader workers each worker counts its own).

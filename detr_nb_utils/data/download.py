@@ -171,9 +171,9 @@ def fetch_file(url: str, dest: Path, *, md5: str | None = None, sha256: str | No
 
     Skips the download if ``dest`` already exists and verifies. Otherwise streams to ``dest + ".part"``, resuming a
     partial file with an HTTP Range request, checks ``size`` (bytes) and every given checksum (``md5``, ``sha384``,
-    ``sha256``, or ``sha256_prefix`` as in torch hub file names), then renames it onto ``dest``. On a checksum mismatch the
-    ``.part`` file is deleted and ``ChecksumError`` names URL, expected and got; a file already at ``dest`` is never
-    replaced by an unverified one. Network failures raise ``DownloadError`` (re-running resumes).
+    ``sha256``, or ``sha256_prefix`` as in torch hub file names), then renames it onto ``dest``. On a checksum
+    mismatch the ``.part`` file is deleted and ``ChecksumError`` names URL, expected and got; a file already at
+    ``dest`` is never replaced by an unverified one. Network failures raise ``DownloadError`` (re-running resumes).
     Used by :func:`download_coco` and :func:`download_checkpoint`.
     """
     dest = Path(dest)

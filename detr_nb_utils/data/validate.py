@@ -219,7 +219,8 @@ def validate_coco_dataset(annotation_file: str | Path, image_dir: str | Path, *,
             continue
         x, y, w, h = box
         im = valid.get(img_id) if _int(img_id) else None
-        where = f"{name} on image {img_id}" + (f" ({shown(im['file_name'])}, {im['width']}x{im['height']})" if im else "")
+        where = f"{name} on image {img_id}" + (f" ({shown(im['file_name'])}, {im['width']}x{im['height']})"
+                                               if im else "")
         if not a.get("iscrowd") and (w <= 0 or h <= 0):
             problems["empty boxes"].append(f"{where}: bbox {box}")
         if im and (x < -1 or y < -1 or x + w > im["width"] + 1 or y + h > im["height"] + 1):
