@@ -176,7 +176,8 @@ def read_checkpoint(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict:
     sd = entries["model"]
     if not isinstance(sd, dict) or not all(k in sd for k in _REQUIRED):
         raise fail(f"is not a DETR checkpoint: expected a dict with a 'model' state dict holding "
-                   f"{', '.join(_REQUIRED)}", f"Use the official file (`{GET_IT}`) or a run folder's checkpoint_best.pth.")
+                   f"{', '.join(_REQUIRED)}",
+                   f"Use the official file (`{GET_IT}`) or a run folder's checkpoint_best.pth.")
     return entries
 
 

@@ -172,7 +172,8 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
     ``cfg.query_indices``) on the val split, without training or a run folder. ``detections`` holds the final
-    layer's detections (for the bootstrap); ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16")."""
+    layer's detections (for the bootstrap); ``effective_precision`` is what ``cfg.precision`` computed in on this
+    device ("fp32" or "bf16")."""
     device = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
