@@ -2,8 +2,9 @@
 
 Same geometry, two pixel paths (the module docstring of ``detr_nb_utils/data/transforms.py`` says where they part):
 the published val transform (``datasets/coco.py``'s ``make_coco_transforms("val")``: PIL decode, PIL bilinear
-resize, ``ToTensor``, ``Normalize``) and the project's (``CocoDetection`` with ``make_transforms("val")``: torchvision
-``decode_image``, tensor bilinear resize with antialias, the same normalisation), at the same output size. The
+resize, ``ToTensor``, ``Normalize``) and the project's (``CocoDetection`` with ``make_transforms("val")``: the one
+image reader ``read_image``, PIL too, tensor bilinear resize with antialias, the same normalisation), at the same
+output size. The
 difference is split into its two causes:
 
 - decoder: the two decoders' uint8 pixels at the stored size, in normalised units (levels / 255 / std);

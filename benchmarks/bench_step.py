@@ -50,8 +50,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))  # the random-weight stand-in for the official checkpoint is a test fixture
 
-from detr_nb_utils.data.synthetic import make_random_checkpoint  # noqa: E402
+from random_checkpoint import make_random_checkpoint  # noqa: E402
 from detr_nb_utils.models.checkpoint import load_pretrained  # noqa: E402
 from detr_nb_utils.models.detr import build_detr  # noqa: E402
 from detr_nb_utils.models.fast import cached_folded_weights, model_forward, set_fast_mode, to_float, tune_cpu_allocator  # noqa: E402

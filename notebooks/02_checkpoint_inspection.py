@@ -70,8 +70,7 @@ cfg = make_config(
 from dataclasses import replace
 from pathlib import Path
 
-from torchvision.io import ImageReadMode, decode_image
-
+from detr_nb_utils.data import read_image
 from detr_nb_utils.models import adapt_state_dict
 from detr_nb_utils.data import COCO_NAMES, collate_fn
 from detr_nb_utils.training import build_model, evaluate_checkpoint, make_dataset, model_from_checkpoint, predict_images
@@ -172,7 +171,7 @@ own = predict_images(own_model, own_labels, own_paths, **sizes, threshold=score_
                      progress=False)
 print(own.summary(), *(f"{path}: {reason}" for path, reason in own.failed), sep="\n")
 if own.images:
-    fig = plot_detections([decode_image(str(p.path), mode=ImageReadMode.RGB) for p in own.images],
+    fig = plot_detections([read_image(p.path) for p in own.images],
                           [{"title": f"{p.path.name}: {len(p)} detections >= {score_threshold}", "boxes": p.boxes,
                             "labels": p.indices, "scores": p.scores} for p in own.images], own_labels.index_names)
 
@@ -240,7 +239,7 @@ save_table(gap, "02_precision_ap", report_dir, floatfmt=".2f")
 # ## Takeaway
 
 # %%
-note = world_note(metrics["random_weights"], cfg.backbone)
+note = world_note(cfg.backbone)
 takeaway = checkpoint_takeaway(params, surgery, ap, note) + " " + precision_takeaway(gap)
 save_takeaway(takeaway, "02_takeaway", report_dir)
 print(takeaway)

@@ -94,9 +94,8 @@ if not cfg.own_data:
 from dataclasses import replace
 
 import pandas as pd
-from torchvision.io import ImageReadMode, decode_image
 
-from detr_nb_utils.data import CocoDetection, make_own_dataset
+from detr_nb_utils.data import CocoDetection, make_own_dataset, read_image
 from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_experiment
 from detr_nb_utils.training import write_outputs
 from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, surgery_takeaway
@@ -192,7 +191,7 @@ result = predict_images(predictor, labels, paths, min_size=run_cfg.min_size, max
                         threshold=threshold, device=str(device), progress=cfg.progress)
 written = write_outputs(result, record.run_dir / "predictions")
 print(result.summary(), *(f"{path}: {reason}" for path, reason in result.failed), sep="\n")
-fig = plot_detections([decode_image(str(p.path), mode=ImageReadMode.RGB) for p in result.images],
+fig = plot_detections([read_image(p.path) for p in result.images],
                       [{"title": f"{p.path.name}: {len(p)} detections >= {threshold}", "boxes": p.boxes,
                         "labels": p.indices, "scores": p.scores} for p in result.images],
                       labels.index_names, title="the fine-tuned model's predictions")

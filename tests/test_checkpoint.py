@@ -1,13 +1,22 @@
-"""Loading an official-layout checkpoint: strict, safe, with named surgery and clear errors."""
+"""Loading an official-layout checkpoint: strict, safe, with named surgery and clear errors; the one checkpoint
+reader names damaged, truncated and replaced files."""
 import argparse
+import ast
+import hashlib
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from detr_nb_utils.data.synthetic import make_random_checkpoint
+from damaged_files import flip_entry_bytes, truncate
+from detr_nb_utils.models import official as published
 from detr_nb_utils.models.checkpoint import CheckpointError, adapt_state_dict, load_pretrained, read_checkpoint
 from detr_nb_utils.models.detr import build_detr
+from random_checkpoint import make_random_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +30,7 @@ def official(tmp_path_factory):
             v.uniform_(0.5, 2.0)
         elif k.endswith("running_mean"):
             v.normal_(0, 0.1)
-    path = tmp_path_factory.mktemp("ckpt") / "detr-r50-e632da11.pth"
+    path = tmp_path_factory.mktemp("ckpt") / "official_layout.pth"
     torch.save({"model": sd, "args": argparse.Namespace(lr=1e-4, dec_layers=6)}, path)
     return path, sd
 
@@ -97,17 +106,139 @@ def test_missing_file_names_path_and_command(tmp_path):
         read_checkpoint(tmp_path / "nope.pth")
 
 
-def test_truncated_file(official, tmp_path):
+def test_truncated_file_is_called_truncated(official, tmp_path):
     path, _ = official
     cut = tmp_path / "cut.pth"
-    with open(path, "rb") as f:
-        cut.write_bytes(f.read(os.path.getsize(path) // 2))
-    with pytest.raises(CheckpointError, match=r"cut\.pth is truncated or corrupt.*download it again"):
+    cut.write_bytes(path.read_bytes())
+    truncate(cut)
+    with pytest.raises(CheckpointError, match=r"cut\.pth is damaged: it is truncated: it ends after [\d,]+ bytes.*"
+                                              r"download the official file again"):
         read_checkpoint(cut)
+    legacy = tmp_path / "legacy.pth"  # the pre-zip format has no directory at its end: truncation is found by PyTorch
+    torch.save({"model": torch.load(path, weights_only=False)["model"]}, legacy, _use_new_zipfile_serialization=False)
+    assert set(read_checkpoint(legacy)["model"]) == set(torch.load(path, weights_only=False)["model"])
+    truncate(legacy)
+    with pytest.raises(CheckpointError, match=r"legacy\.pth is damaged: it is truncated"):
+        read_checkpoint(legacy)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"<html>404 Not Found</html>")
-    with pytest.raises(CheckpointError, match="junk.pth is truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"junk.pth is damaged: it starts with b'<htm', not a PyTorch file"):
         read_checkpoint(junk)
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    with pytest.raises(CheckpointError, match="empty.pth is damaged: it is empty"):
+        read_checkpoint(empty)
+
+
+def test_flipped_bytes_are_named_not_loaded(official, tmp_path):
+    path, _ = official
+    bad = tmp_path / "flipped.pth"
+    bad.write_bytes(path.read_bytes())
+    flip_entry_bytes(bad, 16)
+    assert set(torch.load(bad, weights_only=False)["model"]) == set(torch.load(path, weights_only=False)["model"])
+    with pytest.raises(CheckpointError, match=r"flipped\.pth is damaged: its entry \S+ fails its CRC-32 check") as e:
+        load_pretrained(build_detr(), bad)
+    assert e.value.path == bad and "CRC-32" in e.value.reason
+
+
+def test_every_entry_comes_back_from_one_read(official, tmp_path):
+    path, sd = official
+    entries = read_checkpoint(path)
+    assert set(entries) == {"model", "args"} and entries["args"].lr == 1e-4 and entries["model"].keys() == sd.keys()
+    bare = tmp_path / "bare.pth"  # a bare state dict comes back under "model"
+    torch.save(sd, bare)
+    assert set(read_checkpoint(bare)) == {"model"}
+
+
+def test_extra_types_are_allowed_only_during_the_read(official, monkeypatch):
+    """argparse.Namespace (the published script's args) loads, without being added to torch's global allow-list,
+    on this torch (``safe_globals``) and as on torch 2.4, which lacks it (the list is restored)."""
+    path, _ = official
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+    read_checkpoint(path)
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+    with pytest.raises(Exception):  # noqa: B017 (whatever torch raises): a plain weights-only load refuses it
+        torch.load(path, weights_only=True)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([hashlib.sha1])  # something a caller allowed globally stays allowed
+    try:
+        allowed = set(torch.serialization.get_safe_globals())
+        assert read_checkpoint(path)["args"].dec_layers == 6
+        assert set(torch.serialization.get_safe_globals()) == allowed and argparse.Namespace not in allowed
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+def _torch_load_calls(path: Path) -> int:
+    """Calls of ``torch.load`` (or of a ``load`` imported from torch) in a source file."""
+    tree = ast.parse(path.read_text())
+    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "torch"
+                for a in n.names if a.name == "load"}
+    return sum(isinstance(n, ast.Call) and (
+        (isinstance(n.func, ast.Attribute) and n.func.attr == "load" and isinstance(n.func.value, ast.Name)
+         and n.func.value.id == "torch") or (isinstance(n.func, ast.Name) and n.func.id in imported))
+        for n in ast.walk(tree))
+
+
+def test_the_package_loads_pytorch_files_in_one_place():
+    calls = {p.relative_to(ROOT).as_posix(): _torch_load_calls(p) for p in (ROOT / "detr_nb_utils").rglob("*.py")}
+    assert {k: v for k, v in calls.items() if v} == {"detr_nb_utils/models/checkpoint.py": 1}
+
+
+@pytest.fixture
+def small_official(official, tmp_path, monkeypatch):
+    """A small file under the official name, recorded as the published file (its size and hashes), and the
+    record: the check of the real 166 MB file, on a file the test can make."""
+    src, _ = official
+    path = tmp_path / official_name()
+    path.write_bytes(src.read_bytes())
+    data = path.read_bytes()
+    record = published.OfficialFile(name=path.name, url="http://localhost/x", size=len(data),
+                                   sha384=hashlib.sha384(data).hexdigest(),
+                                   sha256_prefix=hashlib.sha256(data).hexdigest()[:8])
+    monkeypatch.setattr(published, "OFFICIAL", record)
+    monkeypatch.setattr(published, "_VERIFIED", set())
+    return path
+
+
+def official_name() -> str:
+    return published.OFFICIAL.name
+
+
+def test_the_official_file_is_checked_against_its_published_hash_when_loaded(small_official, monkeypatch):
+    path = small_official
+    assert load_pretrained(build_detr(), path).summary().to_dict() == {"loaded": 458}
+    hashed = []
+    real = published.file_problem
+    monkeypatch.setattr(published, "file_problem", lambda *a: hashed.append(a) or real(*a))
+    read_checkpoint(path)
+    assert hashed == []  # once per process per file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte, same size: only the hash tells
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(path))} is not the published "
+                                              rf"{path.name} \(its SHA-384 is [0-9a-f]+…, the published file's.*"
+                                              r"Delete it and download it again with `python -m "
+                                              r"detr_nb_utils.data.download checkpoint"):
+        load_pretrained(build_detr(), path)
+    path.write_bytes(bytes(data[:-10]))
+    with pytest.raises(CheckpointError, match=r"it has [\d,]+ bytes, the published file [\d,]+"):
+        read_checkpoint(path)
+
+
+def test_the_record_of_the_official_file():
+    assert (published.OFFICIAL.name, published.OFFICIAL.size) == ("detr-r50-e632da11.pth", 166_618_694)
+    assert published.OFFICIAL.sha256_prefix == published.OFFICIAL.name.split("-")[-1].removesuffix(".pth")
+    assert re.fullmatch(r"[0-9a-f]{96}", published.OFFICIAL.sha384)
+
+
+def test_a_file_by_another_name_is_not_held_to_the_official_hash(official, tmp_path):
+    path, _ = official
+    other = tmp_path / "detr-r50-finetuned.pth"
+    other.write_bytes(path.read_bytes())
+    assert published.check_official(other) is None and "model" in read_checkpoint(other)
 
 
 class Payload:
@@ -132,11 +263,11 @@ def test_not_a_detr_checkpoint(tmp_path):
         read_checkpoint(other)
 
 
-def test_random_checkpoint_is_labelled_and_usable(tmp_path):
+def test_random_checkpoint_fixture_is_usable(tmp_path):
     path = make_random_checkpoint(tmp_path / "random.pth", seed=3)
     model = build_detr(dec_layers=3, num_queries=50).eval()
     report = load_pretrained(model, path)
-    assert report.random_weights and "RANDOM WEIGHTS" in str(report)
+    assert "RANDOM" not in str(report) and set(read_checkpoint(path)) == {"model", "note"}
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
     assert torch.isfinite(out["pred_logits"]).all()

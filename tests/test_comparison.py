@@ -52,7 +52,7 @@ def _write_run(out_dir: Path, name: str, split_dir: Path, dec_layers: int, num_q
         runs.save_detections(cfg.run_dir, epoch, dets)
         ap = MatchedDetections(gt, dets, sorted(gt.getImgIds())).point[0]
         layer = (layer_ap or {}).get(epoch) or [ap * (k + 1) / dec_layers for k in range(dec_layers)]
-        row = {"epoch": epoch, "random_weights": False, runs.PRECISION_FIELD: precision, "val_AP": ap,
+        row = {"epoch": epoch, runs.PRECISION_FIELD: precision, "val_AP": ap,
                "val_num_images": len(gt.getImgIds()), **_losses(dec_layers, (loss_base or {}).get(epoch, 10.0 - ap))}
         row |= {f"val_AP_layer_{k}": a for k, a in enumerate(layer)}
         if epoch > 0:  # training terms 0.25 below the validation ones: a final-layer gap of 0.25 x (1 + 5 + 2)

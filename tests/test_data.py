@@ -15,6 +15,7 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
 from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn, resolve_coco_layout
+from detr_nb_utils.data.images import ImageReadError
 from detr_nb_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, make_transforms
 
 PUBLISHED_SCALES = tuple(range(480, 801, 32))  # the published train scales: shorter side 480, 512, ..., 800
@@ -347,9 +348,9 @@ def test_verify_names_missing_corrupt_and_wrong_size_files(sample, source, tmp_p
     assert f"{names[4]}: 32x32" in msg and names[0] not in msg and names[5] not in msg
     with pytest.raises(ValueError, match="4 of 6"):
         ds.verify(decode=False, progress=False)
-    with pytest.raises(FileNotFoundError, match=names[1]):
+    with pytest.raises(ImageReadError, match=f"{names[1]}: no such file"):
         ds[1]
-    with pytest.raises(ValueError, match=f"{names[2]} does not decode"):
+    with pytest.raises(ImageReadError, match=f"{names[2]}: not an image file"):
         ds[2]
     with pytest.raises(ValueError, match=f"{names[4]} is 32x32"):
         ds[4]

@@ -198,3 +198,26 @@ def test_cli_fetches_coco_and_the_checkpoint_asset(coco_zips, monkeypatch, tmp_p
     assert url == "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
     assert dest == tmp_path / "ck" / "detr-r50-e632da11.pth"
     assert kw["sha256_prefix"] == "e632da11" and kw["progress"] is False
+    assert kw["size"] == 166_618_694 and kw["sha384"].startswith("cba2c4acb7c6ec60")  # Open Model Zoo's record
+
+
+def test_the_checkpoint_download_checks_size_and_sha384_and_refetches_a_bad_copy(local_http_server, tmp_path):
+    """The official file's whole record is checked at download, on a small stand-in served locally: a copy on disk
+    that fails (one byte changed, same size) is fetched again, a server file that fails is refused."""
+    data = payload(5000)
+    (local_http_server.root / "w.pth").write_bytes(data)
+    asset = Asset("w.pth", local_http_server.url("w.pth"), len(data),
+                  sha256_prefix=hashlib.sha256(data).hexdigest()[:8], sha384=hashlib.sha384(data).hexdigest())
+    dest = download.download_checkpoint(tmp_path, progress=False, asset=asset)
+    assert dest.read_bytes() == data
+    bad = bytearray(data)
+    bad[100] ^= 1
+    dest.write_bytes(bytes(bad))  # damaged on disk after the download, size unchanged
+    n = len(local_http_server.requests)
+    assert download.download_checkpoint(tmp_path, progress=False, asset=asset).read_bytes() == data
+    assert len(local_http_server.requests) > n
+    (local_http_server.root / "w.pth").write_bytes(bytes(bad))  # the server's copy changed
+    dest.unlink()
+    with pytest.raises(ChecksumError, match="expected sha384"):
+        download.download_checkpoint(tmp_path, progress=False, asset=asset)
+    assert not dest.exists()

@@ -8,8 +8,6 @@ import dataclasses
 import io
 import json
 import shutil
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from torch.utils.data import DataLoader
 from detr_nb_utils.analysis.bootstrap import MatchedDetections, ap_interval
 from detr_nb_utils.data.coco import build_dataset, collate_fn
 from detr_nb_utils.data.synthetic import make_synthetic_coco
-from detr_nb_utils.models.checkpoint import load_pretrained
+from detr_nb_utils.models.checkpoint import CheckpointError, load_pretrained
 from detr_nb_utils.models.detr import build_detr
 from detr_nb_utils.models.fast import model_forward
 from detr_nb_utils.training import engine as engine
@@ -29,6 +27,8 @@ from detr_nb_utils.training import runs as runs
 from detr_nb_utils.training.config import RunConfig, make_config
 from detr_nb_utils.training.data_setup import make_dataset, prepare_data
 from detr_nb_utils.training.runtime import seed_everything
+from detr_nb_utils.training.inference import model_from_run
+from damaged_files import flip_entry_bytes, truncate
 
 # a DETR small enough for CI: the demo profile's tiny backbone, frozen (lr_backbone=0, as the published
 # train_backbone = lr_backbone > 0), and a smaller transformer, from random weights
@@ -189,15 +189,6 @@ def _copy_run(cfg: RunConfig, name: str, **changes) -> RunConfig:
     return new
 
 
-def _forget_precision(run_dir: Path) -> None:
-    """Make the run folder look like one written before runs recorded their effective precision."""
-    state = torch.load(run_dir / runs.LAST, weights_only=True)
-    for row in state["history"]:
-        del row[runs.PRECISION_FIELD]
-    torch.save(state, run_dir / runs.LAST)
-    runs.write_logs(run_dir, state["history"])
-
-
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
 
@@ -224,44 +215,20 @@ def test_auto_resolving_to_another_precision_on_resume_is_refused(one_epoch, mon
     record = engine.run_experiment(cfg)  # a finished run is only read back: nothing computed, nothing mixed
     assert record.complete and _snapshot(cfg.run_dir)[runs.METRICS] == before[runs.METRICS]
 
-    _forget_precision(cfg.run_dir)  # a folder from before the field: "auto" could have been either
-    auto_gives(None)
-    with pytest.raises(runs.PrecisionMismatch, match=r"before run folders recorded their effective_precision.*"
-                                                     r"precision 'auto' may have computed in bf16 or fp32"):
-        engine.run_experiment(dataclasses.replace(cfg, epochs=2))
-
-
-def test_a_folder_from_before_the_field_resumes_when_its_precision_was_fixed(one_epoch):
-    cfg = _copy_run(one_epoch, "legacy_fp32")
-    _forget_precision(cfg.run_dir)
-    engine.run_experiment(dataclasses.replace(cfg, epochs=2))
-    assert [m[runs.PRECISION_FIELD] for m in _metrics(cfg.run_dir)] == ["fp32"] * 3  # old rows filled in
-
-
-def _garble_largest_entry(path: Path) -> None:
-    """Overwrite 64 bytes in the middle of the largest record's data (a tensor's bytes, not the zip's structure)."""
-    with zipfile.ZipFile(path) as z:
-        info = max(z.infolist(), key=lambda i: i.file_size)
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
-    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
-    data[start:start + 64] = bytes(255 - b for b in data[start:start + 64])
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage, what", [
-    ("truncate", r"it is truncated \(it ends before the zip directory"),
-    ("garble", r"its entry \S+ is corrupt \(its CRC-32 or header check fails\)"),
+    ("truncate", r"it is truncated: it ends after [\d,]+ bytes, before the zip directory"),
+    ("garble", r"its entry \S+ fails its CRC-32 check"),
     ("empty", r"it is empty"),
 ])
 def test_a_damaged_last_checkpoint_is_named_with_the_ways_forward(one_epoch, damage, what):
     cfg = _copy_run(one_epoch, f"damaged_{damage}")
     last = cfg.run_dir / runs.LAST
     if damage == "truncate":
-        last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])
+        truncate(last)
     elif damage == "garble":
-        _garble_largest_entry(last)
-        assert torch.load(last, weights_only=True)["epoch"] == 1  # PyTorch alone would resume from garbled weights
+        flip_entry_bytes(last, 64)
     else:
         last.write_bytes(b"")
     before = _snapshot(cfg.run_dir)
@@ -271,6 +238,31 @@ def test_a_damaged_last_checkpoint_is_named_with_the_ways_forward(one_epoch, dam
     assert f"Delete {cfg.run_dir} and run again to start the run afresh" in msg
     assert f"checkpoint='{cfg.run_dir / runs.BEST}' with a new run_name" in msg
     assert _snapshot(cfg.run_dir) == before
-    # the way forward offered: the best weights load as a pretrained checkpoint into the same variant
+
+
+def test_the_best_checkpoint_is_recommended_only_when_it_reads(one_epoch):
+    cfg = _copy_run(one_epoch, "both_damaged")
+    truncate(cfg.run_dir / runs.LAST)
+    flip_entry_bytes(cfg.run_dir / runs.BEST)
+    with pytest.raises(runs.DamagedRunFolder) as err:
+        engine.run_experiment(dataclasses.replace(cfg, epochs=2))
+    msg = str(err.value)
+    assert f"{cfg.run_dir / runs.BEST}, its best epoch's weights, is damaged too" in msg and "CRC-32" in msg
+    assert "checkpoint=" not in msg  # the damaged file is not offered as a way forward
+
+
+def test_a_damaged_best_checkpoint_is_named_when_the_run_is_extended_predicted_or_started_from(one_epoch):
+    cfg = _copy_run(one_epoch, "best_damaged")
+    best = cfg.run_dir / runs.BEST
+    flip_entry_bytes(best)  # 16 bytes of a tensor: torch.load alone reads them without complaint
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    before = _snapshot(cfg.run_dir)
+    with pytest.raises(runs.DamagedRunFolder, match=rf"{best} is damaged: its entry \S+ fails its CRC-32 check.*"
+                                                    rf"delete {cfg.run_dir}"):
+        engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # extending the run
+    assert _snapshot(cfg.run_dir) == before
+    with pytest.raises(CheckpointError, match=rf"checkpoint {best} is damaged: its entry \S+ fails its CRC-32"):
+        model_from_run(cfg.run_dir)  # predicting with it
     model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
-    assert load_pretrained(model, cfg.run_dir / runs.BEST).summary().to_dict() == {"loaded": len(model.state_dict())}
+    with pytest.raises(CheckpointError, match=rf"checkpoint {best} is damaged"):
+        load_pretrained(model, best)  # starting a new run from it (the engine's load), as the damaged-run advice says

@@ -94,7 +94,7 @@ def test_surgery_keeps_the_matching_rows(own, tmp_path):
     assert data.labels.ids == tuple(sorted(OWN_IDS))
     model, criterion, report = engine.build_model(cfg, torch.device("cpu"), data.labels)
     head, bias = model.class_embed.weight.detach(), model.class_embed.bias.detach()
-    sd, _ = read_checkpoint(TINY_CHECKPOINT)
+    sd = read_checkpoint(TINY_CHECKPOINT)["model"]
     old, old_bias = sd["class_embed.weight"], sd["class_embed.bias"]
     assert head.shape[0] == len(OWN_CLASSES) + 1 and criterion.num_classes == len(OWN_CLASSES)
     for index, name in enumerate(data.labels.names):

@@ -1,10 +1,12 @@
-"""Prediction: ``python -m detr_nb_utils.predict`` and its API :mod:`detr_nb_utils.training.inference`,
-with the committed tiny DETR on a few synthetic images (seconds on a CPU)."""
+"""Prediction: ``python -m detr_nb_utils.predict`` and its API (:mod:`detr_nb_utils.training.inference`,
+:mod:`detr_nb_utils.training.prediction_files`), with the committed tiny DETR on a few synthetic images (seconds on a
+CPU): no one image stops the others, damaged weights are named, and an output folder never mixes two calls."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
+
+from bad_images import NON_UTF8_NAME, huge_header_jpeg, png16, truncated_png
+from damaged_files import flip_entry_bytes
 
 from detr_nb_utils.data.coco import build_dataset, collate_fn
 from detr_nb_utils.data.label_map import LabelMap
@@ -24,14 +30,9 @@ from detr_nb_utils.models.postprocess import postprocess
 from detr_nb_utils.predict import collect_images, main
 from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import PROFILES, TINY_CHECKPOINT, make_config
-from detr_nb_utils.training.inference import (
-    model_from_checkpoint,
-    model_from_run,
-    output_names,
-    predict_images,
-    read_image,
-    write_outputs,
-)
+from detr_nb_utils.data.images import read_image
+from detr_nb_utils.training.inference import model_from_checkpoint, model_from_run, predict_images
+from detr_nb_utils.training.prediction_files import OutputFolderError, output_names, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / TINY_CHECKPOINT
@@ -126,7 +127,7 @@ def _dataset_run(tmp_path: Path, with_best: bool = True) -> Path:
     cfg.to_json(run_dir / runs.CONFIG)
     LabelMap("dataset", (7, 3), ("widget", "car")).save(run_dir / runs.CATEGORIES)
     model = build_detr(**{**cfg.arch, "num_classes": 2}, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
-    state, _ = read_checkpoint(TINY)
+    state = read_checkpoint(TINY)["model"]
     rows = torch.tensor([1, 3, 91])  # person -> index 0, car -> index 1, "no object"
     state = {**state, "class_embed.weight": state["class_embed.weight"][rows],
              "class_embed.bias": state["class_embed.bias"][rows]}
@@ -155,6 +156,9 @@ def test_model_from_run(tmp_path):
     (run_dir / runs.LAST).unlink()
     with pytest.raises(FileNotFoundError, match=f"{runs.BEST}.*{runs.LAST}"):
         model_from_run(run_dir)
+    (run_dir / runs.CATEGORIES).unlink()  # every run folder has its label map: without it, not a run folder
+    with pytest.raises(FileNotFoundError, match=f"holds no {runs.CATEGORIES}"):
+        model_from_run(run_dir)
     (run_dir / runs.CONFIG).unlink()
     with pytest.raises(FileNotFoundError, match=runs.CONFIG):
         model_from_run(run_dir)
@@ -165,10 +169,10 @@ def test_model_from_checkpoint(tmp_path):
     assert labels.label_space == "coco" and sizes == DEMO_SIZES and not model.training
     assert model.dec_layers == 6 and model.num_queries == 100
     cut = tmp_path / "cut.pth"  # a cut tiny checkpoint: the layers and queries are read off the weights
-    state, _ = read_checkpoint(TINY)
-    state = {k: v for k, v in state.items() if not k.startswith("transformer.decoder.layers.5.")}
+    entries = read_checkpoint(TINY)
+    state = {k: v for k, v in entries["model"].items() if not k.startswith("transformer.decoder.layers.5.")}
     torch.save({"model": {**state, "query_embed.weight": state["query_embed.weight"][:50]},
-                "arch": torch.load(TINY, weights_only=True)["arch"]}, cut)
+                "arch": entries["arch"]}, cut)
     model, _, _ = model_from_checkpoint(cut)
     assert model.dec_layers == 5 and model.num_queries == 50
     run_best = tmp_path / "run_best.pth"  # a run's checkpoint: the architecture and sizes from its config entry
@@ -260,3 +264,107 @@ def test_module_runs_as_a_script(syn, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "1 image predicted" in done.stdout and (tmp_path / "o" / "results.json").is_file()
+
+
+# ---- no one image stops the others, damaged weights are named, one call per output folder ------------------------
+
+
+def _cli(argv: list) -> subprocess.CompletedProcess:
+    """The command in its own process: a crash (a segmentation fault) shows as a return code, not a lost test run."""
+    return subprocess.run([sys.executable, "-m", "detr_nb_utils.predict", *map(str, argv), "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_a_truncated_png_is_named_and_skipped(syn, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(syn.images, folder)
+    truncated_png(folder / "cut.png")
+    done = _cli(["--checkpoint", TINY, folder, "--out", tmp_path / "out"])
+    assert done.returncode == 1, done.stderr  # not -11: the process survives the file
+    assert "4 images predicted" in done.stdout and "cut.png: does not decode (OSError: image file is truncated" \
+        in done.stdout
+    assert len(json.loads((tmp_path / "out" / "images.json").read_text())["images"]) == 4
+
+
+def test_a_header_claiming_30000_by_30000_pixels_is_refused_quickly(syn, tmp_path, monkeypatch):
+    huge = huge_header_jpeg(tmp_path / "huge.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # whatever PIL was told, the reader's own limit holds
+    code, text = _run(["--checkpoint", TINY, huge, sorted(syn.images.glob("*.jpg"))[0], "--out", tmp_path / "out"])
+    assert code == 1 and "1 image predicted" in text and "1 failed" in text
+    assert f"{huge}: its header says 30000 x 30000 pixels" in text
+
+
+def test_a_16_bit_png_is_predicted_and_an_earlier_calls_outputs_are_replaced(syn, tmp_path):
+    first, second = sorted(syn.images.glob("*.jpg"))[:2]
+    out = tmp_path / "out"
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _run(["--checkpoint", TINY, first, "--out", out])[0] == 0  # an earlier call, on another image
+    (out / "notes.txt").write_text("mine")  # a file of the user's in the folder
+    deep = png16(tmp_path / "deep.png", 96, 64)
+    code, text = _run(["--checkpoint", TINY, deep, second, "--out", out])
+    assert code == 0, text
+    assert sorted(p.name for p in out.iterdir()) == sorted(["deep.jpg", second.name, "images.json", "results.json",
+                                                            "notes.txt"])
+    gt, res = _load_results(out)
+    assert [im["file_name"] for im in gt.dataset["images"]] == ["deep.png", second.name]
+    assert {a["image_id"] for a in res.dataset["annotations"]} <= set(gt.getImgIds())
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_the_command_did_not_write_is_never_overwritten(syn, tmp_path):
+    image = sorted(syn.images.glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / image.name).write_bytes(b"my own picture")
+    code, text = _run(["--checkpoint", TINY, image, "--out", out])
+    assert code == 2 and f"error: {out / image.name} exists and was not written by an earlier prediction" in text
+    assert (out / image.name).read_bytes() == b"my own picture" and sorted(out.iterdir()) == [out / image.name]
+    (out / image.name).unlink()
+    (out / "results.json").write_text("[]")  # somebody else's results
+    code, text = _run(["--checkpoint", TINY, image, "--out", out])
+    assert code == 2 and "results.json exists but" in text and (out / "results.json").read_text() == "[]"
+    folder = tmp_path / "photos"
+    shutil.copytree(syn.images, folder)
+    code, text = _run(["--checkpoint", TINY, folder, "--out", folder])  # the drawn images would replace the inputs
+    assert code == 2 and "is one of the input images" in text
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == sorted(p.read_bytes() for p in syn.images.iterdir())
+
+
+def test_output_folder_api_refuses_before_changing_anything(syn, tmp_path):
+    model, labels, sizes = model_from_checkpoint(TINY)
+    result = predict_images(model, labels, sorted(syn.images.glob("*.jpg"))[:2], progress=False, **sizes)
+    out = tmp_path / "out"
+    write_outputs(result, out)
+    (out / "images.json").write_text('{"images": []}')  # edited by hand: no longer recognisably ours
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OutputFolderError, match="was not written by an earlier prediction"):
+        write_outputs(result, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("source", ["--checkpoint", "--run"])
+def test_weights_with_16_flipped_bytes_are_named_not_used(syn, tmp_path, source):
+    if source == "--checkpoint":
+        weights = tmp_path / "tiny.pth"
+        shutil.copy(TINY, weights)
+        target = weights
+    else:
+        target = _dataset_run(tmp_path)
+        weights = target / runs.BEST
+    flip_entry_bytes(weights, 16)
+    out = tmp_path / "out"
+    code, text = _run([source, target, syn.images, "--out", out])
+    assert code == 2 and f"error: checkpoint {weights} is damaged: its entry" in text and "CRC-32" in text
+    assert "Traceback" not in text and not out.exists()
+
+
+def test_a_non_utf8_image_name_is_predicted_and_printed(syn, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted(syn.images.glob("*.jpg"))[0], folder / NON_UTF8_NAME)
+    (folder / os.fsdecode(b"bro\xebn.jpg")).write_bytes(b"no picture")
+    done = _cli(["--checkpoint", TINY, folder, "--out", tmp_path / "out"])
+    assert done.returncode == 1, done.stderr
+    assert "1 image predicted" in done.stdout and "bro\\xebn.jpg: not an image file" in done.stdout
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    assert [im["file_name"] for im in images] == [NON_UTF8_NAME]

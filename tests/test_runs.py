@@ -31,10 +31,9 @@ def _record(precision: str, recorded: list | None, ap: list[float]) -> RunRecord
 
 @pytest.mark.parametrize(("precision", "recorded", "want"), [
     ("auto", ["bf16", "bf16"], "bf16"),  # what "auto" resolved to, as the run recorded it
-    ("auto", ["fp32", None], "fp32"),  # a resumed folder: rows from before the field are NaN
+    ("fp32", ["fp32", "fp32"], "fp32"),
     ("auto", ["fp32", "bf16"], "bf16+fp32"),  # a run that mixed precisions says so
-    ("fp32", None, "fp32"),  # a folder from before the field: an explicit config precision is what it computed in
-    ("auto", None, None),  # unknown: "auto" and nothing recorded
+    ("fp32", None, None),  # nothing recorded: unknown, whatever the config asked for
 ])
 def test_effective_precision(precision, recorded, want):
     assert _record(precision, recorded, [0.1, 0.2]).effective_precision == want

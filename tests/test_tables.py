@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from detr_nb_utils.analysis.comparison import ap_per_layer, comparison_table, original_study_table
-from detr_nb_utils.analysis.conclusions import DEMO_NOTE, agreements, ranking_conclusion, ranking_table, rankings
+from detr_nb_utils.analysis.conclusions import TINY_NOTE, agreements, ranking_conclusion, ranking_table, rankings
 from detr_nb_utils.notebook.figures import plot_ap_per_layer, plot_loss_curves, save_fig
 from detr_nb_utils.notebook.setup_cell import progress_policy, report_dir_for
 from detr_nb_utils.notebook.tables import markdown_table, parameter_counts, save_table
@@ -22,17 +22,17 @@ matplotlib.use("Agg")
 
 
 def _record(name: str, layers: int, queries: int, total: list[float], final: list[float], ap: list[float],
-            random_weights: bool = False) -> RunRecord:
-    """A run folder read back, made up: per epoch 0..n the val losses and AP (fractions), AP per layer."""
+            tiny: bool = False) -> RunRecord:
+    """A run folder read back, made up: per epoch 0..n the val losses and AP (fractions), AP per layer; ``tiny``:
+    the demo world's tiny DETR."""
     epochs = range(len(total))
     m = pd.DataFrame({"val_loss_total": total, "val_loss_final": final,
-                      "val_loss_layer_mean": [t / layers for t in total], "random_weights": random_weights},
-                     index=pd.Index(epochs, name="epoch"))
+                      "val_loss_layer_mean": [t / layers for t in total]}, index=pd.Index(epochs, name="epoch"))
     for stat in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         m[f"val_{stat}"] = ap
     for layer in range(layers):
         m[f"val_AP_layer_{layer}"] = [a * (layer + 1) / layers for a in ap]
-    cfg = make_config("study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1)
+    cfg = make_config("demo" if tiny else "study", dec_layers=layers, num_queries=queries, epochs=len(total) - 1)
     history = [{"epoch": e, "val_AP": ap[e], "val_loss_total": total[e]} for e in epochs]
     return RunRecord(run_dir=Path("runs") / name, config=cfg, metrics=m, per_category_ap=pd.DataFrame(),
                      best_epoch_ap=best_epoch(history, "val_AP", "max"),
@@ -68,7 +68,7 @@ def test_rankings_are_data_and_flag_the_disagreement(records):
     assert "The original study reported dec3_q50 (51.45) < dec3_q100 (52.50) < dec6_q100 (71.30)" in text
     assert f"dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss {10.5 / 11.0:.2f}x" in text
     assert "dec6_q100 +2.0 points (dec6_q100 gained 2.0 points)" in text  # final epoch minus epoch 0
-    assert DEMO_NOTE not in text
+    assert TINY_NOTE not in text
 
 
 def test_conclusion_with_intervals(records):
@@ -91,7 +91,7 @@ def test_ties_demo_and_missing(records):
     assert ranked["AP"].tiers == [["dec6_q100", "dec3_q100", "dec3_q50"]]  # ties are ties, not a ranking
     assert set(ranked["AP"].ranks.values()) == {1}
     text = ranking_conclusion(flat, missing=["dec9_q1"])
-    assert text.startswith(DEMO_NOTE) and "Missing run folders (not compared): dec9_q1." in text
+    assert text.startswith(TINY_NOTE) and "Missing run folders (not compared): dec9_q1." in text
     assert "AP does not separate the variants" in text and "by COCO AP DISAGREE" not in text
     assert "Ties (equal as printed, so not ranked): " in text and "COCO AP: dec6_q100 = dec3_q100 = dec3_q50" in text
     assert "(dec6_q100 did not change AP (as printed))" in text  # 0.0 to 0.0

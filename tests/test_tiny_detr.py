@@ -142,13 +142,13 @@ def test_pretrain_writes_checkpoint_curve_and_summary(checkpoint):
     obj = torch.load(out, weights_only=True)
     assert obj["arch"] == {**TINY_DETR, "num_classes": 91, "num_queries": 100, "dec_layers": 6}
     assert all(v.dtype == torch.float32 for v in obj["model"].values())
-    sd, random_weights = read_checkpoint(out)
-    assert not random_weights and set(sd) == set(build_detr(**TINY_DETR).state_dict())
+    sd = read_checkpoint(out)["model"]
+    assert set(sd) == set(build_detr(**TINY_DETR).state_dict())
 
 
 def test_tiny_checkpoint_round_trip_and_surgery(checkpoint):
     out, _ = checkpoint
-    sd, _ = read_checkpoint(out)
+    sd = read_checkpoint(out)["model"]
     full = build_detr(**TINY_DETR).eval()
     assert set(load_pretrained(full, out).summary().index) == {"loaded"}
     assert all(torch.equal(v, sd[k]) for k, v in full.state_dict().items())

@@ -6,13 +6,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from torch.utils.data import DataLoader
 
+from bad_images import NON_UTF8_NAME, bmp_named_jpg, huge_header_jpeg, png16, tiff, truncated_png
+from detr_nb_utils.data.coco import CocoDetection, build_dataset, collate_fn
+from detr_nb_utils.data.images import ImageReadError
 from detr_nb_utils.data.synthetic import make_synthetic_coco
 from detr_nb_utils.data.validate import KINDS, SHOWN, DatasetError, DatasetSummary, validate_coco_dataset
+from detr_nb_utils.models.detr import TINY_DETR, build_detr
+from detr_nb_utils.models.loss import SetCriterion
+from detr_nb_utils.training.coco_eval import run_cocoeval
+from detr_nb_utils.training.engine import build_optimizer, train_one_epoch
 
 W, H = 40, 30  # every tiny test image: width, height
 
@@ -70,7 +79,8 @@ def test_valid_dataset_passes_with_right_counts(dataset: tuple[dict, Path]) -> N
     assert summary.image_dir == image_dir and summary.annotation_file.name == "annotations.json"
     frame = summary.to_frame()
     assert list(frame.index) == ["annotation_file", "image_dir", "images", "annotations", "categories", "crowd",
-                                 "images_without_annotations"]
+                                 "images_without_annotations", "areas_filled"]
+    assert summary.areas_filled == 0
     assert frame.loc["crowd", "value"] == summary.crowd and frame.loc["images", "value"] == summary.images
 
 
@@ -161,7 +171,7 @@ def test_missing_and_undecodable_files(dataset: tuple[dict, Path], monkeypatch: 
     unreadable = err.problems["unreadable images"]
     assert len(unreadable) == 2 and unreadable[0].startswith("image 3 (img_3.jpg)")
     assert unreadable[1].startswith("image 4 (big.jpg)") and "truncated" in unreadable[1]
-    assert "1 image file missing" in str(err) and "2 image files not decoding" in str(err)
+    assert "1 image file missing" in str(err) and "2 image files not readable" in str(err)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
     assert _validate(data, image_dir, check_images=False).images == 4  # the files are not read
 
@@ -228,3 +238,97 @@ def test_synthetic_demo_data_validates(tmp_path: Path) -> None:
     data = json.loads(s.annotations.read_text())
     assert summary.images == len(data["images"]) == 12 and summary.crowd > 0
     assert summary.images_without_annotations == 2  # images n//2+1 and n (make_synthetic_coco's docstring)
+
+
+# ---- what would fail in training is refused here; what validates, trains ---------------------------------------
+
+
+def test_file_names_leading_outside_the_image_folder_are_refused(dataset: tuple[dict, Path]) -> None:
+    data, image_dir = dataset
+    outside = _jpeg_at(image_dir.parent / "secret.jpg")
+    (image_dir / "link.jpg").symlink_to(outside)
+    data["images"] += [{**_image(4), "file_name": "../secret.jpg"}, {**_image(5), "file_name": str(outside)},
+                       {**_image(6), "file_name": "link.jpg"}]
+    for check_images in (True, False):
+        err = _error(data, image_dir, check_images=check_images)
+        assert list(err.problems) == ["files outside the image folder"] and len(err.problems[
+            "files outside the image folder"]) == 3
+        assert "image 4 (../secret.jpg): its file_name '../secret.jpg' leads outside the image folder" in str(err)
+    with pytest.raises(ImageReadError, match="leads outside the image folder"):  # nor does training read them
+        CocoDetection(image_dir.parent / "annotations.json", image_dir)[3]
+
+
+def _jpeg_at(path: Path) -> Path:
+    _jpeg(path)
+    return path
+
+
+def test_boxes_that_look_normalised_are_refused(dataset: tuple[dict, Path]) -> None:
+    data, image_dir = dataset
+    for a in data["annotations"]:
+        a["bbox"] = [a["bbox"][0] / W, a["bbox"][1] / H, a["bbox"][2] / W, a["bbox"][3] / H]
+    err = _error(data, image_dir)
+    assert list(err.problems) == ["normalised boxes"] and len(err.problems["normalised boxes"]) == 2  # the crowd box
+    assert "multiply x and w by the image's width" in str(err)  # is empty, so not counted
+    tiny_image = {"images": [_image(1, 2, 2)], "categories": data["categories"],
+                  "annotations": [_ann(1, 1, [0.5, 0.5, 1, 1])]}  # a 2-px image: a 1-px box is a real box
+    _jpeg(image_dir / "img_1.jpg", 2, 2)
+    assert _validate(tiny_image, image_dir).annotations == 1
+
+
+def test_a_missing_area_is_filled_from_the_box_and_evaluation_runs(dataset: tuple[dict, Path]) -> None:
+    data, image_dir = dataset
+    for a in data["annotations"][:2]:
+        del a["area"]
+    summary = _validate(data, image_dir)
+    assert summary.areas_filled == 2 and summary.to_frame().loc["areas_filled", "value"] == 2
+    ds = CocoDetection(image_dir.parent / "annotations.json", image_dir)
+    assert ds.num_areas_filled == 2 and ds.coco.anns[10]["area"] == 10 * 8
+    truth = np.array([[a["image_id"], *a["bbox"], 1.0, a["category_id"]] for a in data["annotations"]
+                      if not a["iscrowd"]], dtype=np.float64)
+    precision = run_cocoeval(ds.coco, truth, ds.ids).eval["precision"]  # COCOeval reads every ground truth's area
+    assert precision[0, :, :, 0, -1].min() == pytest.approx(1.0)  # every box found: AP 1 at IoU 0.5
+    data["annotations"][2]["area"] = "big"
+    assert _error(data, image_dir).problems == {"bad annotations": ["annotation 12: area='big'"]}
+
+
+def test_unreadable_images_are_refused_with_the_readers_reason(dataset: tuple[dict, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    data, image_dir = dataset
+    truncated_png(image_dir / "cut.png", W, H)
+    huge_header_jpeg(image_dir / "huge.jpg")
+    Image.fromarray(np.ones((H, W), dtype=np.float32)).save(image_dir / "float.tif")
+    data["images"] += [{**_image(4), "file_name": "cut.png"}, {**_image(5), "file_name": "huge.jpg"},
+                       {**_image(6), "file_name": "float.tif"}]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    unreadable = _error(data, image_dir).problems["unreadable images"]
+    assert [u.split(":")[0] for u in unreadable] == ["image 4 (cut.png)", "image 5 (huge.jpg)", "image 6 (float.tif)"]
+    assert "image file is truncated" in unreadable[0] and "header says 30000 x 30000" in unreadable[1]
+
+
+def test_what_validates_trains_tiff_bmp_named_jpg_16_bit_palette_and_non_utf8_names(tmp_path: Path) -> None:
+    """Files torchvision's decoder could not read (so a dataset validated by PIL crashed inside an epoch) are read
+    by the one reader in validation and in training alike: the dataset validates, then a training step runs."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    names = {1: "a.tif", 2: "b.jpg", 3: "c.png", 4: "d.png", 5: NON_UTF8_NAME}
+    tiff(image_dir / names[1], 64, 48, seed=1)
+    bmp_named_jpg(image_dir / names[2], 64, 48, seed=2)
+    png16(image_dir / names[3], 64, 48)
+    Image.fromarray(np.asarray(Image.open(tiff(tmp_path / "p.tif", 64, 48, seed=3)))).convert("P").save(
+        image_dir / names[4])
+    _jpeg(image_dir / names[5], 64, 48, seed=5)
+    data = {"images": [{"id": i, "file_name": n, "width": 64, "height": 48} for i, n in names.items()],
+            "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [_ann(10 + i, i, [8, 6, 30, 20]) for i in names]}
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(data))  # the non-UTF-8 name goes into the JSON as Python spells it
+    assert validate_coco_dataset(path, image_dir).images == 5
+    dataset = build_dataset(path, image_dir, "train", scales=(48,), max_size=64, random_crop=False)
+    model = build_detr(**TINY_DETR, num_classes=2, dec_layers=1, num_queries=5)
+    cfg = SimpleNamespace(precision="fp32", channels_last=False, progress=False, clip_max_norm=0.1, batch_size=5,
+                          lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4)
+    stats = train_one_epoch(model, SetCriterion(num_classes=2, dec_layers=1),
+                            DataLoader(dataset, batch_size=5, collate_fn=collate_fn), build_optimizer(model, cfg),
+                            "cpu", 1, cfg)
+    assert stats["steps"] == 1 and np.isfinite(stats["loss"])

@@ -18,22 +18,20 @@ import pandas as pd
 from .bootstrap import Groups, runs_of
 from .comparison import AP_CAPPED, CAP, ORIGINAL_STUDY_LOSS, final_losses, original_study_table
 
-DEMO_NOTE = ("These runs use RANDOM weights on synthetic demo data: the numbers exercise the pipeline and say "
-             "nothing about DETR.")
 TINY_NOTE = ("These runs are the demo world: a tiny DETR pre-trained on synthetic shapes, fine-tuned and compared on "
              "a synthetic mini-COCO as the study does DETR-R50 on COCO. The numbers measure that small detector; they "
              "say nothing about DETR-R50 on COCO.")
 
 
-def world_note(random_weights: bool, backbone: str) -> str:
-    """The sentence that opens a takeaway whose numbers are not the study's: :data:`DEMO_NOTE` for random weights,
-    :data:`TINY_NOTE` for the demo world's tiny DETR (``backbone == "tiny"``), else ``""``."""
-    return DEMO_NOTE if random_weights else TINY_NOTE if backbone == "tiny" else ""
+def world_note(backbone: str) -> str:
+    """The sentence that opens a takeaway whose numbers are not the study's: :data:`TINY_NOTE` for the demo world's
+    tiny DETR (``backbone == "tiny"``), else ``""``."""
+    return TINY_NOTE if backbone == "tiny" else ""
 
 
 def runs_note(records: Iterable) -> str:
     """:func:`world_note` of the first run folder (:class:`~detr_nb_utils.training.runs.RunRecord`) that needs one."""
-    notes = (world_note(bool(r.metrics["random_weights"].any()), r.config.backbone) for r in records)
+    notes = (world_note(r.config.backbone) for r in records)
     return next((n for n in notes if n), "")
 #: below this many validation images the conclusions call AP and its intervals degenerate
 MIN_IMAGES = 100

@@ -14,7 +14,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "validate": ("DatasetError", "validate_coco_dataset"),
     "transforms": ("make_transforms",),
     "split": ("CROWDED_THRESHOLD", "load_manifest", "make_split", "split_diversity", "verify_split"),
-    "synthetic": ("make_random_checkpoint", "make_synthetic_coco"),
+    "images": ("ImageReadError", "read_image"),
+    "synthetic": ("make_synthetic_coco",),
     "synthetic_own": ("OWN_CLASSES", "make_own_dataset"),
     "download": ("download_checkpoint", "download_coco"),
 }

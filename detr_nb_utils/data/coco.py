@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ..models.box_ops import normalise_boxes
+from .images import ImageReadError, image_file, image_size, read_image, shown
 from .label_map import LabelMap
 from .transforms import make_transforms
 
@@ -46,8 +44,11 @@ class CocoDetection(Dataset):
     """Images and DETR targets from a COCO instances file and its image folder.
 
     ``dataset[i]`` -> ``(image, target)``: image float32 [3, H, W] (uint8 if ``transforms`` is None), target as in
-    the module docstring. Images are decoded as RGB (grayscale and CMYK JPEGs converted; EXIF orientation ignored,
-    as COCO's annotations are). ``image_ids`` / ``max_images`` select a subset (ids in ascending order).
+    the module docstring. Images are read by the package's one image reader (:func:`.images.read_image`: 8-bit
+    RGB, EXIF orientation ignored as COCO's annotations ignore it, a file name leading outside ``img_dir``
+    refused), as the validation reads them. An annotation without ``area`` gets its box's (w x h), so COCO
+    evaluation has one for every ground-truth box (``num_areas_filled``). ``image_ids`` / ``max_images`` select
+    a subset (ids in ascending order).
     Counters: ``num_crowd_excluded`` and ``num_degenerate_dropped`` (zero width/height after clamping; fixed at
     construction) and ``num_dropped_by_transforms`` (boxes the training crop leaves with zero width or height, the
     only boxes a transform drops; accumulated per process: with DataLoader workers each worker counts its own).
@@ -68,6 +69,7 @@ class CocoDetection(Dataset):
                                     f"`python -m detr_nb_utils.data.download coco --root data/coco` or fix img_dir.")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO(str(self.ann_file))
+        self.num_areas_filled = fill_areas(self.coco.dataset.get("annotations", []))
         ids = sorted(self.coco.getImgIds())
         if image_ids is not None:
             unknown = sorted(set(image_ids) - set(ids))
@@ -99,21 +101,13 @@ class CocoDetection(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        """Path of the JPEG of ``self.ids[index]``."""
-        return self.img_dir / self.coco.imgs[self.ids[index]]["file_name"]
+        """Path of the image file of ``self.ids[index]`` (:func:`.images.image_file`: inside ``img_dir``)."""
+        return image_file(self.img_dir, self.coco.imgs[self.ids[index]]["file_name"])
 
     def read_image(self, index: int) -> torch.Tensor:
-        """Decoded RGB image uint8 [3, H, W]; errors name the file and what to do."""
-        path = self.image_path(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} is missing; run dataset.verify() to list every problem, "
-                                    f"and re-download (python -m detr_nb_utils.data.download coco).")
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
-                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-                return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
-            raise ValueError(f"image {path} does not decode ({e}); replace the file (re-download).") from e
+        """The image of ``self.ids[index]``, uint8 [3, H, W] RGB, by :func:`.images.read_image`; its
+        :class:`~.images.ImageReadError` names the file and the reason."""
+        return read_image(self.image_path(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image_id = self.ids[index]
@@ -154,18 +148,16 @@ class CocoDetection(Dataset):
         problems: list[str] = []
         for index in tqdm(range(len(self)), desc="verify images", disable=not progress):
             info = self.coco.imgs[self.ids[index]]
-            path = self.image_path(index)
+            path = self.img_dir / info["file_name"]
             try:
+                path = self.image_path(index)
                 if decode:
                     h, w = self.read_image(index).shape[-2:]
                 else:
-                    with PILImage.open(path) as im:
-                        w, h = im.size
-            except FileNotFoundError:
-                problems.append(f"{path}: missing")
-                continue
-            except (ValueError, OSError) as e:
-                problems.append(f"{path}: corrupt ({str(e).splitlines()[0][:120]})")
+                    w, h = image_size(path)
+            except ImageReadError as e:
+                problems.append(f"{shown(path)}: {'missing' if e.reason == 'no such file' else 'corrupt'} "
+                                f"({e.reason})")
                 continue
             if (h, w) != (info["height"], info["width"]):
                 problems.append(f"{path}: {h}x{w}, annotations say {info['height']}x{info['width']}")
@@ -175,6 +167,17 @@ class CocoDetection(Dataset):
                              + "\nRe-download them (python -m detr_nb_utils.data.download coco) "
                              "or restrict the dataset with image_ids=.")
         return len(self)
+
+
+def fill_areas(annotations: list[dict]) -> int:
+    """Give every annotation without ``area`` its box's area (w x h, pixels), in place, as COCO evaluation needs
+    one for every ground-truth box (its small / medium / large ranges); returns how many were filled."""
+    filled = 0
+    for a in annotations:
+        if isinstance(a, dict) and "area" not in a and isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4:
+            a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+            filled += 1
+    return filled
 
 
 def collate_fn(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:

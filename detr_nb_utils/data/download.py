@@ -3,8 +3,10 @@
 ``fetch_file`` streams one URL to ``<dest>.part``, resumes a partial file with an HTTP Range request, checks size and
 checksum, then renames the file into place, so ``dest`` either does not exist or is complete and verified.
 ``download_coco`` fetches the two COCO zips, checks them, unpacks into a temporary folder inside ``root`` and renames
-the results into place; ``download_checkpoint`` fetches the weights. This module imports nothing from the package
-(a download needs no torch). Used by ``make study`` through the command line::
+the results into place; ``download_checkpoint`` fetches the weights and checks their size, SHA-384 and SHA-256 prefix
+against the published record (:mod:`detr_nb_utils.models.official`, which says where those numbers come from). This
+module imports nothing from the package but that standard-library record (a download needs no torch). Used by
+``make study`` through the command line::
 
     python -m detr_nb_utils.data.download coco --root data/coco
     python -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
@@ -27,13 +29,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..models.official import OFFICIAL
+
 _CHUNK = 1 << 20  # bytes per read
 _TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
 class Asset:
-    """One downloadable file: where it lives, how big it is (bytes; None: not known) and its checksum.
+    """One downloadable file: where it lives, how big it is (bytes; None: not known) and its checksums.
 
     ``members`` names what to unpack from a zip: archive paths, or folder prefixes ending in "/" (``None``: all).
     """
@@ -43,6 +47,7 @@ class Asset:
     size: int | None
     md5: str | None = None
     sha256_prefix: str | None = None
+    sha384: str | None = None
     members: tuple[str, ...] | None = None
 
 
@@ -55,10 +60,10 @@ COCO_ASSETS: tuple[Asset, ...] = (
 )
 
 
-#: The official COCO-pretrained DETR-R50 (159 MB). torch hub's convention: the hash in the file name starts the
-#: file's SHA-256; its exact size in bytes is not published, so only the checksum is checked.
-CHECKPOINT = Asset("detr-r50-e632da11.pth", "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth", None,
-                   sha256_prefix="e632da11")
+#: The official COCO-pretrained DETR-R50 (159 MB): its size and SHA-384 as Intel's Open Model Zoo records them, and
+#: the SHA-256 prefix in its name (torch hub's convention); :mod:`detr_nb_utils.models.official`.
+CHECKPOINT = Asset(OFFICIAL.name, OFFICIAL.url, OFFICIAL.size, sha256_prefix=OFFICIAL.sha256_prefix,
+                   sha384=OFFICIAL.sha384)
 
 
 class DownloadError(RuntimeError):
@@ -81,13 +86,15 @@ def sha256_file(path: Path | str) -> str:
 
 
 def _check(path: Path, *, md5: str | None, sha256: str | None, sha256_prefix: str | None,
-           size: int | None) -> str | None:
+           size: int | None, sha384: str | None = None) -> str | None:
     """Return None if ``path`` matches every given expectation, else a message 'expected X, got Y'."""
     got_size = path.stat().st_size
     if size is not None and got_size != size:
         return f"expected {size} bytes, got {got_size}"
     if md5 is not None and (got := file_digest(path, "md5")) != md5.lower():
         return f"expected md5 {md5}, got {got}"
+    if sha384 is not None and (got := file_digest(path, "sha384")) != sha384.lower():
+        return f"expected sha384 {sha384}, got {got}"
     if sha256 is not None or sha256_prefix is not None:
         got = file_digest(path, "sha256")
         if sha256 is not None and got != sha256.lower():
@@ -158,18 +165,19 @@ def _stream(url: str, part: Path, size: int | None, progress: bool) -> None:
 
 
 def fetch_file(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None,
-               sha256_prefix: str | None = None, size: int | None = None, progress: bool = True) -> Path:
+               sha256_prefix: str | None = None, size: int | None = None, sha384: str | None = None,
+               progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` (a file path) and verify it; return ``dest``.
 
     Skips the download if ``dest`` already exists and verifies. Otherwise streams to ``dest + ".part"``, resuming a
-    partial file with an HTTP Range request, checks ``size`` (bytes) and every given checksum (``md5``, ``sha256``,
-    or ``sha256_prefix`` as in torch hub file names), then renames it onto ``dest``. On a checksum mismatch the
-    ``.part`` file is deleted and ``ChecksumError`` names URL, expected and got; a file already at ``dest`` is never
-    replaced by an unverified one. Network failures raise ``DownloadError`` (re-running resumes).
+    partial file with an HTTP Range request, checks ``size`` (bytes) and every given checksum (``md5``, ``sha384``,
+    ``sha256``, or ``sha256_prefix`` as in torch hub file names), then renames it onto ``dest``. On a checksum
+    mismatch the ``.part`` file is deleted and ``ChecksumError`` names URL, expected and got; a file already at
+    ``dest`` is never replaced by an unverified one. Network failures raise ``DownloadError`` (re-running resumes).
     Used by :func:`download_coco` and :func:`download_checkpoint`.
     """
     dest = Path(dest)
-    expect = dict(md5=md5, sha256=sha256, sha256_prefix=sha256_prefix, size=size)
+    expect = dict(md5=md5, sha256=sha256, sha256_prefix=sha256_prefix, size=size, sha384=sha384)
     if dest.exists() and _check(dest, **expect) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -264,9 +272,10 @@ def download_coco(root: Path | str, progress: bool = True, *, assets: tuple[Asse
 def download_checkpoint(dest_dir: Path | str = "data/checkpoints", progress: bool = True,
                         asset: Asset = CHECKPOINT) -> Path:
     """Fetch the official checkpoint into ``dest_dir``: resumable, written under a temporary name and renamed only
-    once its size and SHA-256 check out; an existing verified file is kept as is. Returns its path."""
+    once its size, SHA-384 and SHA-256 prefix check out (the published record, :data:`CHECKPOINT`); an existing
+    verified file is kept as is, one that fails is downloaded again. Returns its path."""
     return fetch_file(asset.url, Path(dest_dir) / asset.name, md5=asset.md5, sha256_prefix=asset.sha256_prefix,
-                      size=asset.size, progress=progress)
+                      sha384=asset.sha384, size=asset.size, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,5 @@
-"""The offline demo's stand-ins: a small synthetic COCO-format detection dataset, an official-layout DETR
-checkpoint with random weights (:func:`make_random_checkpoint`), and the shape world the demo's tiny DETR is
-pre-trained on (:class:`ShapeStream`, :func:`world_sample`).
+"""The offline demo's stand-ins: a small synthetic COCO-format detection dataset, and the shape world the demo's tiny
+DETR is pre-trained on (:class:`ShapeStream`, :func:`world_sample`).
 
 JPEGs of a few filled shapes on noisy, textured backgrounds; each shape's box is labelled with a REAL COCO category
 id (non-contiguous: 1, 3, 18, 44, 62, so an id-shift bug shows), the file lists all 80 COCO categories, a few
@@ -22,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +29,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
-from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.ops import FrozenBatchNorm2d
 
 from ..models.box_ops import normalise_boxes
-from ..models.detr import build_detr
-from . import atomic
 from .categories import COCO_CATEGORIES
 from .coco import coco_boxes_to_xyxy
+from .images import read_image
 from .transforms import make_transforms
 
 #: category id -> (shape, fill colour RGB). Each category looks distinct, so a model can learn them.
@@ -260,39 +254,6 @@ def make_synthetic_coco(out_dir: Path | str, n_images: int = 24, seed: int = 0,
     return result
 
 
-@torch.no_grad()
-def make_random_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
-    """An official-layout checkpoint with RANDOM weights, marked ``random_weights=True``: the offline demo's
-    stand-in for ``detr-r50-e632da11.pth``. Reused when it already exists.
-
-    The frozen BatchNorm statistics are calibrated on noise images so activations keep a unit scale through
-    the 50 layers (an un-normalised random ResNet would blow them up by orders of magnitude).
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-        torch.manual_seed(seed)
-        model = build_detr().eval()
-        _calibrate_frozen_bn(model.backbone[0].body, torch.randn(2, 3, 224, 224))
-    return atomic.torch_save({"model": model.state_dict(), "random_weights": True,
-                              "note": f"random weights (seed {seed}), not the official DETR checkpoint"}, path)
-
-
-def _calibrate_frozen_bn(body: nn.Module, images: torch.Tensor) -> None:
-    def set_stats(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean((0, 2, 3)))
-        module.running_var.copy_(x.var((0, 2, 3)))
-
-    hooks = [m.register_forward_pre_hook(set_stats) for m in body.modules() if isinstance(m, FrozenBatchNorm2d)]
-    try:
-        body(images)
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 class ShapeStream(IterableDataset):
     """An endless stream of the shape world's ``part`` (the pre-training images by default), as ``(image, target)``
     pairs in :class:`~detr_nb_utils.data.coco.CocoDetection`'s contract, for a DataLoader with
@@ -330,10 +291,8 @@ class ShapeStream(IterableDataset):
         scale = self.scales[int(rng.integers(len(self.scales)))]
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=90)
-        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
-            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            image = decode_jpeg(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8),
-                                mode=ImageReadMode.RGB)
+        buffer.seek(0)
+        image = read_image(buffer)  # as the demo's fine-tuning reads its JPEG files
         h, w = image.shape[-2:]
         objects = [a for a in anns if not a["iscrowd"]]
         xyxy, keep = coco_boxes_to_xyxy(np.array([a["bbox"] for a in objects], dtype=np.float32), h, w)

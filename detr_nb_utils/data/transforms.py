@@ -16,11 +16,11 @@ Geometry follows the published ``datasets/transforms.py`` (facebookresearch/detr
   published ``crop``). A resize or a flip never drops a box, so an object is never trained as "no object" for
   a rounding error.
 
-Where the pixels can differ from the published pipeline, and only there: the image decoder (torchvision
-``decode_image`` in :mod:`.coco`, against the published PIL ``Image.open(...).convert("RGB")``) and the resampling
-(``F.resize`` on the uint8 tensor, bilinear with antialias, against PIL's bilinear ``Image.resize``); the [0, 1]
-scaling and the ImageNet normalisation are the published ones, and so are sizes and boxes (the published resize
-does not clamp: its boxes can end a float rounding past the edge where these stop at it).
+Where the pixels can differ from the published pipeline, and only there: the resampling (``F.resize`` on the uint8
+tensor, bilinear with antialias, against PIL's bilinear ``Image.resize``). The decoded pixels are PIL's, as
+published (:func:`.images.read_image`); the [0, 1] scaling and the ImageNet normalisation are the published ones,
+and so are sizes and boxes (the published resize does not clamp: its boxes can end a float rounding past the edge
+where these stop at it).
 ``benchmarks/bench_pixel_path.py`` measures the difference after normalisation on the real sample
 ``tests/data/coco_sample``; the figures, with the machine, are in ``benchmarks/RESULTS.md``, section "Pixel path
 against the published DETR".

@@ -1,6 +1,7 @@
 """Named errors for a bad COCO-format detection dataset, found before any training.
 
-:func:`validate_coco_dataset` checks the annotation file and (optionally) decodes every image, collects ALL problems
+:func:`validate_coco_dataset` checks the annotation file and (optionally) reads every image with the reader training
+uses (:func:`.images.read_image`, so what validates is exactly what trains), collects ALL problems
 by kind (:data:`KINDS`) and raises ONE :class:`DatasetError` giving, per kind, the count, the first offenders by id
 and file name, and what to do; a clean dataset gives a :class:`DatasetSummary`. Used by notebook 07_your_dataset and
 by the training engine before training, so a bad dataset fails in seconds, not hours later inside a loss.
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from ..models.class_head import normalise_name
+from .images import ImageReadError, image_file, read_image, shown
 
 #: how many offending entries the message shows per kind (``.problems`` holds all of them)
 SHOWN = 5
@@ -37,8 +38,8 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "duplicate category ids": ("category id", "used more than once", "Give every category its own id."),
     "duplicate category names": ("set", "of colliding category names", "Classes are matched by name ignoring case, "
                                  "spaces, underscores and hyphens: merge or rename them."),
-    "bad annotations": ("annotation", "with bad fields",
-                        "Each needs integer id, image_id and category_id and a bbox of 4 finite numbers."),
+    "bad annotations": ("annotation", "with bad fields", "Each needs integer id, image_id and category_id and a bbox "
+                        "of 4 finite numbers; an area, when given, is a finite number."),
     "duplicate annotation ids": ("annotation id", "used more than once", "Give every annotation its own id."),
     "unknown images": ("annotation", "pointing at an unknown image", "Add the image to 'images' or drop them."),
     "unknown categories": ("annotation", "pointing at an unknown category",
@@ -46,9 +47,16 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "empty boxes": ("non-crowd box", "with width or height <= 0", "Fix or drop them (bbox: [x, y, w, h] in pixels)."),
     "boxes outside images": ("box", "beyond the image by more than 1 pixel", "Check the bbox format ([x, y, w, h] in "
                              "pixels, not normalised, not [x1, y1, x2, y2]) and the image's width and height."),
+    "normalised boxes": ("box", "that look normalised (x, y, w and h all <= 1 on an image larger than 2 px)",
+                         "COCO boxes are [x, y, w, h] in pixels: multiply x and w by the image's width, y and h by "
+                         "its height."),
     "missing image folder": ("image folder", "missing", "Point image_dir at the images."),
+    "files outside the image folder": ("image", "whose file_name leads outside the image folder",
+                                       "Copy the files into image_dir and name them relative to it (no '..', no "
+                                       "absolute path, no symlink pointing out)."),
     "missing files": ("image file", "missing", "Copy the images into image_dir or fix their file_name."),
-    "unreadable images": ("image file", "not decoding", "Re-download or re-encode them, or drop them."),
+    "unreadable images": ("image file", "not readable",
+                          "Re-encode them as 8-bit JPEG or PNG (or re-download them), or drop them."),
     "size mismatches": ("image", "whose pixel size is not the annotated width x height",
                         "Fix width and height in the annotation file (EXIF orientation is ignored, as in COCO)."),
 }
@@ -65,8 +73,9 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSummary:
-    """What a valid dataset holds: counts of images, annotations, categories, crowd annotations and images that have
-    no annotation (fine for DETR: it learns "no object" from them)."""
+    """What a valid dataset holds: counts of images, annotations, categories, crowd annotations, images that have
+    no annotation (fine for DETR: it learns "no object" from them), and annotations without ``area``, which the
+    dataset fills from their box (w x h; :func:`.coco.fill_areas`) for COCO evaluation."""
 
     annotation_file: Path
     image_dir: Path
@@ -75,6 +84,7 @@ class DatasetSummary:
     categories: int
     crowd: int
     images_without_annotations: int
+    areas_filled: int = 0
     #: category id -> name, as the file lists them (the label map is made from these)
     category_names: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -156,11 +166,12 @@ def validate_coco_dataset(annotation_file: str | Path, image_dir: str | Path, *,
             continue
         checks = {"id": _int(im.get("id")), "file_name": isinstance(im.get("file_name"), str) and im["file_name"]}
         checks |= {k: _int(im.get(k)) and im[k] > 0 for k in ("width", "height")}
-        name = f"image {im['id']} ({im.get('file_name')})" if checks["id"] else f"images[{i}] ({im.get('file_name')})"
+        file_name = shown(im["file_name"]) if checks["file_name"] else im.get("file_name")
+        name = f"image {im['id']} ({file_name})" if checks["id"] else f"images[{i}] ({file_name})"
         if bad := [f"{k}={im.get(k)!r}" for k, ok in checks.items() if not ok]:
             problems["bad images"].append(f"{name}: {', '.join(bad)}")
         if checks["id"]:
-            image_files[im["id"]].append(str(im.get("file_name")))
+            image_files[im["id"]].append(str(file_name))
             if not bad:
                 valid.setdefault(im["id"], im)
     problems["duplicate image ids"] += _duplicates(image_files, "image id")
@@ -182,14 +193,17 @@ def validate_coco_dataset(annotation_file: str | Path, image_dir: str | Path, *,
 
     ann_ids: dict[int, list[str]] = defaultdict(list)
     annotated: set[int] = set()
-    crowd = 0
+    crowd = no_area = 0
     for i, a in enumerate(anns):
         a = a if isinstance(a, dict) else {}
         name = f"annotation {a['id']}" if _int(a.get("id")) else f"annotations[{i}]"
         box = a.get("bbox")
         box_ok = isinstance(box, list) and len(box) == 4 and all(_num(v) for v in box)
         bad = [f"{k}={a.get(k)!r}" for k in ("id", "image_id", "category_id") if not _int(a.get(k))]
-        if bad := bad + ([] if box_ok else [f"bbox={box!r}"]):
+        bad += [] if box_ok else [f"bbox={box!r}"]
+        bad += [f"area={a['area']!r}"] if "area" in a and not _num(a["area"]) else []
+        no_area += "area" not in a and box_ok
+        if bad:
             problems["bad annotations"].append(f"{name}: {', '.join(bad)}")
         crowd += bool(a.get("iscrowd"))
         img_id, cat_id = a.get("image_id"), a.get("category_id")
@@ -205,46 +219,52 @@ def validate_coco_dataset(annotation_file: str | Path, image_dir: str | Path, *,
             continue
         x, y, w, h = box
         im = valid.get(img_id) if _int(img_id) else None
-        where = f"{name} on image {img_id}" + (f" ({im['file_name']}, {im['width']}x{im['height']})" if im else "")
+        where = f"{name} on image {img_id}" + (f" ({shown(im['file_name'])}, {im['width']}x{im['height']})"
+                                               if im else "")
         if not a.get("iscrowd") and (w <= 0 or h <= 0):
             problems["empty boxes"].append(f"{where}: bbox {box}")
         if im and (x < -1 or y < -1 or x + w > im["width"] + 1 or y + h > im["height"] + 1):
             problems["boxes outside images"].append(f"{where}: bbox {box}")
+        if im and im["width"] > 2 and im["height"] > 2 and w > 0 and h > 0 and max(box) <= 1:
+            problems["normalised boxes"].append(f"{where}: bbox {box}")
     problems["duplicate annotation ids"] += _duplicates(ann_ids, "annotation id")
 
-    if check_images and valid:
+    if valid:
         if not image_dir.is_dir():
-            problems["missing image folder"].append(f"{image_dir} (for {len(valid)} images)")
+            if check_images:
+                problems["missing image folder"].append(f"{image_dir} (for {len(valid)} images)")
         else:
-            _check_files(valid, image_dir, problems, progress)
+            _check_files(valid, image_dir, problems, progress, check_images)
     if found := {k: problems[k] for k in KINDS if problems.get(k)}:
         raise _fail(annotation_file, found)
     return DatasetSummary(annotation_file, image_dir, images=len(images or []), annotations=len(anns),
                           categories=len(cats or []), crowd=crowd,
-                          images_without_annotations=len(image_files.keys() - annotated),
+                          images_without_annotations=len(image_files.keys() - annotated), areas_filled=no_area,
                           category_names={int(c["id"]): str(c["name"]) for c in cats or []})
 
 
-def _check_files(valid: dict[int, dict], image_dir: Path, problems: dict[str, list[str]], progress: bool) -> None:
-    """Each image's file: present, decodes completely (a truncated JPEG fails, whatever a notebook set
-    ``LOAD_TRUNCATED_IMAGES`` to), and its stored size (EXIF orientation ignored) is the annotated one."""
-    truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    try:
-        for img_id, im in tqdm(valid.items(), desc="check images", total=len(valid), disable=not progress,
-                               leave=False):
-            name, path = f"image {img_id} ({im['file_name']})", image_dir / im["file_name"]
-            if not path.is_file():
-                problems["missing files"].append(f"{name}: no file {path}")
-                continue
-            try:
-                with Image.open(path) as pil:
-                    pil.load()
-                    size = pil.size
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for a broken file
-                problems["unreadable images"].append(f"{name}: {type(e).__name__}: {e}")
-                continue
-            if size != (im["width"], im["height"]):
-                problems["size mismatches"].append(f"{name}: file is {size[0]}x{size[1]}, annotated "
-                                                   f"{im['width']}x{im['height']}")
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+def _check_files(valid: dict[int, dict], image_dir: Path, problems: dict[str, list[str]], progress: bool,
+                 read: bool) -> None:
+    """Each image's file: inside ``image_dir`` (:func:`.images.image_file`); when ``read``, present, read by the one
+    image reader exactly as training reads it (:func:`.images.read_image`: a truncated file fails, whatever a
+    notebook set ``LOAD_TRUNCATED_IMAGES`` to) and of the annotated size (the stored one, EXIF ignored)."""
+    for img_id, im in tqdm(valid.items(), desc="check images", total=len(valid), disable=not progress or not read,
+                           leave=False):
+        name = f"image {img_id} ({shown(im['file_name'])})"
+        try:
+            path = image_file(image_dir, im["file_name"])
+        except ImageReadError as e:
+            problems["files outside the image folder"].append(f"{name}: {e.reason.split('; ')[0]}")
+            continue
+        if not read:
+            continue
+        if not path.is_file():
+            problems["missing files"].append(f"{name}: no file {shown(path)}")
+            continue
+        try:
+            h, w = read_image(path).shape[-2:]
+        except ImageReadError as e:
+            problems["unreadable images"].append(f"{name}: {e.reason}")
+            continue
+        if (w, h) != (im["width"], im["height"]):
+            problems["size mismatches"].append(f"{name}: file is {w}x{h}, annotated {im['width']}x{im['height']}")

@@ -1,20 +1,27 @@
-"""Loading the official DETR checkpoint safely, and adapting it to a variant (model surgery).
+"""Reading checkpoint files safely, and adapting the official DETR checkpoint to a variant (model surgery).
 
-The official file ``detr-r50-e632da11.pth`` is a dict whose ``model`` entry is the state dict of the published DETR-R50
-(6 decoder layers, 100 queries, 91 classes). Variants keep the first ``dec_layers`` decoder layers and the first
-``num_queries`` query embeddings; a dataset with its own classes gets a class head built row by row from the
+:func:`read_checkpoint` is the one way the package reads a ``.pth`` file (the official checkpoint, the demo's tiny
+DETR, a run folder's ``checkpoint_best.pth`` and ``checkpoint_last.pth``, predict's ``--checkpoint`` and ``--run``):
+the bytes are checked first (a file by the official name against the published size and hashes,
+:mod:`.official`; any other in torch's zip format entry by entry against its CRC-32, so flipped bytes are named
+instead of loaded), then it is unpickled with ``weights_only=True``. Every problem is one
+:class:`CheckpointError` naming the file, what is wrong and what to do.
+
+The official file ``detr-r50-e632da11.pth`` is a dict whose ``model`` entry is the state dict of the published
+DETR-R50 (6 decoder layers, 100 queries, 91 classes). Variants keep the first ``dec_layers`` decoder layers and the
+first ``num_queries`` query embeddings; a dataset with its own classes gets a class head built row by row from the
 checkpoint's (:mod:`.class_head`), or a fresh one. Used by 02_checkpoint_inspection and, through the engine, 03-05.
-Downloading the file is :func:`detr_nb_utils.data.download.download_checkpoint`; the demo's random-weight stand-in is
-:func:`detr_nb_utils.data.synthetic.make_random_checkpoint`.
+Downloading the file is :func:`detr_nb_utils.data.download.download_checkpoint`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,16 +30,25 @@ import torch
 from torch import nn
 
 from .class_head import remap_class_head
+from .official import GET_IT, OFFICIAL, check_official
 
-GET_IT = "python -m detr_nb_utils.data.download checkpoint --dest data/checkpoints"
 _DEC_LAYER = re.compile(r"^transformer\.decoder\.layers\.(\d+)\.")
-# The reference training script saves its argparse.Namespace beside the weights; it is plain data, so allow it.
-torch.serialization.add_safe_globals([argparse.Namespace])
 _REQUIRED = ("class_embed.weight", "query_embed.weight", "input_proj.weight", "transformer.decoder.norm.weight")
+#: types a checkpoint may hold besides tensors and plain containers, allowed only while one is read: the published
+#: training script saves its argparse.Namespace (plain data) beside the weights
+SAFE_TYPES: tuple[type, ...] = (argparse.Namespace,)
+#: what to do with a checkpoint that cannot be used, unless the caller knows better (a run folder's files)
+DEFAULT_FIX = f"Delete it and download the official file again with `{GET_IT}`, or pass the right path."
+_ZIP_MAGIC, _LEGACY_MAGIC = b"PK\x03\x04", b"\x80"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
+    """A checkpoint that cannot be used; the message names the file, what is wrong and what to do. ``path`` and
+    ``reason`` (what is wrong, without the advice) let a caller give its own advice."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path, self.reason = (Path(path) if path is not None else None), reason
 
 
 @dataclass
@@ -45,7 +61,6 @@ class LoadReport:
 
     path: str
     rows: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
-    random_weights: bool = False
     #: per class of the model, where its class-head row came from (:func:`.class_head.class_sources`; set by the
     #: engine, which knows the class names)
     class_sources: pd.DataFrame | None = None
@@ -61,9 +76,7 @@ class LoadReport:
         return [r[0] for r in self.rows if r[1] == action]
 
     def __str__(self) -> str:
-        counts = ", ".join(f"{n} {a}" for a, n in self.summary().items())
-        note = "  [RANDOM WEIGHTS: demo stand-in, not the official checkpoint]" if self.random_weights else ""
-        return f"{self.path}: {counts}{note}"
+        return f"{self.path}: " + ", ".join(f"{n} {a}" for a, n in self.summary().items())
 
     __repr__ = __str__
 
@@ -72,37 +85,110 @@ class LoadReport:
         return f"<p>{self}</p>" + changed.to_html(index=False)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], bool]:
-    """The state dict in a DETR checkpoint file, and whether it is marked as random weights.
-
-    Loads with ``weights_only=True``: a file that holds pickled Python objects is refused, since
-    unpickling a file from the internet can run arbitrary code.
-    """
+def file_damage(path: str | os.PathLike) -> str | None:
+    """What is wrong with the bytes of the PyTorch file ``path``, or None when nothing is found: empty, not a
+    PyTorch file, truncated, or an entry of torch's zip format whose CRC-32 fails (``torch.load`` itself reads
+    garbled tensor data without complaint). Reads the whole file; a file in the legacy (pre-zip) format has no
+    checksums, so only its start is checked."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist. Download the official one with `{GET_IT}`, "
-                              "or pass the right path as `checkpoint`.")
-    corrupt = (f"checkpoint {path} is truncated or corrupt ({{}}). "
-               f"Delete it and download it again with `{GET_IT}`.")
     with open(path, "rb") as f:
         head = f.read(4)
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):  # torch's zip format, or its legacy pickle format
-        raise CheckpointError(corrupt.format(f"starts with {head!r}, not a PyTorch file"))
+    if not head:
+        return "it is empty (0 bytes)"
+    if head[:1] == _LEGACY_MAGIC:
+        return None
+    if head != _ZIP_MAGIC:
+        return f"it starts with {head!r}, not a PyTorch file"
+    if not zipfile.is_zipfile(path):
+        return (f"it is truncated: it ends after {path.stat().st_size:,} bytes, before the zip directory PyTorch "
+                "writes last")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        return f"its zip structure is broken ({e})"
+    return None if bad is None else (f"its entry {bad} fails its CRC-32 check: the bytes on disk changed after "
+                                     "the file was written")
+
+
+@contextlib.contextmanager
+def _allowing(types: Sequence[type]) -> Iterator[None]:
+    """Allow ``types`` in a ``weights_only`` load inside the block only, leaving torch's global allow-list as it
+    was (``torch.serialization.safe_globals``; torch 2.4 lacks it: add, then restore the list)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        with scoped(list(types)):
+            yield
+        return
+    saved = list(torch.serialization.get_safe_globals())
+    torch.serialization.add_safe_globals(list(types))
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+
+
+def _unpickle(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``, :data:`SAFE_TYPES` allowed: the package's one call of it."""
+    with _allowing(SAFE_TYPES):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict:
+    """Every entry of a DETR checkpoint file, checked: ``model`` (the state dict; a file holding a bare state dict
+    gets it under this key) and whatever else it holds (``config``, ``arch``, ``epoch``, ``optimizer``, ...), so no
+    caller reads a file twice.
+
+    Before unpickling: a file named like the official checkpoint must be it (size, SHA-384, SHA-256 prefix, hashed
+    once per process, :func:`.official.check_official`); any other in torch's zip format has every entry's CRC-32
+    checked (:func:`file_damage`). Then ``torch.load(weights_only=True)``: a file that holds pickled Python objects
+    is refused, since unpickling a file from the internet can run arbitrary code (only :data:`SAFE_TYPES` are
+    allowed, and only during this call). Raises :class:`CheckpointError` naming the file, what is wrong and
+    ``fix`` (what to do).
+    """
+    path = Path(path)
+
+    def fail(clause: str, advice: str = fix) -> CheckpointError:
+        """``checkpoint <path> <clause>. <advice>``; the reason a caller sees is the clause about "it"."""
+        what = clause.removeprefix("is damaged: ") if clause.startswith("is damaged: ") else f"it {clause}"
+        return CheckpointError(f"checkpoint {path} {clause}. {advice}", path, what)
+
+    if not path.is_file():
+        raise fail("does not exist" if not path.exists() else "is not a file")
+    if (problem := check_official(path)) is not None:
+        raise fail(f"is not the published {OFFICIAL.name} ({problem}): it was damaged or replaced after its "
+                   f"download", f"Delete it and download it again with `{GET_IT}`.")
+    if path.name != OFFICIAL.name and (what := file_damage(path)) is not None:
+        raise fail(f"is damaged: {what}")
+    try:
+        obj = _unpickle(path)
     except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():  # the weights-only unpickler names the global it refused
-            raise CheckpointError(corrupt.format(str(e).splitlines()[0])) from None
-        raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which could run code when loaded, "
-                              f"so it is refused. Use the official file (`{GET_IT}`) or re-save the weights as a "
-                              f"plain dict of tensors. ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(corrupt.format(str(e).splitlines()[0])) from None
-    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+        first = str(e).splitlines()[0]
+        if "global" in str(e).lower():  # the weights-only unpickler names the global it refused
+            raise fail(f"holds pickled Python objects, which could run code when loaded, so it is refused ({first})",
+                       f"Use the official file (`{GET_IT}`) or re-save the weights as a plain dict of tensors.") \
+                from None
+        raise fail(f"is damaged: {_legacy_reason(path, first)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise fail(f"is damaged: {_legacy_reason(path, (str(e).splitlines() or [type(e).__name__])[0])}") from None
+    entries = obj if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else {"model": obj}
+    sd = entries["model"]
     if not isinstance(sd, dict) or not all(k in sd for k in _REQUIRED):
-        raise CheckpointError(f"{path} is not a DETR checkpoint: expected a dict with a 'model' state dict holding "
-                              f"{', '.join(_REQUIRED)}. Use the official file (`{GET_IT}`).")
-    return sd, bool(isinstance(obj, dict) and obj.get("random_weights", False))
+        raise fail(f"is not a DETR checkpoint: expected a dict with a 'model' state dict holding "
+                   f"{', '.join(_REQUIRED)}",
+                   f"Use the official file (`{GET_IT}`) or a run folder's checkpoint_best.pth.")
+    return entries
+
+
+def _legacy_reason(path: Path, error: str) -> str:
+    """PyTorch's reading error, called truncation where a file in the legacy format ends early."""
+    ends_early = any(w in error.lower() for w in ("truncated", "ran out of input", "unexpected eof", "eof"))
+    with open(path, "rb") as f:
+        legacy = f.read(1) == _LEGACY_MAGIC
+    if legacy and ends_early:
+        return f"it is truncated: it ends after {path.stat().st_size:,} bytes ({error})"
+    return f"PyTorch cannot read it ({error})"
 
 
 def checkpoint_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -176,13 +262,13 @@ def _query_rows(query_indices: Sequence[int] | None, num_queries: int, available
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, query_indices: Sequence[int] | None = None,
                     class_rows: Sequence[int | None] | None = None, fresh_head: bool = False) -> LoadReport:
-    """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed.
+    """Load a DETR checkpoint into ``model`` (read and checked by :func:`read_checkpoint`, then loaded strictly after
+    :func:`adapt_state_dict`) and report what changed.
 
     ``query_indices``: which of the checkpoint's query embeddings to keep, in order (default: the first
     ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts (:func:`adapt_state_dict`).
     """
-    sd, random_weights = read_checkpoint(path)
-    new, report = adapt_state_dict(sd, model, str(path), query_indices, class_rows, fresh_head)
+    new, report = adapt_state_dict(read_checkpoint(path)["model"], model, str(path), query_indices, class_rows,
+                                   fresh_head)
     model.load_state_dict(new, strict=True)
-    report.random_weights = random_weights
     return report

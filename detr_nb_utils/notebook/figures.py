@@ -40,7 +40,7 @@ def current_stamp() -> str | None:
 
 def set_stamp(text: str | None) -> None:
     """Draw ``text`` across every figure :func:`save_fig` saves from now on (None: no stamp). The demo profile
-    stamps its figures, so a figure made from random weights is never mistaken for a result."""
+    stamps its figures, so a figure of the demo world is never mistaken for a result of the study."""
     global _stamp
     _stamp = text
 

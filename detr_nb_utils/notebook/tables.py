@@ -202,7 +202,7 @@ def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO
 
 def precision_takeaway(table: pd.DataFrame) -> str:
     """The sentence of 02 on :func:`precision_ap_table`: how far bf16 moves AP, and whether image sampling explains
-    it (02's closing cell puts it after :func:`checkpoint_takeaway`, which labels the demo's random weights)."""
+    it (02's closing cell puts it after :func:`checkpoint_takeaway` and the world note)."""
     ap = table.loc["AP"]
     verdict = ("the interval excludes 0: the fast mode moves AP by more than the choice of images explains, so runs "
                "in bf16 do not compare with runs in fp32" if ap["excludes 0"] else

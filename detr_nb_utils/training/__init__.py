@@ -14,6 +14,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluate",),
     "runs": ("RunRecord", "load_run"),
     "runtime": ("resolve_device",),
-    "inference": ("model_from_checkpoint", "model_from_run", "predict_images", "write_outputs"),
+    "inference": ("model_from_checkpoint", "model_from_run", "predict_images"),
+    "prediction_files": ("OutputFolderError", "write_outputs"),
 }
 __all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

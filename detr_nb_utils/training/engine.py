@@ -189,18 +189,16 @@ def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader:
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
     """Epoch 0 on its own: COCO metrics and losses of ``cfg.checkpoint`` (sliced to the variant, and to
-    ``cfg.query_indices``) on the val split, without training or a run folder. ``random_weights`` says whether it
-    is the demo's random stand-in; ``detections`` holds the final layer's detections (for the bootstrap);
-    ``effective_precision`` is what ``cfg.precision`` computed in on this device ("fp32" or "bf16"; TF32 off in fp32,
-    :func:`.runtime.set_tf32`)."""
+    ``cfg.query_indices``) on the val split, without training or a run folder. ``detections`` holds the final
+    layer's detections (for the bootstrap); ``effective_precision`` is what ``cfg.precision`` computed in on this
+    device ("fp32" or "bf16"; TF32 off in fp32, :func:`.runtime.set_tf32`)."""
     device = resolve_device(cfg.device)
     set_tf32(effective_precision(cfg.precision, device))
     data = prepare_data(cfg)
     seed_everything(cfg.seed)
-    model, criterion, report = build_model(cfg, device, data.labels)
+    model, criterion, _ = build_model(cfg, device, data.labels)
     metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device, 0)
-    return {**metrics, "random_weights": bool(report is not None and report.random_weights),
-            runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
+    return {**metrics, runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
 
 
 class TrainingRun:
@@ -226,7 +224,6 @@ class TrainingRun:
             if last is None or last["epoch"] < cfg.epochs:  # a session that trains (re-reading a finished run does not)
                 runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
-        self.random_weights = bool(report is not None and report.random_weights)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.loaders = {s: build_loader(cfg, self.data, s, self.device) for s in ("train", "val")}
@@ -237,16 +234,14 @@ class TrainingRun:
         self.ddp = DistributedDataParallel(self.model, device_ids=index) if self.world > 1 else self.model
 
     def _checked_last(self) -> dict | None:
-        """``checkpoint_last.pth`` of the run folder (None: nothing to resume), refused when damaged
-        (:class:`.runs.DamagedRunFolder`) or when this run would compute in another precision than its finished
-        epochs (:class:`.runs.PrecisionMismatch`); rows from before the precision was recorded get it when known."""
+        """``checkpoint_last.pth`` of the run folder (None: nothing to resume), refused when it or
+        ``checkpoint_best.pth`` is damaged (:class:`.runs.DamagedRunFolder`) or when this run would compute in another
+        precision than its finished epochs (:class:`.runs.PrecisionMismatch`)."""
         state = runs.load_last(self.cfg.run_dir)
         if state is not None:
-            how = f"precision={self.cfg.precision!r} on {self.device}"
-            recorded = runs.check_resume_precision(self.cfg.run_dir, state, self.precision, how,
-                                                   training_left=state["epoch"] < self.cfg.epochs)
-            for row in state["history"] if recorded else ():
-                row.setdefault(runs.PRECISION_FIELD, recorded)
+            runs.check_resume_precision(self.cfg.run_dir, state, self.precision,
+                                        f"precision={self.cfg.precision!r} on {self.device}",
+                                        training_left=state["epoch"] < self.cfg.epochs)
         return state
 
     def _resume(self, state: dict | None) -> None:
@@ -299,7 +294,7 @@ class TrainingRun:
         eval_time = time.perf_counter() - start
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
                              "eval_time_s": eval_time, "wall_time_s": train_time + eval_time,
-                             "random_weights": self.random_weights, runs.PRECISION_FIELD: self.precision,
+                             runs.PRECISION_FIELD: self.precision,
                              **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
         run_dir = cfg.run_dir

@@ -7,11 +7,10 @@ Three steps, each usable alone:
   :func:`model_from_checkpoint` (a DETR checkpoint file: the official ``detr-r50-e632da11.pth``, the demo's tiny
   DETR, or a run's 91-class checkpoint) -> an eval-mode model, its :class:`~detr_nb_utils.data.label_map.LabelMap`
   and the image sizes it was trained at;
-- :func:`predict_images`: reads the files (one that does not decode is recorded and skipped), resizes them as the
-  validation does, runs the model in batches and keeps the detections at or above a score threshold;
-- :func:`write_outputs`: ``<stem>.jpg`` per image with its boxes and ``name score`` labels, ``results.json`` (COCO's
-  results format, in the dataset's category ids) and ``images.json`` (a COCO file of the images and categories), so
-  that ``COCO("images.json").loadRes("results.json")`` works.
+- :func:`predict_images`: reads the files with the package's one image reader (:func:`~detr_nb_utils.data.images.
+  read_image`; a file it refuses is recorded with the reason and skipped), resizes them as the validation does, runs
+  the model in batches and keeps the detections at or above a score threshold;
+- :func:`.prediction_files.write_outputs`: the drawn images, ``results.json`` and ``images.json``.
 
 Used by the command line :mod:`detr_nb_utils.predict` (``python -m detr_nb_utils.predict``), notebook 02's
 prediction cell and notebook 07_your_dataset. Inference runs in fp32 (the published computation), without
@@ -19,12 +18,8 @@ auxiliary outputs.
 """
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
 import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, encode_jpeg, read_file
-from torchvision.ops import box_convert
-from torchvision.utils import draw_bounding_boxes
 from tqdm.auto import tqdm
 
-from ..data import atomic
 from ..data.coco import collate_fn
+from ..data.images import ImageReadError, read_image
 from ..data.label_map import COCO_NUM_CLASSES, LabelMap
 from ..data.transforms import MAX_SIZE, VAL_SIZE, make_transforms
 from ..models.checkpoint import CheckpointError, checkpoint_dims, read_checkpoint
@@ -50,23 +42,11 @@ from .config import PROFILES, RunConfig
 from .config_checks import CHECKPOINT_SHAPES
 from .runtime import resolve_device
 
-RESULTS, IMAGES = "results.json", "images.json"
-#: the file types the command line collects from a folder
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: the published validation size, at which the official checkpoint predicts
 PUBLISHED_SIZES = {"min_size": VAL_SIZE, "max_size": MAX_SIZE}
 #: the demo world's size, at which the tiny DETR was pre-trained
 TINY_SIZES = {"min_size": PROFILES["demo"]["min_size"], "max_size": PROFILES["demo"]["max_size"]}
 _ARCH_KEYS = ("backbone", "enc_layers", "hidden_dim", "nheads", "dim_feedforward")
-# box colours, one per class index (cycled): distinct on photographs and on the demo's shapes
-_PALETTE = ((255, 56, 56), (72, 209, 204), (255, 178, 29), (146, 204, 23), (61, 219, 134), (0, 148, 255),
-            (132, 56, 255), (255, 55, 199), (255, 255, 255), (255, 112, 31), (0, 194, 255), (187, 212, 0))
-# torchvision's C++ errors start with "function, /path/file.cpp:LINE, "; the reader needs what follows
-_CPP_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be read or decoded; the message is the reason, without the path."""
 
 
 @dataclass
@@ -114,10 +94,11 @@ class PredictResult:
 def model_from_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[DETR, LabelMap, RunConfig]:
     """The model of a run folder, in eval mode on the CPU, with its label map and configuration.
 
-    Reads ``config.json``, ``categories.json`` (absent: COCO's label space, as a run on a split of COCO) and the weights
-    of ``checkpoint_best.pth`` (``which="best"``; a run without one falls back to ``checkpoint_last.pth`` with a
-    warning) or ``checkpoint_last.pth`` (``which="last"``), loaded with ``weights_only=True`` and ``strict=True``.
-    Missing files raise ``FileNotFoundError`` naming the folder and what it lacks. Predict at the run's sizes,
+    Reads ``config.json``, ``categories.json`` and the weights of ``checkpoint_best.pth`` (``which="best"``; a run
+    without one falls back to ``checkpoint_last.pth`` with a warning) or ``checkpoint_last.pth`` (``which="last"``),
+    through :func:`~detr_nb_utils.models.checkpoint.read_checkpoint` (every entry's CRC checked, then
+    ``weights_only=True``) and loaded with ``strict=True``. Missing files raise ``FileNotFoundError`` naming the
+    folder and what it lacks; damaged weights a ``CheckpointError`` naming the file. Predict at the run's sizes,
     ``cfg.min_size`` and ``cfg.max_size``.
     """
     if which not in ("best", "last"):
@@ -126,11 +107,12 @@ def model_from_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[DET
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist (a run folder is <out_dir>/<run_name>, "
                                 f"e.g. runs/demo/dec6_q100_seed42)")
-    if not (run_dir / runs.CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {runs.CONFIG}: it is not a run folder (or its run never "
-                                f"started)")
+    for name in (runs.CONFIG, runs.CATEGORIES):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} holds no {name}: it is not a run folder, or its run never started "
+                                    f"(every run writes {runs.CONFIG} and {runs.CATEGORIES} before training)")
     cfg = RunConfig.from_json(run_dir / runs.CONFIG)
-    labels = LabelMap.load(run_dir / runs.CATEGORIES) if (run_dir / runs.CATEGORIES).is_file() else LabelMap.coco()
+    labels = LabelMap.load(run_dir / runs.CATEGORIES)
     weights = run_dir / (runs.BEST if which == "best" else runs.LAST)
     if not weights.is_file() and which == "best" and (run_dir / runs.LAST).is_file():
         warnings.warn(f"{run_dir} holds no {runs.BEST} (no epoch was evaluated yet); predicting with the weights "
@@ -139,13 +121,8 @@ def model_from_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[DET
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir} holds no weights: neither {runs.BEST} nor {runs.LAST} (the run wrote "
                                 f"no checkpoint yet; train it first)")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state_dict = state["model"]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError,
-            zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{weights} does not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              f"delete the run folder and train again") from None
+    state_dict = read_checkpoint(weights, fix=f"Its run cannot be predicted from it: delete {run_dir} and train the "
+                                              f"run again.")["model"]
     model = build_detr(**{**cfg.arch, "num_classes": labels.num_classes}, num_queries=cfg.num_queries,
                        dec_layers=cfg.dec_layers, dropout=0.0, aux_loss=False)
     _load_strict(model, state_dict, weights)
@@ -163,8 +140,8 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[DETR, LabelMap, dict
     ``ValueError``: its class names live in its run folder (:func:`model_from_run`, ``--run``).
     """
     path = Path(path)
-    state_dict, random_weights = read_checkpoint(path)
-    entries = _checkpoint_entries(path)
+    entries = read_checkpoint(path)
+    state_dict = entries["model"]
     dims = checkpoint_dims(state_dict)
     config = entries.get("config") if isinstance(entries.get("config"), dict) else {}
     if isinstance(entries.get("arch"), dict):
@@ -178,9 +155,6 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[DETR, LabelMap, dict
         raise ValueError(f"{path} has a head of {dims['num_classes']} classes, not COCO's {COCO_NUM_CLASSES}: the "
                          f"names of its classes are in the run folder it comes from; predict with --run <run folder> "
                          f"(model_from_run) instead")
-    if random_weights:
-        warnings.warn(f"{path} holds RANDOM weights (the demo's stand-in for the official checkpoint): its "
-                      f"detections mean nothing", stacklevel=2)
     model = build_detr(**arch, dropout=0.0, aux_loss=False)
     _load_strict(model, state_dict, path)
     if "min_size" in config and "max_size" in config:
@@ -188,15 +162,6 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[DETR, LabelMap, dict
     else:
         sizes = dict(TINY_SIZES if arch["backbone"] == "tiny" else PUBLISHED_SIZES)
     return model.eval(), LabelMap.coco(), sizes
-
-
-def _checkpoint_entries(path: Path) -> dict:
-    """The ``arch`` and ``config`` entries of a checkpoint in torch's zip format (memory-mapped, so the weights are
-    not read a second time); ``{}`` for the legacy format, which no code of this project writes."""
-    if not zipfile.is_zipfile(path):
-        return {}
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: obj[k] for k in ("arch", "config") if k in obj} if isinstance(obj, dict) else {}
 
 
 def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
@@ -212,32 +177,13 @@ def _load_strict(model: nn.Module, state_dict: dict, path: Path) -> None:
 # ---- predicting ---------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """The RGB pixels of an image file, uint8 [3, H, W] (grayscale, RGBA and CMYK converted; EXIF orientation
-    ignored, as in the dataset). Raises :class:`ImageReadError` with the reason (missing, empty, not an image,
-    truncated)."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError("no such file")
-    if not path.is_file():
-        raise ImageReadError("not a file")
-    if path.stat().st_size == 0:
-        raise ImageReadError("empty file")
-    try:
-        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
-            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as e:
-        reason = _CPP_PREFIX.sub("", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise ImageReadError(f"does not decode as an image ({reason.split('. ')[0][:160]})") from None
-
-
 def predict_images(model: nn.Module, labels: LabelMap, paths: Sequence[str | os.PathLike], *, min_size: int,
                    max_size: int, threshold: float = 0.7, batch_size: int = 4, device: str = "auto",
                    progress: bool = True) -> PredictResult:
     """Detect objects in image files; keep the detections with score >= ``threshold``.
 
-    Each image is read as RGB (a file that does not decode goes to ``.failed`` with the reason and is skipped),
+    Each image is read by :func:`~detr_nb_utils.data.images.read_image` as 8-bit RGB (a file it refuses goes to
+    ``.failed`` with the reason and is skipped; nothing one file holds can stop the others),
     resized as the validation does (shorter side ``min_size``, longer at most ``max_size``, normalised), batched
     ``batch_size`` at a time (padded at the bottom/right, as in evaluation) and run in fp32 under ``no_grad`` on
     ``device`` (``"auto"``: CUDA when there is one); the model is moved there and put in eval mode. Boxes are in
@@ -280,7 +226,7 @@ def _read_batches(paths: list[Path], batch_size: int, failed: list[tuple[Path, s
         try:
             batch.append((path, read_image(path)))
         except ImageReadError as e:
-            failed.append((path, str(e)))
+            failed.append((path, e.reason))
             bar.update(1)
             continue
         if len(batch) == batch_size:
@@ -288,85 +234,3 @@ def _read_batches(paths: list[Path], batch_size: int, failed: list[tuple[Path, s
             batch = []
     if batch:
         yield batch
-
-
-# ---- writing --------------------------------------------------------------------------------------------------
-
-
-def output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """``<stem>.jpg`` per input, made unique (``<stem>_2.jpg``, …) when inputs share a stem (case ignored, for
-    case-insensitive file systems)."""
-    used: set[str] = set()
-    names = []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        name, k = f"{stem}.jpg", 1
-        while name.lower() in used:
-            k += 1
-            name = f"{stem}_{k}.jpg"
-        used.add(name.lower())
-        names.append(name)
-    return names
-
-
-def draw_prediction(image: torch.Tensor, pred: ImagePrediction) -> torch.Tensor:
-    """``image`` (uint8 [3, H, W]) with the boxes of ``pred`` drawn and labelled ``name score``, one colour per
-    class."""
-    if not len(pred):
-        return image
-    h, w = image.shape[-2:]
-    boxes = torch.from_numpy(pred.boxes).float()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    captions = [f"{n} {s:.2f}" for n, s in zip(pred.names, pred.scores.tolist())]
-    colors = [_PALETTE[int(i) % len(_PALETTE)] for i in pred.indices]
-    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=max(1, round(max(h, w) / 300)))
-
-
-def write_outputs(result: PredictResult, out_dir: str | os.PathLike, image_ids: Sequence[int] | None = None,
-                  progress: bool = False) -> dict[str, Path]:
-    """Write the predictions of ``result`` into ``out_dir`` (created), every file atomically.
-
-    - ``<stem>.jpg`` per image (:func:`output_names`): the image with its boxes and labels drawn;
-    - ``results.json``: COCO's results format, a list of ``{"image_id", "category_id" (the dataset's id),
-      "bbox" [x, y, w, h] pixels, "score"}``;
-    - ``images.json``: a COCO file with ``images`` (``id``, ``file_name`` (the input's), ``width``, ``height``,
-      ``path`` (as given), ``drawn`` (the drawn file)), ``categories`` (``id``, ``name``) and no annotations, so
-      that ``COCO("images.json").loadRes("results.json")`` works (pycocotools' ``loadRes`` cannot read an EMPTY
-      results list, which a high threshold can give).
-
-    ``image_ids``: one per image of ``result.images`` (default 1, 2, …), e.g. a dataset's own ids. Returns the paths
-    written: ``{"results", "images", "drawn": out_dir}``.
-    """
-    out_dir = Path(out_dir)
-    ids = list(range(1, len(result.images) + 1)) if image_ids is None else [int(i) for i in image_ids]
-    if len(ids) != len(result.images) or len(set(ids)) != len(ids):
-        raise ValueError(f"image_ids must give {len(result.images)} distinct ids, one per predicted image; "
-                         f"got {len(ids)} ({len(set(ids))} distinct)")
-    names = output_names([p.path for p in result.images])
-    images, detections = [], []
-    for pred, image_id, name in tqdm(list(zip(result.images, ids, names)), desc="write", unit="image",
-                                     disable=not progress):
-        try:
-            pixels = read_image(pred.path)
-        except ImageReadError as e:
-            raise ImageReadError(f"{pred.path} {e} (it was read for the prediction; did it change since?)") from None
-        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec, not a dependency here
-            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            jpeg = encode_jpeg(draw_prediction(pixels, pred), quality=90)
-        atomic.write_bytes(out_dir / name, jpeg.numpy().tobytes())
-        h, w = pred.size
-        images.append({"id": image_id, "file_name": pred.path.name, "width": w, "height": h,
-                       "path": str(pred.path), "drawn": name})
-        xywh = box_convert(torch.from_numpy(pred.boxes).reshape(-1, 4), "xyxy", "xywh").tolist()
-        detections += [{"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in b],
-                        "score": round(float(s), 5)}
-                       for c, b, s in zip(pred.category_ids, xywh, pred.scores)]
-    labels = result.labels
-    coco = {"info": {"description": f"images predicted by detr_nb_utils (score >= {result.threshold:g})"},
-            "images": images, "annotations": [],
-            "categories": [{"id": int(i), "name": n} for i, n in zip(labels.ids, labels.names)]}
-    paths = {"results": out_dir / RESULTS, "images": out_dir / IMAGES, "drawn": out_dir}
-    atomic.write_text(paths["images"], json.dumps(coco, indent=1) + "\n")
-    atomic.write_text(paths["results"], json.dumps(detections) + "\n")
-    return paths

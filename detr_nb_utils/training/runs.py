@@ -8,7 +8,9 @@ per-category AP), ``detections/epoch_N.npz`` (the final layer's detections of ev
 for the bootstrap of :mod:`detr_nb_utils.analysis.bootstrap`), ``checkpoint_last.pth`` (model, optimizer, scheduler,
 epoch, RNG states, config and the metrics history: the source of truth for resuming) and ``checkpoint_best.pth`` (the
 weights of the epoch with the best val AP). Every file is written under a temporary name and renamed, so an interrupted
-run never leaves half a file; all load with ``torch.load(weights_only=True)``. Written by :func:`.engine.run_experiment`
+run never leaves half a file; the checkpoints are read back by the package's one checkpoint reader
+(:func:`~detr_nb_utils.models.checkpoint.read_checkpoint`: every entry's CRC-32, then ``weights_only=True``), so a
+damaged file is named, never used. Written by :func:`.engine.run_experiment`
 (notebooks 03-05, 07), read by :func:`load_run` (06_analysis, which never retrains) and :mod:`detr_nb_utils.predict`.
 """
 from __future__ import annotations
@@ -16,9 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import random
-import zipfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch
 
 from ..data import atomic
 from ..data.split import load_manifest
+from ..models.checkpoint import CheckpointError, file_damage, read_checkpoint
 from .config import RunConfig
 
 CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metrics.jsonl", "history.csv"
@@ -140,8 +141,8 @@ def load_detections(run_dir: str | Path, epoch: int) -> dict[str, np.ndarray]:
     """The detections saved for ``epoch``: ``image_id``, ``category_id``, ``score``, ``bbox`` (x, y, w, h) arrays."""
     path = Path(run_dir) / DETECTIONS / f"epoch_{epoch}.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: epoch {epoch} was not evaluated, or the run predates saved "
-                                "detections (delete the run folder and run it again)")
+        raise FileNotFoundError(f"{path} is missing: epoch {epoch} was not evaluated (a run saves the detections of "
+                                f"every epoch it evaluates: {detection_epochs(run_dir)} in {run_dir})")
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
@@ -158,84 +159,76 @@ PRECISION_FIELD = "effective_precision"
 _LAST_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config", "history")
 
 
-class DamagedRunFolder(RuntimeError):
-    """A run folder's ``checkpoint_last.pth`` cannot be read; the message names the file and the ways forward."""
+class DamagedRunFolder(CheckpointError):
+    """A run folder's ``checkpoint_last.pth`` or ``checkpoint_best.pth`` cannot be read; the message names the file
+    and the ways forward."""
 
 
 class PrecisionMismatch(RunConfigMismatch):
     """Resuming a run folder would compute in another precision than the one its finished epochs were computed in."""
 
 
-def _damage(path: Path) -> str | None:
-    """What is wrong with the bytes of the PyTorch file ``path``, or None. Every entry's CRC-32 is checked:
-    ``torch.load`` reads garbled tensor data without complaint."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not zipfile.is_zipfile(path):
-        if head == b"PK\x03\x04":
-            return "it is truncated (it ends before the zip directory PyTorch writes last)"
-        return "it is empty" if not head else f"it starts with {head!r}, not a PyTorch file"
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        return f"its zip structure is broken ({e})"
-    return None if bad is None else f"its entry {bad} is corrupt (its CRC-32 or header check fails): the bytes on " \
-                                    "disk changed after it was written"
-
-
 def load_last(run_dir: Path) -> dict | None:
     """The state in ``checkpoint_last.pth``, or None when the run has not finished an epoch.
 
-    Raises :class:`DamagedRunFolder` when the file is truncated, garbled (every entry's CRC-32 is checked first) or
-    not a last checkpoint, naming the file and the ways forward instead of PyTorch's zip-reader error."""
+    Both checkpoints are checked by the one checkpoint reader (every entry's CRC-32 first): raises
+    :class:`DamagedRunFolder` when ``checkpoint_last.pth`` is truncated, garbled or not a last checkpoint, or when
+    ``checkpoint_best.pth`` is damaged (resuming would keep garbage as the run's best weights), naming the file and
+    the ways forward. ``checkpoint_best.pth`` is recommended as a starting point only when it reads cleanly."""
     run_dir = Path(run_dir)
-    path = run_dir / LAST
+    path, best = run_dir / LAST, run_dir / BEST
     if not path.is_file():
         return None
-    what = _damage(path)
-    if what is None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile) as e:
-            what = f"PyTorch cannot read it: {(str(e).splitlines() or [type(e).__name__])[0]}"
-        else:
-            missing = [k for k in _LAST_KEYS if not (isinstance(state, dict) and k in state)]
-            if not missing:
-                return state
-            what = f"it lacks {missing}"
-    best = run_dir / BEST
-    keep = (f"; or keep the weights of its best epoch, {best}, by passing checkpoint='{best}' with a new run_name "
-            "(training starts again from those weights, with a fresh optimizer; leave query_indices None: the file "
-            "holds only the slots the run kept)") if best.is_file() else f" ({run_dir} holds no {BEST} to start from)"
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError as e:
+        what = e.reason
+    else:
+        missing = [k for k in _LAST_KEYS if k not in state]
+        if not missing:
+            if best.is_file() and (damage := file_damage(best)) is not None:
+                raise DamagedRunFolder(f"{best} is damaged: {damage}. These are the run's best weights (what "
+                                       f"predict and a new run from them would use); delete {run_dir} and run again "
+                                       f"to train the run afresh.", best, damage)
+            return state
+        what = f"it lacks {missing}"
+    if not best.is_file():
+        keep = f" ({run_dir} holds no {BEST} to start from)"
+    elif (best_problem := _best_problem(best)) is not None:
+        keep = f" ({best}, its best epoch's weights, is damaged too: {best_problem})"
+    else:
+        keep = (f"; or keep the weights of its best epoch, {best}, by passing checkpoint='{best}' with a new run_name "
+                "(training starts again from those weights, with a fresh optimizer; leave query_indices None: the "
+                "file holds only the slots the run kept)")
     raise DamagedRunFolder(f"{path} is damaged: {what}. The run in {run_dir} cannot resume from it. Delete {run_dir} "
-                           f"and run again to start the run afresh{keep}.")
+                           f"and run again to start the run afresh{keep}.", path, what)
 
 
-def check_resume_precision(run_dir: Path, state: dict, effective: str, how: str, training_left: bool) -> str | None:
-    """The effective precision ("fp32" or "bf16") the run folder's finished epochs were computed in, after checking
-    that resuming computes in the same: raises :class:`PrecisionMismatch` naming the folder, both precisions and
-    the ways forward.
+def _best_problem(best: Path) -> str | None:
+    """What keeps ``checkpoint_best.pth`` from being a starting point (read as a new run would read it), or None."""
+    try:
+        read_checkpoint(best)
+    except CheckpointError as e:
+        return e.reason
+    return None
+
+
+def check_resume_precision(run_dir: Path, state: dict, effective: str, how: str, training_left: bool) -> None:
+    """Check that resuming computes in the effective precision ("fp32" or "bf16") the run folder's finished epochs
+    were computed in (the :data:`PRECISION_FIELD` of every row of its history); raises :class:`PrecisionMismatch`
+    naming the folder, both precisions and the ways forward.
 
     ``state``: :func:`load_last`'s; ``effective``: the precision the resumed run computes in, ``how``: how it got it
     (e.g. "precision='auto' on cpu"); ``training_left``: whether epochs remain (a finished run is only read back).
-    A folder written before :data:`PRECISION_FIELD` existed is known by its config when its precision was not
-    "auto"; otherwise the answer is None, and resuming it with epochs left is refused, since it could mix.
     """
-    recorded = {h[PRECISION_FIELD] for h in state["history"] if h.get(PRECISION_FIELD)}
-    if not recorded and state["config"].get("precision") in ("fp32", "bf16"):
-        recorded = {state["config"]["precision"]}
-    if recorded == {effective} or not training_left:
-        return recorded.pop() if len(recorded) == 1 else None
+    recorded = sorted({str(h.get(PRECISION_FIELD)) for h in state["history"]})
+    if recorded == [effective] or not training_left:
+        return
     ways = (f"delete {run_dir} to run it afresh in {effective}, or start a new run_name from its best weights "
             f"(checkpoint='{Path(run_dir) / BEST}').")
-    if not recorded:
-        raise PrecisionMismatch(f"{run_dir} was written before run folders recorded their {PRECISION_FIELD}, and "
-                                f"its precision 'auto' may have computed in bf16 or fp32; resuming it would compute in "
-                                f"{effective} ({how}) and could mix the two in one run. To be sure, {ways}")
-    raise PrecisionMismatch(f"{run_dir} was computed in {', '.join(sorted(recorded))} (the {PRECISION_FIELD} of its "
+    raise PrecisionMismatch(f"{run_dir} was computed in {', '.join(recorded)} (the {PRECISION_FIELD} of its "
                             f"{METRICS}); resuming it would compute in {effective} ({how}), and one run must not mix "
-                            f"precisions. Resume it where precision resolves to {', '.join(sorted(recorded))} again "
+                            f"precisions. Resume it where precision resolves to {', '.join(recorded)} again "
                             f"(the machine and device that trained it), or {ways}")
 
 
@@ -284,7 +277,7 @@ class RunRecord:
     ``train_*``, ``val_*``, ``lr``, times), ``per_category_ap`` (epochs x category names), the best fine-tuned
     epochs (:func:`best_epoch`) by val AP and by the original study's total validation loss, the split manifest,
     and whether every epoch finished, ``environment``: what each session of the run ran on
-    (:data:`ENVIRONMENT`; empty for folders from before it was recorded). ``final_epoch``: the last evaluated epoch
+    (:data:`ENVIRONMENT`). ``final_epoch``: the last evaluated epoch
     (06_analysis's pre-registered comparison); ``effective_precision``: what the run computed in;
     ``best_checkpoint``: the weights of the best-AP epoch (loadable by ``load_pretrained``)."""
 
@@ -311,12 +304,9 @@ class RunRecord:
     @property
     def effective_precision(self) -> str | None:
         """What the run computed in: the :data:`PRECISION_FIELD` its metrics rows record ("fp32", "bf16", or both
-        joined by "+" for a run that mixed them); for a folder written before that field existed, its config's
-        ``precision`` when that is not "auto"; None when unknown (an "auto" run that recorded nothing)."""
+        joined by "+" for a run that mixed them); None when its rows record none."""
         recorded = self.metrics[PRECISION_FIELD].dropna() if PRECISION_FIELD in self.metrics else []
-        if len(recorded):
-            return "+".join(sorted(set(recorded)))
-        return self.config.precision if self.config.precision in ("fp32", "bf16") else None
+        return "+".join(sorted(set(recorded))) if len(recorded) else None
 
 
 def load_run(path: str | Path) -> RunRecord:
