@@ -178,10 +178,17 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, query_indices: Se
                     class_rows: Sequence[int | None] | None = None, fresh_head: bool = False) -> LoadReport:
     """Load a DETR checkpoint into ``model`` (strictly, after :func:`adapt_state_dict`) and report what changed.
 
-    ``query_indices``: which of the checkpoint's query embeddings to keep, in order (default: the first
-    ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts (:func:`adapt_state_dict`).
+    ``path``: a DETR checkpoint file, or Hugging Face DETR-R50 weights (a folder or ``.safetensors`` file,
+    :func:`.hf_layout.read_hf_checkpoint`). ``query_indices``: which of the checkpoint's query embeddings to keep, in
+    order (default: the first ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts
+    (:func:`adapt_state_dict`).
     """
-    sd, random_weights = read_checkpoint(path)
+    from . import hf_layout  # imported here: it imports this module's CheckpointError
+
+    if hf_layout.is_hf_checkpoint(path):  # a Hugging Face folder or .safetensors file (facebook/detr-resnet-50)
+        sd, random_weights = hf_layout.read_hf_checkpoint(path)[0], False
+    else:
+        sd, random_weights = read_checkpoint(path)
     new, report = adapt_state_dict(sd, model, str(path), query_indices, class_rows, fresh_head)
     model.load_state_dict(new, strict=True)
     report.random_weights = random_weights
