@@ -203,7 +203,8 @@ def hf_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
             raise HFLayoutError(f"{module}: the attention's {leaf} has only the {sorted(parts)} projections")
         rest[f"{module}.in_proj_{leaf}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     _check_resnet50(backbone)
-    return {**dict(sorted(rest.items(), key=lambda kv: _official_rank(kv[0]))), **backbone}
+    return {**dict(sorted(rest.items(), key=lambda kv: _official_rank(kv[0]))),
+            **dict(sorted(backbone.items(), key=lambda kv: _backbone_rank(kv[0])))}
 
 
 def _check_resnet50(backbone: Mapping[str, torch.Tensor]) -> None:
@@ -228,6 +229,20 @@ def _official_rank(key: str) -> tuple:
     module, leaf = key.rsplit(".", 1)
     sub = m[2].rsplit(".", 1)[0] if m and "." in m[2] else ""
     return (part, int(m[1]) if m else -1, _LAYER_ORDER.get(sub, 99), module, "bias" in leaf)
+
+
+_RESNET_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample.0", "downsample.1")
+_LEAVES = ("weight", "bias", "running_mean", "running_var")
+
+
+def _backbone_rank(key: str) -> tuple:
+    """Sort key giving torchvision's ResNet order: the stem, then each stage's blocks, each block's modules in
+    registration order, BatchNorm entries as ``FrozenBatchNorm2d`` registers them."""
+    name = key[len(OFFICIAL_BACKBONE):]
+    module, leaf = name.rsplit(".", 1)
+    m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", module)
+    stage, block, module = (int(m[1]), int(m[2]), m[3]) if m else (0, 0, module)
+    return stage, block, _RESNET_MODULES.index(module), _LEAVES.index(leaf) if leaf in _LEAVES else 99
 
 
 # the published layers' registration order of their submodules, so a converted state dict reads like the official
