@@ -1,12 +1,13 @@
 """Hugging Face's names for the published DETR-R50 (``models/hf_layout.py``): official -> Hugging Face -> official is
 bit-identical in both backbone layouts, ``facebook/detr-resnet-50``'s layout (timm backbone, BatchNorm counters)
 loads through ``load_pretrained`` and ``model_from_checkpoint``, and what is not DETR-R50 is refused by name. Needs
-``safetensors`` (the export extra) to write and read the files; no transformers."""
+``safetensors`` (the export extra, which the dev extra includes) to write and read the files; no transformers."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import safetensors.torch as st
 import torch
 from parity_weights import rule_state_dict
 
@@ -22,8 +23,6 @@ from detr_nb_utils.models.hf_layout import (
     read_hf_checkpoint,
 )
 from detr_nb_utils.training.inference import model_from_checkpoint
-
-st = pytest.importorskip("safetensors.torch", reason="the export extra: pip install -e '.[export]'")
 
 
 @pytest.fixture(scope="module")
