@@ -30,8 +30,9 @@ from detr_nb_utils.data.coco import build_dataset, collate_fn
 from detr_nb_utils.data.label_map import LabelMap
 from detr_nb_utils.data.synthetic import make_synthetic_coco
 from detr_nb_utils.data.transforms import make_transforms
-from detr_nb_utils.export import ExportError, check_onnx, export_hf, export_onnx, hf_config
+from detr_nb_utils.export import ExportError, check_onnx, export_hf, export_onnx, freeze_as_published, hf_config
 from detr_nb_utils.export import hugging_face
+from detr_nb_utils.export.hugging_face import PUBLISHED_FROZEN
 from detr_nb_utils.export.cli import main
 from detr_nb_utils.models.detr import build_detr
 from detr_nb_utils.models.loss import SetCriterion, weighted_total
@@ -125,6 +126,19 @@ def test_the_loss_transformers_computes_equals_the_set_criterion(hf_model, r50, 
     assert theirs.loss.item() == pytest.approx(total.item(), rel=1e-5)
     for name in ("loss_ce", "loss_bbox", "loss_giou"):
         assert theirs.loss_dict[name].item() == pytest.approx(terms[name].item(), rel=1e-5, abs=1e-6), name
+
+
+def test_freeze_as_published_trains_the_published_parameters(hf_model, r50):
+    """transformers leaves the stem and layer1 trainable (the card says so); freeze_as_published (the card's snippet)
+    freezes exactly what the published model freezes."""
+    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(hf_model) == sum(p.numel() for p in r50.parameters())  # everything, stem included
+    frozen = freeze_as_published(hf_model)
+    try:
+        assert trainable(hf_model) == trainable(r50) and frozen == 222_400
+    finally:
+        for p in hf_model.parameters():
+            p.requires_grad_(True)
 
 
 def test_the_preprocessor_is_the_validation_transform(hf_dir, coco_sample):
@@ -236,6 +250,7 @@ def test_a_run_folder_exports_with_a_card_written_from_it(r50_run, tmp_path):
     low, high = (float(x) for x in card.split("95% interval ")[1].split(",")[0].split(" to "))
     assert low <= round(ap, 1) <= high
     assert "Training seed 42, split seed 42" in card and "| lr | `0.0001` |" in card
+    assert f'name.startswith({PUBLISHED_FROZEN!r})' in card  # the freezing snippet, as freeze_as_published does it
     for name in record.per_category_ap.columns:  # one row per class of the per-class AP table
         assert f"| {name} |" in card
 

@@ -16,6 +16,7 @@ from detr_nb_utils.models.detr import TINY_DETR, build_detr
 from detr_nb_utils.models.hf_layout import (
     BACKBONE_LAYOUTS,
     HF_BACKBONE,
+    HFCheckpointError,
     HFLayoutError,
     hf_to_official,
     is_hf_checkpoint,
@@ -86,8 +87,9 @@ def test_model_from_checkpoint_reads_a_hugging_face_folder(official, tmp_path):
 
 def test_in_memory_names_of_newer_transformers_are_accepted(official):
     hf = official_to_hf(official)
-    renamed = {k.replace("model.backbone.conv_encoder.model.", "model.backbone.model.").replace(".out_proj.", ".o_proj.")
-               .replace(".fc1.", ".mlp.fc1.").replace(".fc2.", ".mlp.fc2."): v for k, v in hf.items()}
+    renamed = {k.replace("model.backbone.conv_encoder.model.", "model.backbone.model.")
+               .replace(".out_proj.", ".o_proj.").replace(".fc1.", ".mlp.fc1.").replace(".fc2.", ".mlp.fc2."): v
+               for k, v in hf.items()}
     back = hf_to_official(renamed)
     assert all(torch.equal(back[k], official[k]) for k in official)
 
@@ -114,7 +116,7 @@ def test_what_is_not_detr_r50_is_refused_by_name(official, tmp_path):
     with pytest.raises(CheckpointError, match=f"{folder}.*dilation"):
         load_pretrained(build_detr(), folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "detr", "backbone": "resnet101"}))
-    with pytest.raises(CheckpointError, match="resnet101, not ResNet-50"):
+    with pytest.raises(HFCheckpointError, match="resnet101, not ResNet-50"):
         read_hf_checkpoint(folder)
 
 
@@ -128,5 +130,5 @@ def test_unreadable_hugging_face_paths_are_named(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError, match=f"{broken} is not a readable safetensors file"):
         load_pretrained(build_detr(), broken)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(HFCheckpointError, match="does not exist"):
         read_hf_checkpoint(tmp_path / "missing.safetensors")

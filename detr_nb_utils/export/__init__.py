@@ -8,10 +8,10 @@ ONNX packages are optional (the ``export`` extra: ``pip install -e '.[export]'``
 runs; importing this package needs none of them. Reading Hugging Face weights back is
 :mod:`detr_nb_utils.models.hf_layout`.
 """
-from .hugging_face import check_hf_folder, export_hf, hf_config, image_processor
+from .hugging_face import check_hf_folder, export_hf, freeze_as_published, hf_config, image_processor
 from .model_card import checkpoint_card, model_card
 from .onnx_export import check_onnx, export_onnx
 from .output import ExportError
 
 __all__ = ["ExportError", "check_hf_folder", "check_onnx", "checkpoint_card", "export_hf", "export_onnx",
-           "hf_config", "image_processor", "model_card"]
+           "freeze_as_published", "hf_config", "image_processor", "model_card"]

@@ -25,6 +25,7 @@ from ..models.detr import DETR
 from ..training import runs
 from ..training.config import RunConfig
 from ..training.runs import RunRecord, load_detections, load_run
+from .hugging_face import PUBLISHED_FROZEN
 
 #: what a demo-profile run's card says first when its world note is empty (a demo run with the published backbone)
 DEMO_STAMP = ("DEMO: this model comes from a demo-profile run on synthetic data; its numbers exercise the pipeline "
@@ -88,8 +89,8 @@ def _headline(record: RunRecord, epoch: int, why: str, ci: dict | None) -> str:
                 f"annotations ({validation_annotations(record)}) are not where the run left them.")
     a = ci["AP"]
     text = (f"**COCO AP {_pct(a['point'])}** (95% interval {_pct(a['low'])} to {_pct(a['high'])}, bootstrap over "
-            f"the {ci['n_images']:,} validation images, {ci['n_resamples']:,} resamples; AP50 {_pct(ci['AP50']['point'])}) "
-            f"{where}.")
+            f"the {ci['n_images']:,} validation images, {ci['n_resamples']:,} resamples; "
+            f"AP50 {_pct(ci['AP50']['point'])}) {where}.")
     if why.startswith("the epoch with the best") and last is not None and last != epoch:
         text += (f" The epoch was chosen on these validation images, so the interval is optimistic; the run's final "
                  f"epoch {last} scored {_pct(record.metrics['val_AP'][last])}.")
@@ -148,6 +149,13 @@ def _in_transformers(dropout: float) -> list[str]:
         f"- Dropout {dropout:g} is set in all three places transformers has one (`dropout`, `attention_dropout`, "
         "`activation_dropout`), as the published model uses it. In training, transformers also drops out the "
         "encoder's input features, which the published model does not.",
+        "- transformers leaves every backbone parameter of this folder's model trainable; the published model "
+        "freezes the ResNet stem and first stage. To fine-tune as published, freeze them first:", "",
+        "  ```python",
+        "  for name, p in model.model.backbone.model.named_parameters():",
+        f"      if name.startswith({PUBLISHED_FROZEN!r}):",
+        "          p.requires_grad_(False)",
+        "  ```", "",
         "- `auxiliary_loss` is off: with it on, transformers feeds each decoder layer the normalised output of the "
         "previous one, unlike the published model, and the model would compute another function. Fine-tuning "
         "further in transformers therefore trains on the final layer's loss only; this project's recipe adds one "

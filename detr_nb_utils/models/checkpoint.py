@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import hf_layout
 from .class_head import remap_class_head
 
 GET_IT = "python -m detr_nb_utils.data.download checkpoint --dest data/checkpoints"
@@ -183,10 +184,11 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, query_indices: Se
     order (default: the first ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts
     (:func:`adapt_state_dict`).
     """
-    from . import hf_layout  # imported here: it imports this module's CheckpointError
-
     if hf_layout.is_hf_checkpoint(path):  # a Hugging Face folder or .safetensors file (facebook/detr-resnet-50)
-        sd, random_weights = hf_layout.read_hf_checkpoint(path)[0], False
+        try:
+            sd, random_weights = hf_layout.read_hf_checkpoint(path)[0], False
+        except hf_layout.HFCheckpointError as e:
+            raise CheckpointError(str(e)) from None
     else:
         sd, random_weights = read_checkpoint(path)
     new, report = adapt_state_dict(sd, model, str(path), query_indices, class_rows, fresh_head)

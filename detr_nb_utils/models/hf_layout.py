@@ -89,6 +89,11 @@ _IN_MEMORY = ((re.compile(r"^model\.backbone\.model\."), HF_BACKBONE), (re.compi
               (re.compile(r"\.mlp\.(fc[12])\."), r".\1."))
 
 
+class HFCheckpointError(ValueError):
+    """A path that is not a readable Hugging Face DETR-R50 checkpoint; the message names it and the fix.
+    :func:`~detr_nb_utils.models.checkpoint.load_pretrained` raises it as its ``CheckpointError``."""
+
+
 class HFLayoutError(KeyError):
     """A state dict that is not a DETR-R50 in either layout; ``str()`` says which keys and why."""
 
@@ -271,22 +276,20 @@ def read_hf_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     sharded ``model.safetensors.index.json`` with its shards, or ``pytorch_model.bin`` read with
     ``weights_only=True``), or one ``.safetensors`` file. A config that describes something else than the
     published architecture's computation (another backbone, dilation, learned positions, pre-norm) is refused, as
-    is a state dict that is not DETR-R50's. Errors are ``CheckpointError`` naming the path and the fix.
+    is a state dict that is not DETR-R50's. Errors are :class:`HFCheckpointError` naming the path and the fix.
     """
-    from .checkpoint import CheckpointError  # the loader's error type; checkpoint imports this module lazily
-
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist: pass a Hugging Face DETR folder (config.json and "
-                              f"model.safetensors) or a .safetensors file")
+        raise HFCheckpointError(f"{path} does not exist: pass a Hugging Face DETR folder (config.json and "
+                                f"model.safetensors) or a .safetensors file")
     config = {}
     if path.is_dir():
         if (path / "config.json").is_file():
             try:
                 config = json.loads((path / "config.json").read_text())
             except (OSError, ValueError) as e:
-                raise CheckpointError(f"{path / 'config.json'} does not read as JSON ({e}); download the folder "
-                                      f"again") from None
+                raise HFCheckpointError(f"{path / 'config.json'} does not read as JSON ({e}); download the folder "
+                                        f"again") from None
             _check_config(config, path)
         raw = _read_folder(path)
     else:
@@ -294,14 +297,12 @@ def read_hf_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     try:
         return hf_to_official(raw), config
     except HFLayoutError as e:
-        raise CheckpointError(f"{path} is not a Hugging Face DETR-R50 checkpoint: {e}. Use facebook/detr-resnet-50 "
-                              f"(either revision) or a folder written by `python -m detr_nb_utils.export --to hf`") \
+        raise HFCheckpointError(f"{path} is not a Hugging Face DETR-R50 checkpoint: {e}. Use facebook/detr-resnet-50 "
+                                f"(either revision) or a folder written by `python -m detr_nb_utils.export --to hf`") \
             from None
 
 
 def _check_config(config: dict, path: Path) -> None:
-    from .checkpoint import CheckpointError
-
     problems = []
     if config.get("model_type") != "detr":
         problems.append(f"model_type is {config.get('model_type')!r}, not 'detr'")
@@ -316,21 +317,19 @@ def _check_config(config: dict, path: Path) -> None:
     if backbone not in (None, "resnet50") or depths not in (None, list(R50_BLOCKS)):
         problems.append(f"its backbone is {backbone or 'a ResNet with blocks ' + str(depths)}, not ResNet-50")
     if problems:
-        raise CheckpointError(f"{path} describes another model than DETR-R50: {'; '.join(problems)}. Only the "
-                              f"DETR-R50 family (e.g. facebook/detr-resnet-50) loads into build_detr.")
+        raise HFCheckpointError(f"{path} describes another model than DETR-R50: {'; '.join(problems)}. Only the "
+                                f"DETR-R50 family (e.g. facebook/detr-resnet-50) loads into build_detr.")
 
 
 def _read_folder(path: Path) -> dict[str, torch.Tensor]:
-    from .checkpoint import CheckpointError
-
     if (path / "model.safetensors").is_file():
         return _read_safetensors(path / "model.safetensors")
     if (path / _INDEX).is_file():
         try:
             shards = sorted(set(json.loads((path / _INDEX).read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{path / _INDEX} is not a safetensors index ({type(e).__name__}: {e}); download "
-                                  f"the folder again") from None
+            raise HFCheckpointError(f"{path / _INDEX} is not a safetensors index ({type(e).__name__}: {e}); download "
+                                    f"the folder again") from None
         out = {}
         for shard in shards:
             out.update(_read_safetensors(path / shard))
@@ -339,20 +338,18 @@ def _read_folder(path: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(path / _LEGACY, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a damaged or pickled file
-            raise CheckpointError(f"{path / _LEGACY} does not load with weights_only=True ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200]}); download it again") from None
-    raise CheckpointError(f"{path} holds no weights: none of {', '.join(WEIGHT_FILES)}. Download the whole model "
-                          f"folder (or pass the .pth of the official checkpoint instead)")
+            raise HFCheckpointError(f"{path / _LEGACY} does not load with weights_only=True ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200]}); download it again") from None
+    raise HFCheckpointError(f"{path} holds no weights: none of {', '.join(WEIGHT_FILES)}. Download the whole model "
+                            f"folder (or pass the .pth of the official checkpoint instead)")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from .checkpoint import CheckpointError
-
     st = require("safetensors.torch", "reading Hugging Face weights (.safetensors)")
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist (a shard of the folder is missing); download it again")
+        raise HFCheckpointError(f"{path} does not exist (a shard of the folder is missing); download it again")
     try:
         return st.load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); download it again") from None
+        raise HFCheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); download it again") from None
