@@ -132,3 +132,7 @@ def test_unreadable_hugging_face_paths_are_named(tmp_path):
         load_pretrained(build_detr(), broken)
     with pytest.raises(HFCheckpointError, match="does not exist"):
         read_hf_checkpoint(tmp_path / "missing.safetensors")
+    run_folder = tmp_path / "run"  # a run folder's config.json is not a transformers config
+    run_folder.mkdir()
+    (run_folder / "config.json").write_text(json.dumps({"profile": "study", "dec_layers": 6}))
+    assert not is_hf_checkpoint(run_folder)

@@ -260,12 +260,18 @@ _LAYER_ORDER = {name: i for i, name in enumerate(
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Hugging Face checkpoint: a ``.safetensors`` file, or a folder holding ``config.json``
-    or one of :data:`WEIGHT_FILES`."""
+    """Whether ``path`` is a Hugging Face checkpoint: a ``.safetensors`` file, or a folder holding one of
+    :data:`WEIGHT_FILES` or a transformers ``config.json`` (one with a ``model_type``; a run folder's config has
+    none)."""
     path = Path(path)
-    if path.is_dir():
-        return any((path / f).is_file() for f in ("config.json", *WEIGHT_FILES))
-    return path.suffix == ".safetensors"
+    if not path.is_dir():
+        return path.suffix == ".safetensors"
+    if any((path / f).is_file() for f in WEIGHT_FILES):
+        return True
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def read_hf_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
