@@ -1,7 +1,7 @@
 """Where the time of a DETR training step goes: fp32 against the fast mode (bf16 autocast + channels_last).
 
-For each implementation (this project's model, and the published facebookresearch/detr one with
-``--published-src``), variant (decoder layers / queries: 6/100, 3/100, 3/50), image size (256, 512, 800x1066),
+For each implementation (this project's model, the published facebookresearch/detr one with ``--published-src``,
+and Hugging Face's ``DetrForObjectDetection`` with ``--impls hf``), variant (decoder layers / queries: 6/100, 3/100, 3/50), image size (256, 512, 800x1066),
 mode (``fp32``, ``fast``) and phase (``train``, ``eval``) it times a few steps after warm-up and reports the median
 step, its breakdown (data loading, forward, matching, loss, backward, optimizer), images/s, and peak memory
 (process RSS; CUDA max allocated). Each configuration runs in its own process, so its peak RSS is its own.
@@ -178,7 +178,7 @@ def to_device(batch, device: torch.device):
 def build_impl(cfg: SimpleNamespace, device: torch.device):
     """``(model, criterion, call)`` for ``cfg.impl``; ``call(images, mask, amp_dtype, channels_last)`` -> fp32 outputs.
 
-    Both implementations get the weights of ``cfg.checkpoint`` (sliced to the variant by ``load_pretrained``).
+    Every implementation gets the weights of ``cfg.checkpoint`` (sliced to the variant by ``load_pretrained``).
     """
     layers, queries = cfg.variant
     ours = build_detr(num_queries=queries, dec_layers=layers)
@@ -186,6 +186,9 @@ def build_impl(cfg: SimpleNamespace, device: torch.device):
     if cfg.impl == "ours":
         model, criterion = ours, SetCriterion(dec_layers=layers)
         call = lambda images, mask, amp, cl: model_forward(model, images, mask, amp, cl)  # noqa: E731
+    elif cfg.impl == "hf":
+        model, criterion, call = build_hf(ours)
+        del ours
     else:
         from bench_published import build_published
         model, criterion, published_call = build_published(cfg.published_src, queries, layers)
@@ -205,6 +208,34 @@ def build_impl(cfg: SimpleNamespace, device: torch.device):
         if cfg.impl == "ours":
             set_fast_mode(model, True)
     return model, criterion.to(device), call
+
+
+def build_hf(ours: nn.Module):
+    """``(model, criterion, call)`` for Hugging Face's ``DetrForObjectDetection`` holding ``ours``'s weights: the
+    project's export (``detr_nb_utils.export``) loaded back with ``from_pretrained``, as a user of transformers would
+    load it. Its ResNet stem and ``layer1`` are frozen as in the published model (transformers leaves every backbone
+    parameter trainable). The export's config has ``auxiliary_loss`` off (transformers' auxiliary path computes
+    another function), so the criterion is the final layer's set loss, which equals transformers' own loss (tests);
+    the matching and loss of the other layers are not in its step (about 1 ms each here). ``call`` runs the model
+    with its pixel mask and, given an ``amp`` dtype, under autocast with fp32 outputs."""
+    from transformers import DetrForObjectDetection
+
+    from detr_nb_utils.data.label_map import LabelMap
+    from detr_nb_utils.export import export_hf, freeze_as_published
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_hf(ours, LabelMap.coco(), Path(tmp) / "hf", min_size=800, max_size=1333, check=False)
+        model = DetrForObjectDetection.from_pretrained(folder)
+    freeze_as_published(model)
+    criterion = SetCriterion(dec_layers=ours.dec_layers, aux_loss=False)
+
+    def call(images, mask, amp, cl):
+        if cl:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(pixel_values=images, pixel_mask=(~mask).long())
+        return to_float({"pred_logits": out.logits, "pred_boxes": out.pred_boxes})
+
+    return model, criterion, call
 
 
 def build_optimizer(model: nn.Module, kind: str, mode: str) -> torch.optim.Optimizer:
@@ -472,7 +503,9 @@ def append_results(rows: list[str], path: Path = RESULTS) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("::")[-1])
-    p.add_argument("--impls", default="ours", help="ours,published (published needs --published-src)")
+    p.add_argument("--impls", default="ours",
+                   help="ours,published,hf (published needs --published-src; hf: Hugging Face's DetrForObjectDetection "
+                        "with the same weights, needs the export extra)")
     p.add_argument("--published-src", default=None, help="folder of a facebookresearch/detr checkout (not committed)")
     p.add_argument("--variants", default="6/100", help="decoder layers/queries, comma separated: 6/100,3/100,3/50")
     p.add_argument("--sizes", default="512", help="HxW or a square side, comma separated: 256,512,800x1066")

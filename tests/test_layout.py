@@ -18,7 +18,9 @@ import detr_nb_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "detr_nb_utils"
-LAYERS = ("models", "data", "training", "analysis", "notebook")
+#: ``export`` (Hugging Face and ONNX) sits above analysis: it reads models through training and intervals through
+#: analysis, and nothing below imports it
+LAYERS = ("models", "data", "training", "analysis", "notebook", "export")
 #: top-level command lines (``python -m detr_nb_utils.<name>``): above every layer, may import any, imported by none
 ENTRY_POINTS = {"detr_nb_utils.predict"}
 

@@ -17,8 +17,17 @@ def _pyproject() -> dict:
 
 
 def _declared() -> list[Requirement]:
+    """The core dependencies and the dev extra's, with the extras it includes by naming this package
+    (``detr-nb-utils[export]``) expanded to their packages."""
     project = _pyproject()
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    out = []
+    for req in map(Requirement, project["dependencies"] + extras["dev"]):
+        if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+            out += [Requirement(r) for extra in sorted(req.extras) for r in extras[extra]]
+        else:
+            out.append(req)
+    return out
 
 
 def _environment() -> tuple[list[str], list[str]]:

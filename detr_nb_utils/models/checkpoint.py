@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import hf_layout
 from .class_head import remap_class_head
 from .official import GET_IT, OFFICIAL, check_official
 
@@ -265,10 +266,18 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, query_indices: Se
     """Load a DETR checkpoint into ``model`` (read and checked by :func:`read_checkpoint`, then loaded strictly after
     :func:`adapt_state_dict`) and report what changed.
 
-    ``query_indices``: which of the checkpoint's query embeddings to keep, in order (default: the first
-    ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts (:func:`adapt_state_dict`).
+    ``path``: a DETR checkpoint file, or Hugging Face DETR-R50 weights (a folder or ``.safetensors`` file,
+    :func:`.hf_layout.read_hf_checkpoint`). ``query_indices``: which of the checkpoint's query embeddings to keep, in
+    order (default: the first ``model.num_queries``); ``class_rows`` and ``fresh_head``: how the class head starts
+    (:func:`adapt_state_dict`).
     """
-    new, report = adapt_state_dict(read_checkpoint(path)["model"], model, str(path), query_indices, class_rows,
-                                   fresh_head)
+    if hf_layout.is_hf_checkpoint(path):  # a Hugging Face folder or .safetensors file (facebook/detr-resnet-50)
+        try:
+            sd = hf_layout.read_hf_checkpoint(path)[0]
+        except hf_layout.HFCheckpointError as e:
+            raise CheckpointError(str(e)) from None
+    else:
+        sd = read_checkpoint(path)["model"]
+    new, report = adapt_state_dict(sd, model, str(path), query_indices, class_rows, fresh_head)
     model.load_state_dict(new, strict=True)
     return report

@@ -36,6 +36,7 @@ from ..data.label_map import COCO_NUM_CLASSES, LabelMap
 from ..data.transforms import MAX_SIZE, VAL_SIZE, make_transforms
 from ..models.checkpoint import CheckpointError, checkpoint_dims, read_checkpoint
 from ..models.detr import DETR, build_detr
+from ..models.hf_layout import is_hf_checkpoint, read_hf_checkpoint
 from ..models.postprocess import postprocess
 from . import runs
 from .config import PROFILES, RunConfig
@@ -134,13 +135,17 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[DETR, LabelMap, dict
     predict at (``{"min_size", "max_size"}``, :func:`predict_images`'s keywords).
 
     The architecture comes from the file's ``arch`` entry (the demo's tiny DETR), else from a run's ``config``
-    entry (a run's ``checkpoint_*.pth``), else it is the published DETR-R50; decoder layers, queries and classes
+    entry (a run's ``checkpoint_*.pth``), else it is the published DETR-R50 (so for Hugging Face weights, a folder or
+    ``.safetensors`` file of :mod:`~detr_nb_utils.models.hf_layout`); decoder layers, queries and classes
     are read off the weights, so a cut checkpoint loads too. Sizes: a run's own, the demo world's for the tiny
     backbone, the published 800 / 1333 for ResNet-50. A checkpoint whose head is not COCO's 91 classes raises
     ``ValueError``: its class names live in its run folder (:func:`model_from_run`, ``--run``).
     """
     path = Path(path)
-    entries = read_checkpoint(path)
+    if is_hf_checkpoint(path):  # Hugging Face DETR-R50 weights: the published architecture
+        entries = {"model": read_hf_checkpoint(path)[0]}
+    else:
+        entries = read_checkpoint(path)
     state_dict = entries["model"]
     dims = checkpoint_dims(state_dict)
     config = entries.get("config") if isinstance(entries.get("config"), dict) else {}
