@@ -7,11 +7,16 @@ The top of the package's layers, beside :mod:`detr_nb_utils.predict`: it reads m
 ONNX packages are optional (the ``export`` extra: ``pip install -e '.[export]'``) and imported only when an export
 runs; importing this package needs none of them. Reading Hugging Face weights back is
 :mod:`detr_nb_utils.models.hf_layout`.
-"""
-from .hugging_face import check_hf_folder, export_hf, freeze_as_published, hf_config, image_processor
-from .model_card import checkpoint_card, model_card
-from .onnx_export import check_onnx, export_onnx
-from .output import ExportError
 
-__all__ = ["ExportError", "check_hf_folder", "check_onnx", "checkpoint_card", "export_hf", "export_onnx",
-           "freeze_as_published", "hf_config", "image_processor", "model_card"]
+``from detr_nb_utils.export import export_hf``: the names below, each loaded from its module on first use.
+"""
+from .. import _lazy_exports
+
+#: module (relative to this package) -> the public names it defines
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "hugging_face": ("check_hf_folder", "export_hf", "freeze_as_published", "hf_config", "image_processor"),
+    "model_card": ("checkpoint_card", "run_card"),
+    "onnx_export": ("check_onnx", "export_onnx"),
+    "output": ("ExportError",),
+}
+__all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

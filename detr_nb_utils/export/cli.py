@@ -25,7 +25,7 @@ from pathlib import Path
 from ..models.checkpoint import CheckpointError
 from ..training.inference import model_from_checkpoint, model_from_run
 from .hugging_face import export_hf, hf_config
-from .model_card import checkpoint_card, model_card
+from .model_card import checkpoint_card, run_card
 from .onnx_export import export_onnx
 from .output import ExportError
 
@@ -101,7 +101,7 @@ def _export(args: argparse.Namespace) -> Path:
         return export_onnx(model, args.out, overwrite=args.overwrite, check=not args.no_check)
     hf_config(model, labels, dropout, eos_coef)  # refuses the tiny backbone before any bootstrap is computed
     if args.run is not None:
-        card = model_card(args.run, model, labels)
+        card = run_card(args.run, model, labels)
     else:
         card = checkpoint_card(args.checkpoint, model, labels, dropout=dropout, random_weights=random_weights,
                                **sizes)

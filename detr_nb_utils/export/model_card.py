@@ -163,7 +163,7 @@ def _in_transformers(dropout: float) -> list[str]:
     ]
 
 
-def model_card(run_dir: str | os.PathLike, model: DETR, labels: LabelMap, n_resamples: int = 1000,
+def run_card(run_dir: str | os.PathLike, model: DETR, labels: LabelMap, n_resamples: int = 1000,
                seed: int = 0) -> str:
     """The card of the model exported from the run folder ``run_dir`` (``model`` and ``labels``: what
     :func:`~detr_nb_utils.training.inference.model_from_run` returned for it), in Markdown with the Hub's front
