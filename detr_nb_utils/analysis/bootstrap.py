@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -345,15 +346,21 @@ class ApBootstrap:
         return self.run_ap(record, epoch, max_det) if self.has(record, epoch) else None
 
     def _combined(self, variant: str, runs: Sequence[RunRecord], what: str, max_det: int | None):
-        """Mean over the seeds: point, resamples ``[B]`` (seeds redrawn per resample), per-seed points; or None."""
-        parts = [self.quantity(r, what, max_det) for r in runs]
+        return self.combine_seeds(variant, [self.quantity(r, what, max_det) for r in runs])
+
+    def combine_seeds(self, variant: str, parts: Sequence[tuple[float, np.ndarray] | None]):
+        """Mean over a variant's seeds of per-run ``(point, resamples [B])`` scored on :attr:`counts`: point,
+        resamples (with several seeds each resample redraws them with replacement, the same draws for every
+        statistic of ``variant``), per-seed points; or None when a part is missing."""
         if not parts or any(p is None for p in parts):
             return None
         points, samples = np.array([p[0] for p in parts]), np.stack([p[1] for p in parts])
-        if len(runs) > 1:  # the same draws for every statistic of this variant
+        if len(parts) > 1:  # the same draws for every statistic of this variant
             rng = np.random.default_rng([self.seed, zlib.crc32(variant.encode())])
-            draws = rng.integers(0, len(runs), size=(self.n_resamples, len(runs)))
-            samples = np.nanmean(samples[draws, np.arange(self.n_resamples)[:, None]], axis=1)
+            draws = rng.integers(0, len(parts), size=(self.n_resamples, len(parts)))
+            with warnings.catch_warnings():  # a resample holding none of a group's objects has no AP (NaN)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                samples = np.nanmean(samples[draws, np.arange(self.n_resamples)[:, None]], axis=1)
         else:
             samples = samples[0]
         return float(points.mean()), samples, points

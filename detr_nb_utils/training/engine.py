@@ -10,7 +10,9 @@ evaluate / save per epoch into the run folder (:mod:`.runs`), resuming a run fol
 """
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -34,6 +36,7 @@ from .config import RunConfig
 from .data_setup import DataSetup, build_loader, make_dataset, prepare_data  # noqa: F401 (engine.make_dataset, ...)
 from .evaluation import evaluate
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything
+from .tensorboard import TensorBoardLog
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,12 +84,14 @@ def _step_values(loss_dict: dict, loss: torch.Tensor) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer: torch.optim.Optimizer,
-                    device: torch.device | str, epoch: int, cfg: RunConfig) -> dict[str, float]:
+                    device: torch.device | str, epoch: int, cfg: RunConfig,
+                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``: forward (bf16 autocast when ``cfg.precision`` resolves to it), matching and
     loss in fp32, ``Σ weight·term`` backward, gradient clipping to ``cfg.clip_max_norm``, AdamW step.
 
     Returns the mean over steps of ``loss`` and of every unweighted term, plus ``lr``, ``lr_backbone``,
     ``steps``. Raises :class:`NonFiniteLossError` before the optimizer step when the loss is not finite.
+    ``on_step(step, loss)``: called after each step with its weighted loss (e.g. TensorBoard's per-step curve).
     """
     device = torch.device(device)
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
@@ -111,6 +116,8 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
         optimizer.step()
         sums, keys, steps = (values if sums is None else sums + values), ["loss", *loss_dict], steps + 1
+        if on_step is not None:  # the loss is on the host already: the finiteness check above synchronised
+            on_step(steps, float(values[0]))
         if show:
             bar.set_postfix(loss=f"{float(sums[0]) / steps:.3f}")
     if steps == 0:
@@ -160,13 +167,14 @@ def build_model(cfg: RunConfig, device: torch.device,
 
 
 def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader: DataLoader,
-              device: torch.device) -> dict:
+              device: torch.device, layers: bool = False) -> dict:
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
     return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
-                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels)
+                    progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels,
+                    keep_layer_detections=layers)
 
 
 def evaluate_checkpoint(cfg: RunConfig) -> dict:
@@ -211,6 +219,8 @@ class TrainingRun:
         self.history: list[dict] = []
         self.epoch: int | None = None
         self._resume(last)
+        self.tensorboard = TensorBoardLog(cfg.run_dir, self.loaders["val"].dataset, len(self.loaders["train"]),
+                                          self.epoch) if self.rank == 0 else None
         index = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=index) if self.world > 1 else self.model
 
@@ -249,14 +259,17 @@ class TrainingRun:
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             self.loaders["train"].sampler.set_epoch(epoch)
             start = time.perf_counter()
+            on_step = functools.partial(self.tensorboard.train_step, epoch) if self.tensorboard else None
             try:
                 train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
-                                        self.device, epoch, self.cfg)
+                                        self.device, epoch, self.cfg, on_step)
             except NonFiniteLossError as e:
                 e.args = (f"{e.args[0]} Last good checkpoint: {self.cfg.run_dir / runs.LAST}",)
                 raise
             self.scheduler.step()
             self._finish_epoch(epoch, train, time.perf_counter() - start)
+        if self.tensorboard is not None:  # every finished epoch was flushed; an interrupted one is purged on resume
+            self.tensorboard.close()
         barrier()
         return runs.load_run(self.cfg.run_dir)
 
@@ -264,12 +277,17 @@ class TrainingRun:
         """Evaluate (epoch 0, every ``eval_every`` epochs and the last), then rank 0 saves and logs the epoch."""
         cfg, start = self.cfg, time.perf_counter()
         evaluate_now = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-        val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device) if evaluate_now else {}
+        layers = epoch in (0, cfg.epochs)  # every decoder layer's detections: the start and the end of the run
+        val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, layers) \
+            if evaluate_now else {}
         self.epoch = epoch
         if self.rank != 0:
             return
-        if "detections" in val:
-            runs.save_detections(cfg.run_dir, epoch, val.pop("detections"))
+        detections = val.pop("detections", None)
+        if detections is not None:
+            runs.save_detections(cfg.run_dir, epoch, detections)
+        if "layer_detections" in val:
+            runs.save_layer_detections(cfg.run_dir, epoch, val.pop("layer_detections"))
         lrs = [train.pop(k, g["lr"]) for k, g in zip(("lr", "lr_backbone"), self.optimizer.param_groups)]
         eval_time = time.perf_counter() - start
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
@@ -282,6 +300,7 @@ class TrainingRun:
             runs.save_best(run_dir, self.model, epoch, val, cfg)
         runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
         runs.write_logs(run_dir, self.history)
+        self.tensorboard.epoch_end(epoch, self.history[-1], detections)
         h = self.history[-1]  # one line per epoch, also in headless logs
         parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
         parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")
