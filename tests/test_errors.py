@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_bootstrap import perturbed_detections
 
 from detr_nb_utils.analysis.errors import ERROR_KINDS, analyse_errors, error_table
 from detr_nb_utils.training.coco_eval import results_array
@@ -125,24 +126,11 @@ def test_delta_ap50_of_a_classification_error_moves_it_to_the_right_class():
 
 
 def random_detections(gt: COCO, seed: int) -> dict[str, np.ndarray]:
-    """Objects jittered, relabelled, duplicated and dropped, plus random boxes: every kind of error."""
-    rng = np.random.default_rng(seed)
-    cats = np.array(sorted(gt.getCatIds()))
-    rows = []
-    for img_id in sorted(gt.getImgIds()):
-        info = gt.imgs[img_id]
-        for a in gt.imgToAnns[img_id]:
-            for _ in range(rng.integers(0, 3)):
-                x, y, w, h = a["bbox"]
-                j = rng.normal(0, rng.choice([0.05, 0.4]), 4) * [w, h, w, h]
-                cat = a["category_id"] if rng.random() > 0.2 else rng.choice(cats)
-                rows.append((img_id, cat, rng.uniform(0.2, 1), x + j[0], y + j[1], max(w + j[2], 1),
-                             max(h + j[3], 1)))
-        for _ in range(5):
-            w, h = rng.uniform(5, info["width"] / 3), rng.uniform(5, info["height"] / 3)
-            rows.append((img_id, rng.choice(cats), rng.uniform(0, 0.7), rng.uniform(0, info["width"] - w),
-                         rng.uniform(0, info["height"] - h), w, h))
-    return dets(rows)
+    """Two perturbed copies of the objects, one tight and one loose (some relabelled, some dropped), plus random
+    boxes: every kind of error."""
+    tight = perturbed_detections(gt, 0.05, seed, n_false=5, drop=0.3)
+    loose = perturbed_detections(gt, 0.4, seed + 100, n_false=0, drop=0.5)
+    return {k: np.concatenate([tight[k], loose[k]]) for k in tight}
 
 
 @pytest.fixture(scope="module")
