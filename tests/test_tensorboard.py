@@ -26,6 +26,7 @@ def events(run_dir: Path) -> EventAccumulator:
 
 ROW = {"epoch": 1, "lr": 1e-4, "lr_backbone": 1e-5, "train_time_s": 3.0, "eval_time_s": 1.5, "train_loss": 4.2,
        "train_loss_ce": 0.3, "train_loss_ce_0": 0.4, "val_loss_ce": 0.2, "val_loss_ce_0": 0.25, "val_loss_bbox": 0.05,
+       "val_loss_bbox_0": 0.07, "val_class_error": 3.0,
        "val_loss_total": 3.9, "val_loss_final": 0.6, "val_loss_layer_mean": 0.65, "val_AP": 0.5, "val_AP50": 0.7,
        "val_APl": float("nan"), "val_AR100": 0.6, "val_AP_layer_0": 0.4, "val_AP_layer_1": 0.5,
        "random_weights": False, "effective_precision": "fp32"}
@@ -38,7 +39,7 @@ def test_epoch_scalars_under_their_tags(tmp_path, val_set):
     acc = events(tmp_path)
     scalars = acc.Tags()["scalars"]
     expected = {"loss_ce/train": 0.3, "loss_ce/train_layer1": 0.4, "loss_ce/train_layer2": 0.3, "loss_ce/val": 0.2,
-                "loss_ce/val_layer1": 0.25, "loss_bbox/val_layer2": 0.05, "loss/train": 4.2, "loss/val_total": 3.9,
+                "loss_ce/val_layer1": 0.25, "loss_bbox/val_layer1": 0.07, "loss_bbox/val_layer2": 0.05, "loss/train": 4.2, "loss/val_total": 3.9,
                 "loss/val_final": 0.6, "loss/val_layer_mean": 0.65, "AP/AP": 0.5, "AP/AP50": 0.7, "AR/AR100": 0.6,
                 "AP_per_layer/layer1": 0.4, "AP_per_layer/layer2": 0.5, "lr/lr": 1e-4, "lr/lr_backbone": 1e-5,
                 "time/train_s": 3.0, "time/eval_s": 1.5}
@@ -46,6 +47,7 @@ def test_epoch_scalars_under_their_tags(tmp_path, val_set):
         (event,) = acc.Scalars(tag)
         assert event.step == 10 and event.value == pytest.approx(value), tag
     assert "AP/APl" not in scalars  # NaN (no large objects) is no point on a curve
+    assert "class_error/val" in scalars and "class_error/val_layer2" not in scalars  # a final-layer-only term
     assert not any("random_weights" in t or "precision" in t for t in scalars)
 
 

@@ -10,7 +10,7 @@ epoch (at the global step ``epoch x steps per epoch``, so epoch 0, the loaded ch
 - ``AP/`` and ``AR/``: COCO's twelve statistics of the final layer; ``AP_per_layer/``: AP of each decoder layer;
 - ``lr/`` (both learning rates), ``time/`` (seconds of training and evaluation);
 - ``val_predictions/image_<id>``: a fixed panel of validation images (the same every epoch), the ground truth in
-  green and the final layer's detections scoring at least :data:`PANEL_THRESHOLD` in orange, "name score";
+  white and the final layer's detections scoring at least :data:`PANEL_THRESHOLD` in orange, labelled "name score";
 
 and per training step ``loss/train_step`` (the step's weighted loss, already on the host for the engine's
 finiteness check, so logging it adds no device synchronisation; the writer queues events to a background thread:
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import ImageDraw
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
 from ..data.coco import CocoDetection
@@ -58,17 +60,24 @@ def _xyxy(boxes_xywh) -> torch.Tensor:
 
 def draw_panel(image: torch.Tensor, gt_xywh, det_xywh, det_labels: list[str], size: int = PANEL_SIZE) -> torch.Tensor:
     """``image`` uint8 ``[3,H,W]`` scaled so its longer side is ``size`` pixels, the ground truth boxes (x, y, w, h
-    pixels of the original) in green and the detections in orange with their ``det_labels``: uint8 ``[3,H',W']``."""
+    pixels of the original) in white and the detections in orange with their ``det_labels``: uint8 ``[3,H',W']``."""
     scale = size / max(image.shape[1:])
     h, w = round(image.shape[1] * scale), round(image.shape[2] * scale)
     # enlarged: pixels repeated (sharp, and small PNGs); reduced: averaged
     resized = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="nearest") if scale >= 1 else \
         torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear", antialias=True)
     resized = resized[0].round().clamp(0, 255).to(torch.uint8)
-    out = draw_bounding_boxes(resized, _xyxy(gt_xywh) * scale, colors="lime", width=2)
-    if len(det_labels):
-        out = draw_bounding_boxes(out, _xyxy(det_xywh) * scale, labels=det_labels, colors="orange", width=2)
-    return out
+    out = draw_bounding_boxes(resized, _xyxy(gt_xywh) * scale, colors="white", width=2)
+    if not len(det_labels):
+        return out
+    boxes = _xyxy(det_xywh) * scale
+    out = to_pil_image(draw_bounding_boxes(out, boxes, colors="orange", width=2))
+    draw = ImageDraw.Draw(out)  # labels on an orange ground, black text: readable over any image
+    for (x0, y0, _, _), text in zip(boxes.tolist(), det_labels):
+        left, top, right, bottom = draw.textbbox((x0 + 2, y0 + 1), text)
+        draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill="orange")
+        draw.text((x0 + 2, y0 + 1), text, fill="black")
+    return pil_to_tensor(out)
 
 
 class TensorBoardLog:
@@ -110,7 +119,7 @@ class TensorBoardLog:
         for split in ("train", "val"):
             for term in TERMS:
                 self._scalar(f"{term}/{split}", row.get(f"{split}_{term}"), step)
-                for layer in range(layers):
+                for layer in range(layers if f"{split}_{term}_0" in row else 0):  # terms logged per layer
                     key = f"{split}_{term}" + (f"_{layer}" if layer < layers - 1 else "")
                     self._scalar(f"{term}/{split}_layer{layer + 1}", row.get(key), step)
         self._scalar("loss/train", row.get("train_loss"), step)
