@@ -107,10 +107,13 @@ class SubgroupAp:
             overall = at["all objects"][0][1] - at["all objects"][1][1]
             overall_point = at["all objects"][0][0] - at["all objects"][1][0]
             for g, (a, b) in at.items():
-                change = percentile_interval(a[0] - b[0], a[1] - b[1])
-                beyond = percentile_interval(a[0] - b[0] - overall_point, a[1] - b[1] - overall)
                 row = {"variant": variant, "group": g, **sizes[g], "compared on": "AP@50det" if fewer else "AP",
                        "AP": 100 * a[0], "baseline AP": 100 * b[0]}
+                if sizes[g]["objects"] == 0:  # no AP to compare: the row says so with its 0 objects
+                    rows.append(row)
+                    continue
+                change = percentile_interval(a[0] - b[0], a[1] - b[1])
+                beyond = percentile_interval(a[0] - b[0] - overall_point, a[1] - b[1] - overall)
                 for name, d in (("change", change), ("beyond overall", beyond)):
                     row |= {name: 100 * d["point"], f"{name} low": 100 * d["low"], f"{name} high": 100 * d["high"],
                             f"{name} excludes 0": bool(d["low"] > 0 or d["high"] < 0)}
@@ -130,7 +133,7 @@ def subgroup_sentences(table: pd.DataFrame) -> list[str]:
     the baseline there and whether it loses more there than overall, beyond the images' noise or within it."""
     out = []
     for _, r in table.iterrows():
-        if np.isnan(r["change"]):
+        if r["objects"] == 0 or np.isnan(r["change"]):
             out.append(f"{r['variant']}, {r['group']}: no AP ({r['objects']} objects in these images).")
             continue
         if r["group"] == "all objects":
@@ -139,7 +142,9 @@ def subgroup_sentences(table: pd.DataFrame) -> list[str]:
             continue
         side = "worse" if r["beyond overall"] < 0 else "better"
         verdict = "beyond" if r["beyond overall excludes 0"] else "within"
-        out.append(f"{r['variant']}, {r['group']} ({r['objects']} objects in {r['images']} images): "
+        group = r["group"] + (f" (at least {table.attrs['min_objects']} objects each)"
+                              if r["group"] == "crowded images" and "min_objects" in table.attrs else "")
+        out.append(f"{r['variant']}, {group} ({r['objects']} objects in {r['images']} images): "
                    f"{_ci(r, 'change')}; that is {abs(r['beyond overall']):.1f} points {side} than its change on all "
                    f"objects (95% interval {r['beyond overall low']:+.1f} to {r['beyond overall high']:+.1f}), "
                    f"{verdict} the noise of the images.")
