@@ -8,12 +8,13 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from test_bootstrap import perturbed_detections
 
-from detr_nb_utils.analysis.errors import ERROR_KINDS, analyse_errors, error_table
+from detr_nb_utils.analysis.errors import ERROR_KINDS, analyse_errors, error_table, layer_change_sentence, layer_changes
 from detr_nb_utils.training.coco_eval import results_array
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
@@ -164,3 +165,17 @@ def test_error_table(sample_gt):
     assert table.loc["run", "AP50"] == pytest.approx(a.ap50())
     assert table.loc["run", "missed"] == at.counts()["missed"] >= a.counts()["missed"]
     assert table.attrs["min_score"] == 0.5
+
+
+def test_layer_changes_name_what_later_layers_remove():
+    table = pd.DataFrame({"AP50": [60.0, 70.0, 75.0], **{f"dAP50 {k}": [1.0, 1.0, 1.0] for k in ERROR_KINDS},
+                          **{k: [5, 5, 5] for k in ERROR_KINDS}}, index=pd.Index([1, 2, 3], name="decoder layer"))
+    table["dAP50 duplicate"], table["duplicate"] = [9.0, 6.0, 4.0], [120, 80, 50]
+    table["dAP50 localisation"], table["localisation"] = [5.0, 3.0, 3.5], [40, 30, 33]
+    table.attrs["min_score"] = 0.5
+    changes = layer_changes(table)
+    assert list(changes.index[:2]) == ["duplicate", "localisation"]
+    assert changes.loc["duplicate", "count change"] == -70 and changes.loc["duplicate", "dAP50 change"] == -5.0
+    assert layer_change_sentence(changes) == (
+        "From decoder layer 1 to layer 3, duplicate errors scoring 0.5 or more go from 120 to 50 and cost 9.0 then "
+        "4.0 AP50 points; localisation errors scoring 0.5 or more go from 40 to 33 and cost 5.0 then 3.5 AP50 points.")

@@ -230,3 +230,30 @@ def error_table(analyses: Mapping[str, ErrorAnalysis], counts_at: Mapping[str, E
     if counts_at:
         table.attrs["min_score"] = next(iter(counts_at.values())).min_score
     return table
+
+
+def layer_changes(table: pd.DataFrame) -> pd.DataFrame:
+    """What the decoder layers after the first change, per kind of error (findings as data): from a per-layer
+    :func:`error_table` (index: decoder layers, with counts), one row per kind with the ``count`` and ``dAP50`` of
+    the first and of the last layer and their changes (last - first: negative when the later layers remove that
+    kind), ordered by the AP50 they remove, most first. ``attrs``: ``layers`` (first, last), ``min_score``."""
+    first, last = table.index[0], table.index[-1]
+    rows = {k: {"count first": table.loc[first, k], "count last": table.loc[last, k],
+                "dAP50 first": table.loc[first, f"dAP50 {k}"], "dAP50 last": table.loc[last, f"dAP50 {k}"]}
+            for k in ERROR_KINDS}
+    out = pd.DataFrame.from_dict(rows, orient="index").rename_axis("kind")
+    out["count change"] = out["count last"] - out["count first"]
+    out["dAP50 change"] = out["dAP50 last"] - out["dAP50 first"]
+    out = out.sort_values("dAP50 change", kind="stable")
+    out.attrs.update(layers=(first, last), min_score=table.attrs.get("min_score"))
+    return out
+
+
+def layer_change_sentence(changes: pd.DataFrame, top: int = 2) -> str:
+    """The ``top`` kinds of error the later decoder layers remove most (every number from :func:`layer_changes`)."""
+    first, last = changes.attrs["layers"]
+    above = f" scoring {changes.attrs['min_score']:g} or more" if changes.attrs.get("min_score") else ""
+    parts = [f"{kind} errors{above} go from {r['count first']:.0f} to {r['count last']:.0f} and cost "
+             f"{r['dAP50 first']:.1f} then {r['dAP50 last']:.1f} AP50 points"
+             for kind, r in changes.head(top).iterrows()]
+    return f"From decoder layer {first} to layer {last}, " + "; ".join(parts) + "."
