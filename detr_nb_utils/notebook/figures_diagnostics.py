@@ -118,7 +118,7 @@ def plot_error_breakdown(table: pd.DataFrame, title: str = "") -> Figure:
     y = np.arange(len(ERROR_KINDS))
     height = 0.8 / max(len(table), 1)
     for k, (name, row) in enumerate(table.iterrows()):
-        offset = (len(table) - 1) / 2 - k
+        offset = k - (len(table) - 1) / 2  # the first row's bars on top (the axis is inverted below)
         axes[0].barh(y + offset * height, [row[f"dAP50 {kind}"] for kind in ERROR_KINDS], height,
                      label=f"{name} (AP50 {row['AP50']:.1f})")
         if all(kind in row for kind in ERROR_KINDS):
@@ -131,7 +131,8 @@ def plot_error_breakdown(table: pd.DataFrame, title: str = "") -> Figure:
     threshold = table.attrs.get("min_score")
     axes[1].set(xlabel="errors (missed: objects)", title="How many" + (f" (score >= {threshold:g})" if threshold
                                                                        is not None else ""))
-    axes[0].legend(fontsize=8, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(table), 4),
+               fontsize=8)
     fig.suptitle(title or "Errors by kind (TIDE, Bolya et al. 2020), on COCOeval's matches at IoU 0.5", fontsize=10)
     return fig
 
