@@ -65,3 +65,19 @@ def test_the_baseline_must_be_there(subgroups):
     sub, _, main, _ = subgroups
     with pytest.raises(ValueError, match="no runs of the baseline 'dec9'"):
         sub.table(main, baseline="dec9")
+
+
+def test_forest_plot_draws_each_interval_and_names_empty_groups(subgroups):
+    from detr_nb_utils.notebook.figures_diagnostics import plot_subgroup_changes
+
+    _, table, _, _ = subgroups
+    empty = table.copy()
+    empty.loc[empty["group"] == "large", ["objects", "change", "change low", "change high"]] = [0, np.nan, np.nan,
+                                                                                                np.nan]
+    fig = plot_subgroup_changes(empty)
+    ax = fig.axes[0]
+    drawn = sum(len(c.get_segments()) for c in ax.collections)
+    assert drawn == int((empty["objects"] > 0).sum())  # one interval per variant and group with objects
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "large (no objects)" in labels and "small" in labels
+    assert f"{table.attrs['min_objects']} or more objects" in ax.get_title()

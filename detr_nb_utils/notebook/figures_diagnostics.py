@@ -193,3 +193,36 @@ def plot_loss_terms(terms: pd.DataFrame, title: str = "") -> Figure:
     fig.suptitle(title or f"Loss terms per decoder layer ({seeds}); epoch 0: the checkpoint, validation only",
                  fontsize=10)
     return fig
+
+
+def plot_subgroup_changes(table: pd.DataFrame, title: str = "") -> Figure:
+    """Each variant's change against the baseline on every group (a forest plot: point and 95% paired interval,
+    points of AP), one colour per variant, its change on all objects dashed: a group to the left of its dashed line
+    loses more than the variant does overall (whether beyond the images' noise is the table's ``beyond overall``
+    interval, which :func:`~detr_nb_utils.analysis.subgroups.subgroup_sentences` states). ``table``:
+    :meth:`~detr_nb_utils.analysis.subgroups.SubgroupAp.table`; a group without objects is named, not drawn."""
+    groups = list(dict.fromkeys(table["group"]))
+    variants = list(dict.fromkeys(table["variant"]))
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * len(groups) * max(len(variants), 1) ** 0.5),
+                           layout="constrained")
+    step = 0.6 / max(len(variants), 1)
+    for k, (variant, colour) in enumerate(zip(variants, plt.cm.tab10.colors)):
+        rows = table[table["variant"] == variant].set_index("group").reindex(groups)
+        y = np.arange(len(groups)) + (k - (len(variants) - 1) / 2) * step
+        ok = rows["objects"].fillna(0).to_numpy() > 0
+        ax.hlines(y[ok], rows["change low"][ok], rows["change high"][ok], color=colour, lw=1.5)
+        ax.plot(rows["change"][ok], y[ok], "o", color=colour,
+                label=f"{variant} ({rows['compared on'].iloc[0]})")
+        ax.axvline(rows.loc[groups[0], "change"], color=colour, ls="--", lw=1)
+    ax.axvline(0, color="black", lw=0.8)
+    empty = set(table.loc[table["objects"] == 0, "group"])
+    ax.set_yticks(range(len(groups)), [f"{g} (no objects)" if g in empty else g for g in groups])
+    ax.invert_yaxis()
+    a = table.attrs
+    ax.set(xlabel=f"change against {a.get('baseline', 'the baseline')} (AP points, 95% paired interval over the "
+                  f"{a.get('n_images', '?')} images)",
+           title=title or f"Where each variant loses (crowded: {a.get('min_objects', '?')} or more objects; dashed: "
+                          f"its change on all objects)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
