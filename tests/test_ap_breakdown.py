@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_errors import dets, make_gt, random_detections
 
 from detr_nb_utils.analysis.ap_breakdown import class_ap_table, evaluate_detections, pr_curves, size_table
 from detr_nb_utils.analysis.bootstrap import MatchedDetections
 from detr_nb_utils.training.coco_eval import results_array
-from test_errors import dets, make_gt, random_detections
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 threshold, crowd regions, and pairing by IoU."""
 from __future__ import annotations
 
-from detr_nb_utils.analysis.confusion import BACKGROUND, confusion_matrix
 from test_errors import dets, make_gt
+
+from detr_nb_utils.analysis.confusion import BACKGROUND, confusion_matrix
 
 # image 1: an "a" at (10, 10, 20, 20) and a "b" at (60, 60, 20, 20); image 2: an "a" and a crowd region of "b"
 GT = make_gt([(1, 1, 10, 10, 20, 20), (1, 2, 60, 60, 20, 20), (2, 1, 10, 10, 20, 20), (2, 2, 50, 50, 40, 40, 1)],

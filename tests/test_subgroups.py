@@ -14,13 +14,13 @@ from detr_nb_utils.training.runs import load_detections
 
 @pytest.fixture(scope="module")
 def subgroups(analysed):  # noqa: F811
-    records, groups, main, bootstrap = analysed
+    _, _, main, bootstrap = analysed
     sub = SubgroupAp(bootstrap)
     return sub, sub.table(main), main, bootstrap
 
 
 def test_rows_and_the_overall_change_is_the_headline_difference(subgroups):
-    sub, table, main, bootstrap = subgroups
+    _, table, main, bootstrap = subgroups
     assert list(table["variant"].unique()) == ["dec3_q100", "dec3_q50"]
     assert list(table[table["variant"] == "dec3_q100"]["group"]) == list(GROUPS)
     for variant, cap in (("dec3_q100", None), ("dec3_q50", 50)):

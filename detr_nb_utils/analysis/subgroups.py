@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..training.runs import RunRecord, load_detections
-from .bootstrap import ApBootstrap, Groups, MatchedDetections, per_image_max, percentile_interval, resampled_ap, \
-    runs_of
+from .bootstrap import ApBootstrap, Groups, MatchedDetections, per_image_max, percentile_interval, resampled_ap, runs_of
 from .comparison import CAP
 
 #: the groups, in the table's order: COCO's size ranges, then images by how many objects they hold
@@ -42,7 +41,7 @@ class SubgroupAp:
         self.bootstrap = bootstrap
         self.objects = objects_per_image(bootstrap.gt, bootstrap.img_ids)
         if min_objects is None:
-            min_objects = max(2, int(math.ceil(np.percentile(self.objects, 90)))) if len(self.objects) else 2
+            min_objects = max(2, math.ceil(np.percentile(self.objects, 90))) if len(self.objects) else 2
         self.min_objects = min_objects
         crowded = self.objects >= min_objects
         self.masks = {"crowded images": crowded.astype(float), "other images": (~crowded).astype(float)}

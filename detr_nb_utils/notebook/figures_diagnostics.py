@@ -144,7 +144,7 @@ def plot_layer_errors(table: pd.DataFrame, title: str = "") -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
     x = np.asarray(table.index)
     for kind in ERROR_KINDS:
-        style = dict(color=KIND_COLOURS[kind], marker="o", label=kind, lw=2.5 if kind == "duplicate" else 1.5)
+        style = {"color": KIND_COLOURS[kind], "marker": "o", "label": kind, "lw": 2.5 if kind == "duplicate" else 1.5}
         axes[0].plot(x, table[kind], **style)
         axes[1].plot(x, table[f"dAP50 {kind}"], **style)
     for ax in axes:
