@@ -123,15 +123,20 @@ def test_interrupted_run_resumes_to_the_same_numbers_and_nan_keeps_last_checkpoi
 def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, run_name="readback", epochs=1)
     record = engine.run_experiment(cfg)
-    assert {p.name for p in cfg.run_dir.iterdir()} == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY,
-                                                      runs.LAST, runs.BEST, runs.DETECTIONS, runs.ENVIRONMENT,
-                                                      runs.CATEGORIES}  # random weights: no class_head.csv
+    names = {p.name for p in cfg.run_dir.iterdir()}
+    events = {n for n in names if n.startswith("events.out.tfevents.")}  # TensorBoard's
+    assert len(events) == 1
+    assert names - events == {runs.CONFIG, runs.MANIFEST, runs.METRICS, runs.HISTORY, runs.LAST, runs.BEST,
+                              runs.DETECTIONS, runs.ENVIRONMENT, runs.CATEGORIES}  # random weights: no class_head.csv
     loaded = runs.load_run(cfg.run_dir)
     (session,) = loaded.environment  # one start, on this machine, from no finished epoch
     assert session["from_epoch"] is None and session["device"] == "cpu" and session["torch"] == torch.__version__
     engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # extended: a second session, from epoch 1
     engine.run_experiment(dataclasses.replace(cfg, epochs=2))  # finished: read back, no session recorded
     assert [e["from_epoch"] for e in runs.load_run(cfg.run_dir).environment] == [None, 1]
+    assert len(list(cfg.run_dir.glob("events.out.tfevents.*"))) == 2  # the extension appended; reading back wrote none
+    with pytest.raises(FileNotFoundError, match=r"keeps every decoder layer's detections for epochs \[0, 1, 2\]"):
+        runs.load_layer_detections(cfg.run_dir, 5)
     assert loaded.config == cfg and loaded.complete and loaded.best_epoch_ap == record.best_epoch_ap
     assert {"val_AP", "val_AP_layer_0", "val_loss_total", "val_loss_final", "train_loss"} <= set(loaded.metrics)
     assert list(loaded.per_category_ap.index) == [0, 1]
@@ -145,6 +150,12 @@ def test_run_folder_reads_back_and_refuses_another_config(tiny_cfg):
     matched = MatchedDetections(gt, dets, sorted(np.unique(dets["image_id"]).tolist()))
     point = ap_interval(matched, n_resamples=20)["AP"]["point"]
     assert point == pytest.approx(loaded.metrics.loc[1, "val_AP"], abs=1e-4)
+    # every decoder layer's detections at the first and the last epoch; each layer's reproduces its logged AP
+    layers = runs.load_layer_detections(cfg.run_dir, 1)
+    assert len(layers) == cfg.dec_layers and all(np.array_equal(layers[-1][k], dets[k]) for k in dets)
+    first = ap_interval(MatchedDetections(gt, layers[0], matched.img_ids), n_resamples=20)["AP"]["point"]
+    assert first == pytest.approx(loaded.metrics.loc[1, "val_AP_layer_0"], abs=1e-4)
+    assert len(runs.load_layer_detections(cfg.run_dir, 0)) == cfg.dec_layers
     best = torch.load(cfg.run_dir / runs.BEST, weights_only=True)
     assert best["epoch"] == loaded.best_epoch_ap
     with pytest.raises(runs.RunConfigMismatch, match=r"lr: 0\.0001 in the folder, 0\.0002 now"):

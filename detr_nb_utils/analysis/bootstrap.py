@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,10 +49,14 @@ from ..training.runs import RunRecord, detection_epochs, load_detections
 LEVEL = 0.95
 
 
-def evaluate_images(coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int]) -> COCOeval:
-    """``COCOeval.evaluate()`` (per-image matching) of ``detections`` on ``img_ids``, area range "all" only."""
+def evaluate_images(coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int],
+                    area: str = "all") -> COCOeval:
+    """``COCOeval.evaluate()`` (per-image matching) of ``detections`` on ``img_ids``, in one area range: "all", or
+    "small", "medium", "large" (COCO's: ground truth of other sizes ignored, as are unmatched detections of
+    other sizes)."""
     img_ids = sorted(int(i) for i in img_ids)
-    return run_cocoeval(coco_gt, results_array(detections, img_ids), img_ids, all_areas=False, accumulate=False)
+    return run_cocoeval(coco_gt, results_array(detections, img_ids), img_ids, all_areas=False, accumulate=False,
+                        area=area)
 
 
 class _Accumulator:
@@ -106,8 +111,9 @@ class _Accumulator:
         before[1:] = c[self.starts[1:] - 1]
         return c - np.repeat(before, np.diff(np.r_[self.starts, len(x)]), axis=0)
 
-    def ap(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """AP and AP50 (fractions; NaN when no image holds ground truth) for image counts ``[images, B]``."""
+    def _per_category(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """COCO's precision averaged over the recall thresholds ``[categories, IoU thresholds, B]`` and the
+        ground-truth count ``[categories, B]`` for image counts ``[images, B]``."""
         counts = np.asarray(counts, np.float64)
         npig = self.gt_counts @ counts  # [categories, B]
         sums = np.zeros((self.n_cat * self.n_iou, counts.shape[1]))
@@ -125,7 +131,17 @@ class _Accumulator:
             new[1:] -= reached[:-1]
             new[self.starts] = reached[self.starts]  # recall thresholds first reached at each row
             sums[np.unique(self.group)] = np.add.reduceat(envelope * new, self.starts, axis=0)
-        per_cat = sums.reshape(self.n_cat, self.n_iou, -1) / len(self.rec_thrs)
+        return sums.reshape(self.n_cat, self.n_iou, -1) / len(self.rec_thrs), npig
+
+    def category_ap(self, counts: np.ndarray) -> np.ndarray:
+        """AP of each category (fractions, IoU .50:.95) ``[categories, B]``, NaN where a resample holds none of its
+        ground truth; the categories are COCOeval's ``params.catIds``, in order."""
+        per_cat, npig = self._per_category(counts)
+        return np.where(npig > 0, per_cat.mean(1), np.nan)
+
+    def ap(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """AP and AP50 (fractions; NaN when no image holds ground truth) for image counts ``[images, B]``."""
+        per_cat, npig = self._per_category(counts)
         valid = npig > 0
         n_valid = valid.sum(0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -180,15 +196,18 @@ class MatchedDetections:
     """One detection set matched once (``COCOeval.evaluate``) on ``img_ids``: re-score it on any resample with
     :func:`ap_interval`, :func:`ap_difference` and :func:`resampled_ap` without matching again (06_analysis keeps
     one per run and epoch). ``max_det``: keep only each image's ``max_det`` highest-scoring detections
-    (:func:`top_per_image`; None: all, i.e. one per query)."""
+    (:func:`top_per_image`; None: all, i.e. one per query). ``area``: score only objects of one COCO size range
+    (:func:`evaluate_images`)."""
 
     def __init__(self, coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids: Sequence[int],
-                 max_det: int | None = None) -> None:
+                 max_det: int | None = None, area: str = "all") -> None:
         self.img_ids = sorted(int(i) for i in img_ids)
-        self.max_det = max_det
+        self.max_det, self.area = max_det, area
         if max_det is not None:
             detections = top_per_image(detections, max_det)
-        self.accumulator = _Accumulator(evaluate_images(coco_gt, detections, self.img_ids))
+        ev = evaluate_images(coco_gt, detections, self.img_ids, area)
+        self.cat_ids = list(ev.params.catIds)
+        self.accumulator = _Accumulator(ev)
         self.point = tuple(float(v[0]) for v in self.accumulator.ap(np.ones((len(self.img_ids), 1))))
 
 
@@ -327,15 +346,21 @@ class ApBootstrap:
         return self.run_ap(record, epoch, max_det) if self.has(record, epoch) else None
 
     def _combined(self, variant: str, runs: Sequence[RunRecord], what: str, max_det: int | None):
-        """Mean over the seeds: point, resamples ``[B]`` (seeds redrawn per resample), per-seed points; or None."""
-        parts = [self.quantity(r, what, max_det) for r in runs]
+        return self.combine_seeds(variant, [self.quantity(r, what, max_det) for r in runs])
+
+    def combine_seeds(self, variant: str, parts: Sequence[tuple[float, np.ndarray] | None]):
+        """Mean over a variant's seeds of per-run ``(point, resamples [B])`` scored on :attr:`counts`: point,
+        resamples (with several seeds each resample redraws them with replacement, the same draws for every
+        statistic of ``variant``), per-seed points; or None when a part is missing."""
         if not parts or any(p is None for p in parts):
             return None
         points, samples = np.array([p[0] for p in parts]), np.stack([p[1] for p in parts])
-        if len(runs) > 1:  # the same draws for every statistic of this variant
+        if len(parts) > 1:  # the same draws for every statistic of this variant
             rng = np.random.default_rng([self.seed, zlib.crc32(variant.encode())])
-            draws = rng.integers(0, len(runs), size=(self.n_resamples, len(runs)))
-            samples = np.nanmean(samples[draws, np.arange(self.n_resamples)[:, None]], axis=1)
+            draws = rng.integers(0, len(parts), size=(self.n_resamples, len(parts)))
+            with warnings.catch_warnings():  # a resample holding none of a group's objects has no AP (NaN)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                samples = np.nanmean(samples[draws, np.arange(self.n_resamples)[:, None]], axis=1)
         else:
             samples = samples[0]
         return float(points.mean()), samples, points

@@ -50,17 +50,20 @@ def load_results(coco_gt: COCO, results: np.ndarray) -> COCO:
 
 
 def run_cocoeval(coco_gt: COCO, results: np.ndarray, img_ids: list[int], all_areas: bool = True,
-                 verbose: bool = False, accumulate: bool = True) -> COCOeval:
+                 verbose: bool = False, accumulate: bool = True, area: str = "all") -> COCOeval:
     """A ``COCOeval`` (bbox) of ``results`` over ``img_ids``, evaluated (the per-image matching), then accumulated
-    unless ``accumulate=False``. ``all_areas=False`` scores only the "all" area range (enough for AP and AP50,
-    and faster), without ``summarize``. Silent unless ``verbose``."""
+    unless ``accumulate=False``. ``all_areas=False`` scores only the area range ``area`` ("all", enough for AP and
+    AP50, and faster; or "small", "medium", "large"), without ``summarize``. Silent unless ``verbose``."""
     if not img_ids:
         raise ValueError("COCO evaluation: no images to evaluate (empty detections and img_ids)")
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(coco_gt, load_results(coco_gt, results), iouType="bbox")
         ev.params.imgIds = img_ids
         if not all_areas:
-            ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
+            if area not in ev.params.areaRngLbl:
+                raise ValueError(f"area must be one of {ev.params.areaRngLbl}, got {area!r}")
+            k = ev.params.areaRngLbl.index(area)
+            ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[k:k + 1], [area]
         ev.evaluate()
         if accumulate:
             ev.accumulate()

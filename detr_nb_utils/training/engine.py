@@ -11,7 +11,9 @@ evaluate / save per epoch into the run folder (:mod:`.runs`), resuming a run fol
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -38,6 +40,7 @@ from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, No
                          finite_flags, raise_if_outputs_non_finite)
 from .run_lock import RunLock
 from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32
+from .tensorboard import TensorBoardLog
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
@@ -79,7 +82,8 @@ def _step_name(epoch: int, step: int, targets: list[dict]) -> str:
 
 
 def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer: torch.optim.Optimizer,
-                    device: torch.device | str, epoch: int, cfg: RunConfig) -> dict[str, float]:
+                    device: torch.device | str, epoch: int, cfg: RunConfig,
+                    on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``: forward (bf16 autocast when ``cfg.precision`` resolves to it), matching and
     loss in fp32, ``Σ weight·term`` backward, gradient clipping to ``cfg.clip_max_norm``, AdamW step.
 
@@ -88,6 +92,7 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
     outputs (any decoder layer's ``pred_logits``, ``pred_boxes``) that are NaN or infinite, instead of letting the
     matcher fail on them, and :class:`~.non_finite.NonFiniteLossError` when the loss is not finite. Both checks are
     read in the step's one synchronisation with the device (as the loss's check alone was before).
+    ``on_step(step, loss)``: called after each step with its weighted loss (e.g. TensorBoard's per-step curve).
     """
     device = torch.device(device)
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
@@ -118,6 +123,8 @@ def train_one_epoch(model: nn.Module, criterion: SetCriterion, loader, optimizer
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
         optimizer.step()
         sums, keys, steps = (values if sums is None else sums + values), ["loss", *loss_dict], steps + 1
+        if on_step is not None:  # the loss is on the host already: the finiteness check above synchronised
+            on_step(steps, float(values[0]))
         if show:
             bar.set_postfix(loss=f"{float(sums[0]) / steps:.3f}")
     if steps == 0:
@@ -167,15 +174,17 @@ def build_model(cfg: RunConfig, device: torch.device,
 
 
 def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader: DataLoader,
-              device: torch.device, epoch: int) -> dict:
-    """:func:`.evaluation.evaluate` of epoch ``epoch``, a non-finite output named with the epoch and what to do."""
+              device: torch.device, epoch: int, layers: bool = False) -> dict:
+    """:func:`.evaluation.evaluate` of epoch ``epoch``, a non-finite output named with the epoch and what to do;
+    ``layers``: keep every decoder layer's detections too."""
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
     try:
         return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
-                        progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels)
+                        progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels,
+                        keep_layer_detections=layers)
     except NonFiniteOutputError as e:
         if epoch == 0:
             start = f"the checkpoint {cfg.checkpoint}" if cfg.checkpoint else "random weights"
@@ -230,6 +239,8 @@ class TrainingRun:
         self.history: list[dict] = []
         self.epoch: int | None = None
         self._resume(last)
+        self.tensorboard = TensorBoardLog(cfg.run_dir, self.loaders["val"].dataset, len(self.loaders["train"]),
+                                          self.epoch) if self.rank == 0 else None
         index = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=index) if self.world > 1 else self.model
 
@@ -267,14 +278,17 @@ class TrainingRun:
             for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
                 self.loaders["train"].sampler.set_epoch(epoch)
                 start = time.perf_counter()
+                on_step = functools.partial(self.tensorboard.train_step, epoch) if self.tensorboard else None
                 train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
-                                        self.device, epoch, self.cfg)
+                                        self.device, epoch, self.cfg, on_step)
                 self.scheduler.step()
                 self._finish_epoch(epoch, train, time.perf_counter() - start)
         except NonFiniteError as e:
             if (self.cfg.run_dir / runs.LAST).is_file():
                 e.args = (f"{e.args[0]} Last good checkpoint: {self.cfg.run_dir / runs.LAST}",)
             raise
+        if self.tensorboard is not None:  # every finished epoch was flushed; an interrupted one is purged on resume
+            self.tensorboard.close()
         barrier()
         return runs.load_run(self.cfg.run_dir)
 
@@ -282,14 +296,18 @@ class TrainingRun:
         """Evaluate (epoch 0, every ``eval_every`` epochs and the last), then rank 0 saves and logs the epoch."""
         cfg, start = self.cfg, time.perf_counter()
         evaluate_now = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        layers = epoch in (0, cfg.epochs)  # every decoder layer's detections: the start and the end of the run
         val = {}
         if evaluate_now:
-            val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, epoch)
+            val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, epoch, layers)
         self.epoch = epoch
         if self.rank != 0:
             return
-        if "detections" in val:
-            runs.save_detections(cfg.run_dir, epoch, val.pop("detections"))
+        detections = val.pop("detections", None)
+        if detections is not None:
+            runs.save_detections(cfg.run_dir, epoch, detections)
+        if "layer_detections" in val:
+            runs.save_layer_detections(cfg.run_dir, epoch, val.pop("layer_detections"))
         lrs = [train.pop(k, g["lr"]) for k, g in zip(("lr", "lr_backbone"), self.optimizer.param_groups)]
         eval_time = time.perf_counter() - start
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
@@ -302,6 +320,7 @@ class TrainingRun:
             runs.save_best(run_dir, self.model, epoch, val, cfg)
         runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
         runs.write_logs(run_dir, self.history)
+        self.tensorboard.epoch_end(epoch, self.history[-1], detections)
         h = self.history[-1]  # one line per epoch, also in headless logs
         parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
         parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")

@@ -134,7 +134,8 @@ def _evaluate_batch(model, criterion, images, mask, targets, device, amp_dtype, 
 def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, device: torch.device | str,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, per_layer_ap: bool = True,
              progress: bool = False, verbose: bool = False, keep_detections: bool = False,
-             cocoeval_workers: int | None = None, labels: LabelMap | None = None) -> dict:
+             cocoeval_workers: int | None = None, labels: LabelMap | None = None,
+             keep_layer_detections: bool = False) -> dict:
     """One pass over ``loader``: COCO metrics of the final layer and of every decoder layer, and the losses.
 
     ``loader`` yields :func:`detr_nb_utils.data.coco.collate_fn` batches (``images``, ``mask``, ``targets`` with
@@ -146,7 +147,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
     ``l = 0 … L-1`` (``L-1`` is the final layer), ``loss_total`` (Σ weight·term over all layers, the original
     study's "validation loss"), ``loss_final`` (last layer only), ``loss_layer_mean`` (total / L), every unweighted term
     of the criterion averaged over batches, and ``num_images``; with ``keep_detections``, also ``detections``:
-    the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis. ``cocoeval_workers``:
+    the final layer's :func:`detection_arrays` (rank 0), for the bootstrap of 06_analysis; with
+    ``keep_layer_detections`` (and ``per_layer_ap``), ``layer_detections``: the auxiliary layers' (first layer
+    first), for the error breakdown per decoder layer. ``cocoeval_workers``:
     processes scoring the auxiliary layers while this one scores the final layer (``None``: one per layer up to
     the cores but one, from 500 images; 0: all in this process). ``labels``: the run's label map, which turns the
     model's class indices into the ground truth's category ids (None: COCO's label space, where they are the same),
@@ -181,6 +184,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader, coco_gt: COCO, devi
         metrics.update(layer_metrics())
     if keep_detections:
         metrics["detections"] = detection_arrays(dets[-1])
+    if keep_layer_detections and per_layer_ap:
+        metrics["layer_detections"] = [detection_arrays(d) for d in dets[:-1]]
     if per_layer_ap:
         metrics[f"AP_layer_{num_layers - 1}"], metrics[f"AP50_layer_{num_layers - 1}"] = metrics["AP"], metrics["AP50"]
     return metrics

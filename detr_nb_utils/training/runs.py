@@ -5,7 +5,9 @@ the split; for your own dataset its files and their SHA-256), ``categories.json`
 category id <-> name) and ``class_head.csv`` (where each class-head row started from), ``metrics.jsonl`` (one JSON
 object per finished epoch, epoch 0 being the loaded checkpoint before any training), ``history.csv`` (the same without
 per-category AP), ``detections/epoch_N.npz`` (the final layer's detections of every evaluated epoch N, as flat arrays,
-for the bootstrap of :mod:`detr_nb_utils.analysis.bootstrap`), ``checkpoint_last.pth`` (model, optimizer, scheduler,
+for the bootstrap of :mod:`detr_nb_utils.analysis.bootstrap`), ``detections/layers/epoch_N.npz`` (the auxiliary decoder
+layers' detections of epoch 0 and the last epoch, for the error breakdown per layer), TensorBoard's event files
+(``events.out.tfevents.*``, :mod:`.tensorboard`), ``checkpoint_last.pth`` (model, optimizer, scheduler,
 epoch, RNG states, config and the metrics history: the source of truth for resuming) and ``checkpoint_best.pth`` (the
 weights of the epoch with the best val AP). Every file is written under a temporary name and renamed, so an interrupted
 run never leaves half a file; the checkpoints are read back by the package's one checkpoint reader
@@ -37,6 +39,8 @@ CONFIG, MANIFEST, METRICS, HISTORY = "config.json", "split_manifest.json", "metr
 CATEGORIES, CLASS_HEAD = "categories.json", "class_head.csv"
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 DETECTIONS = "detections"
+#: ``detections/layers/epoch_N.npz``: every auxiliary decoder layer's detections, with a ``layer`` array (0-based)
+LAYER_DETECTIONS = "layers"
 #: one line per start or resume of a run: when, from which epoch, and on what (:func:`.runtime.environment`)
 ENVIRONMENT = "environment.jsonl"
 # fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended;
@@ -151,6 +155,33 @@ def detection_epochs(run_dir: str | Path) -> list[int]:
     """The epochs whose detections the run folder holds, in order."""
     files = (Path(run_dir) / DETECTIONS).glob("epoch_*.npz")
     return sorted(int(p.stem.removeprefix("epoch_")) for p in files if p.stem.removeprefix("epoch_").isdigit())
+
+
+def save_layer_detections(run_dir: Path, epoch: int, layers: list[dict[str, np.ndarray]]) -> Path:
+    """``detections/layers/epoch_{epoch}.npz`` (atomic): the auxiliary layers' :func:`.evaluation.detection_arrays`
+    (layer 0 first) concatenated, with ``layer`` int8 [N] saying whose each row is. The final layer stays in
+    :func:`save_detections`' file, which every reader of the bootstrap keeps reading unchanged."""
+    arrays = {k: np.concatenate([d[k] for d in layers]) for k in layers[0]} if layers else {}
+    arrays["layer"] = np.repeat(np.arange(len(layers), dtype=np.int8), [len(d["score"]) for d in layers])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic.write_bytes(Path(run_dir) / DETECTIONS / LAYER_DETECTIONS / f"epoch_{epoch}.npz", buffer.getvalue())
+
+
+def load_layer_detections(run_dir: str | Path, epoch: int) -> list[dict[str, np.ndarray]]:
+    """Every decoder layer's detections of ``epoch``, first layer first, the final layer last (from
+    :func:`load_detections`); the run folder keeps them for epoch 0 and its last epoch."""
+    path = Path(run_dir) / DETECTIONS / LAYER_DETECTIONS / f"epoch_{epoch}.npz"
+    if not path.is_file():
+        kept = sorted(int(p.stem.removeprefix("epoch_")) for p in path.parent.glob("epoch_*.npz")) \
+            if path.parent.is_dir() else []
+        raise FileNotFoundError(f"{path} is missing: the run folder keeps every decoder layer's detections for epochs "
+                                f"{kept or 'none (it predates them: run it again to get them)'}")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    layer = arrays.pop("layer")
+    return [{k: v[layer == n] for k, v in arrays.items()} for n in range(int(layer.max()) + 1 if len(layer) else 0)] \
+        + [load_detections(run_dir, epoch)]
 
 
 #: the field of every metrics row (``metrics.jsonl``, and the history in ``checkpoint_last.pth``) that says which
