@@ -2,6 +2,7 @@
 no step logged twice after a resume, and nothing written by a run that only reads back."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,11 @@ def test_a_resumed_run_logs_no_step_twice(tmp_path, val_set):
     for step in range(1, 3):  # epoch 2 interrupted after two steps
         log.train_step(2, step, 99.0)
     log.close()
+    # a resumed run is a later process: its event file's name (a timestamp in seconds, then a per-process counter
+    # that sorts as text) must sort after the first one's, as it does across processes
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.05)
     resumed = TensorBoardLog(tmp_path, val_set, steps_per_epoch=4, resumed_after=1)
     for step in range(1, 5):
         resumed.train_step(2, step, 5.0 - step)

@@ -20,5 +20,11 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "baseline": ("best_of", "loss_gap", "versus_baseline"),
     "own_data": ("class_groups", "group_ap_table", "group_difference", "surgery_takeaway"),
     "matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
+    "ap_breakdown": ("class_ap_table", "evaluate_detections", "pr_curves", "size_table"),
+    "confusion": ("confusion_matrix",),
+    "errors": ("ErrorAnalysis", "analyse_errors", "error_table", "layer_change_sentence", "layer_changes"),
+    "subgroups": ("SubgroupAp", "subgroup_sentences"),
+    "diagnostics": ("RunDiagnostics", "variant_errors"),
+    "loss_terms": ("runs_loss_terms",),
 }
 __all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)
