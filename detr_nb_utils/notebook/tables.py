@@ -285,8 +285,8 @@ def run_takeaway(record: RunRecord) -> str:
         a0, af = 100 * m.loc[0, "val_AP"], 100 * m.loc[final, "val_AP"]
         ap = (f"val AP went from {a0:.1f} at epoch 0 to {af:.1f} at the final epoch {final}: fine-tuning "
               f"{change_words(af - a0)} (best fine-tuned epoch {best}: {100 * m.loc[best, 'val_AP']:.1f}, "
-              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0; one run's values, without an "
-              "interval: the change over the seeds, with its interval, follows)")
+              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0; one run, so these "
+              "values have no interval of their own: the bootstraps give the intervals)")
     n_val = m["val_num_images"].dropna() if "val_num_images" in m else []
     few = (f" AP is computed on {int(n_val.iloc[-1])} validation images, fewer than {MIN_IMAGES}: it moves in coarse "
            "steps, so small changes say little." if len(n_val) and n_val.iloc[-1] < MIN_IMAGES else "")
