@@ -216,7 +216,7 @@ def plan_runs(configs: Sequence[RunConfig], jobs: int | None = None, probe: bool
         minutes = (epochs_left * speed["steps_per_epoch"] * speed["step_s"] + evals * speed["val_images"]
                    * speed["image_s"]) / 60 if speed and state != "finished" else 0.0
         rows[c.run_dir.name] = {"seed": c.seed, "recipe": c.recipe, "epochs": c.epochs, "state": state,
-                                "minutes": round(minutes, 2)}
+                                "minutes": minutes}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
     parallel = max(1, min(jobs, len(todo)))
     table.attrs.update(jobs=parallel, minutes=float(table["minutes"].sum()) / parallel if len(table) else 0.0,
