@@ -240,6 +240,8 @@ def _epoch0(cfg: RunConfig, device: torch.device, precision: str, manifest: dict
             return evaluate_now()
         finally:
             runs.set_rng_state(state)
+    if rank_world()[1] > 1:  # every process takes part in a sharded evaluation: none may wait on the others' file
+        return compute()
     return shared_epoch0(cfg, epoch0_key(cfg, str(device), precision, manifest), compute)
 
 
