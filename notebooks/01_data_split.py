@@ -39,14 +39,10 @@ report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/repo
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
 
 # %%
+from detr_nb_utils.notebook import config_parameters
 from detr_nb_utils.training import make_config
-from detr_nb_utils.notebook import progress_policy
 
-cfg = make_config(
-    profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
-    split_seed=split_seed,
-    progress=progress_policy(progress),
-)
+cfg = make_config(**config_parameters(globals()))  # the cell above, handed over in one call
 
 # %% [markdown]
 # ## Setup

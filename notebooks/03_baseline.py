@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -17,11 +17,16 @@
 # # 03 · Baseline: 6 decoder layers, 100 queries
 #
 # **Question.** How much does the published DETR-R50 gain from fine-tuning on the 4,000 mini-COCO images with the
-# original study's recipe?
+# original study's recipe, and when it loses AP, why?
 #
 # The original study's recipe: 5 epochs, batch 2, AdamW with learning rate 1e-4 (backbone 1e-5), weight decay 1e-4,
 # gradient clipping at 0.1, the original set-prediction loss with its auxiliary decoder losses. This is the
-# reference the two smaller decoders of notebooks 04 and 05 are compared with.
+# reference the two smaller decoders of notebooks 04 and 05 are compared with. The checkpoint finished its own
+# training at ten times lower rates (1e-5, backbone 1e-6); restarting it at the original rates with a fresh AdamW
+# state moves every weight by about the learning rate at every step. Two declared recipe arms test whether that is
+# why fine-tuning loses AP: `checkpoint_rates` (the checkpoint's own final rates) and `warmup` (the original rates,
+# reached by a linear warm-up). Every run is trained with several seeds, so the change can be told from training
+# noise.
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/03_baseline.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
@@ -32,42 +37,37 @@
 profile = None  # "study" (the original study's settings) or "demo"; None: $DETR_NB_PROFILE, else "study"
 data_root = None  # folder holding COCO val2017
 split_dir = None  # the split made by notebook 01
-n_train = None  # the split's sizes (checked against its manifest)
-n_val = None
+n_train, n_val = None, None  # the split's sizes (checked against its manifest)
 checkpoint = None  # the official detr-r50-e632da11.pth
 out_dir = None  # run folders go to <out_dir>/<run_name>
-run_name = None  # None: dec<layers>_q<queries>; each seed's folder is <run_name>_seed<seed>
-n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 1 (study), 2 (demo)
+run_name = None  # None: dec<layers>_q<queries>[_<recipe>]; each seed's folder is <run_name>_seed<seed>
+n_seeds = None  # training seeds (seed, seed+1, ...), one run folder each; None: 3 (both profiles)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 device = None  # "auto", "cpu", "cuda"
 precision = None  # "fp32" (published), "bf16" (fast; see 02), "auto"; None: fp32 (both profiles)
 seed = None
 epochs = None  # 5 in the study
 batch_size = None  # 2 in the study
-lr = None  # 1e-4 in the study
-lr_backbone = None  # 1e-5 in the study
-dec_layers = 6  # decoder layers kept from the checkpoint (its first ones)
-num_queries = 100  # object queries kept from the checkpoint (its first ones)
+lr, lr_backbone = None, None  # learning rates: 1e-4 and its backbone's 1e-5 in the study
+recipe = None  # the recipe arm of the baseline's runs; None: "original" (the original study's)
+recipe_arms = None  # arms trained beside it; None: the profile's (demo: checkpoint_rates and warmup; study: none)
+dec_layers, num_queries = 6, 100  # the variant: decoder layers and object queries kept (the checkpoint's first)
 max_train_images = None  # None: the whole training side
 max_val_images = None
-min_size = None  # shorter image side at evaluation (800 in the study)
-max_size = None  # longer side at most (1333 in the study)
+min_size, max_size = None, None  # evaluation: the shorter image side, the longer at most (800, 1333 in the study)
 train_scales = None  # shorter sides drawn in training (480..800 in the study)
 num_workers = None
+threads = None  # torch threads per run; None: the profile's (demo: 1, so that runs side by side give the same bits)
+parallel_runs = None  # runs at a time; None: as many as the cores hold on the CPU (fixed threads), 1 on a GPU
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
+n_resamples = 1000  # bootstrap resamples of the val images for the changes and the arms
 
 # %%
+from detr_nb_utils.notebook import config_parameters
 from detr_nb_utils.training import make_config
-from detr_nb_utils.notebook import progress_policy
 
-cfg = make_config(
-    profile=profile, data_root=data_root, split_dir=split_dir, n_train=n_train, n_val=n_val,
-    checkpoint=checkpoint, out_dir=out_dir, run_name=run_name, device=device, precision=precision,
-    seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, lr_backbone=lr_backbone, dec_layers=dec_layers,
-    num_queries=num_queries, max_train_images=max_train_images, max_val_images=max_val_images,
-    min_size=min_size, max_size=max_size, train_scales=train_scales, num_workers=num_workers,
-    progress=progress_policy(progress),
-)
+params = config_parameters(globals())  # the cell above, handed over in one call
+cfg = make_config(**params)
 
 # %% [markdown]
 # ## Setup
@@ -75,10 +75,14 @@ cfg = make_config(
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils.data import CocoDetection, verify_split
-from detr_nb_utils.training import prepare_data, run_experiment, seed_configs
-from detr_nb_utils.notebook import plot_ap_curves, plot_loss_curves, run_table, run_takeaway, save_fig, save_table
-from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
+from detr_nb_utils.analysis import render
+from detr_nb_utils.notebook import plot_findings, save_fig
+from detr_nb_utils.notebook import arm_configs, change_findings, check_data, plan, seeded, show_runs
+from detr_nb_utils.notebook import variant_of_config
+from detr_nb_utils.notebook import setup_notebook
+from detr_nb_utils.notebook import run_takeaway, save_table, save_takeaway, shown
+from detr_nb_utils.training import DEFAULT_ARMS
+from detr_nb_utils.training import run_all
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -88,13 +92,7 @@ device, report_dir = setup_notebook(cfg, report_dir)
 # training start.
 
 # %%
-data = prepare_data(cfg)
-verify_split(cfg.split_dir, data.annotation_file)["seed"]
-
-# %%
-for split_file in (data.train_file, data.val_file):
-    found = CocoDetection(split_file, data.image_dir).verify(decode=False, progress=cfg.progress)
-    print(f"{split_file.name}: {found} images present, of the annotated size")
+data = check_data(cfg)
 
 # %% [markdown]
 # ## 2. One batch through the set loss
@@ -107,10 +105,12 @@ for split_file in (data.train_file, data.val_file):
 # %%
 import torch
 
-from detr_nb_utils.data import COCO_NAMES, collate_fn
-from detr_nb_utils.training import build_model, make_dataset
 from detr_nb_utils.analysis import assignment_table, cost_terms, layer_loss_sentence, layer_loss_table
+from detr_nb_utils.data import COCO_NAMES
+from detr_nb_utils.data import collate_fn
 from detr_nb_utils.notebook import plot_cost_terms, plot_layer_losses
+from detr_nb_utils.training import make_dataset
+from detr_nb_utils.training import build_model
 
 model, criterion, _ = build_model(cfg, device)
 val_set = make_dataset(cfg, data, "val")
@@ -138,47 +138,59 @@ save_table(layer_losses, "03_layer_losses", report_dir, floatfmt=".3f")
 fig = plot_layer_losses(layer_losses)
 save_fig(fig, "03_layer_losses", report_dir)
 print(layer_loss_sentence(layer_losses, criterion.eos_coef))
-del model, outputs  # run_experiment builds its own model
+del model, outputs  # each run builds its own model
 shown(layer_losses)
 
 # %% [markdown]
-# ## 3. Fine-tune
-# `run_experiment` loads the checkpoint (sliced to this variant), evaluates it (epoch 0), then trains and
-# evaluates once per epoch, saving everything into the run folder (with each evaluated epoch's detections,
-# which 06 bootstraps). A folder that already holds finished epochs of the same configuration is resumed,
-# so re-running this cell after an interruption continues. One run per training seed: the spread between
-# seeds is part of the answer.
+# ## 3. The runs
+# One run per training seed and recipe arm, each in its own run folder (`runs/<profile>/dec6_q100[_<arm>]_seed<k>`).
+# The plan below says which runs will train, resume or only be read back, and how long the rest should take,
+# timed on a few steps here. Runs that do not depend on each other train side by side, one process each, with
+# the metrics they would have one after the other.
 
 # %%
-configs = seed_configs(cfg, n_seeds)
-records = {c.run_dir.name: run_experiment(c) for c in configs}
-record = records[configs[0].run_dir.name]  # the first seed's run: the table and figures below
-sorted(p.name for p in record.run_dir.iterdir())
+arms = recipe_arms if recipe_arms is not None else DEFAULT_ARMS[cfg.profile]
+configs = seeded(arm_configs(cfg, lambda **arm: make_config(**params | arm), arms), n_seeds)
+plan(configs, parallel_runs)
+
+# %% [markdown]
+# `run_all` loads the checkpoint (sliced to the variant) and evaluates it (epoch 0: once for every seed and arm, since
+# none of them changes the checkpoint), then trains and evaluates once per epoch, saving everything into the run
+# folder, with each evaluated epoch's detections for 06's bootstrap. A folder holding finished epochs of the same
+# configuration is resumed, so running this cell again after an interruption continues.
+
+# %%
+records = run_all(configs, parallel_runs)
 
 # %% [markdown]
 # ## 4. Curves
 # The validation loss in three views: the total (the original study's number; it sums one loss per decoder layer, so
 # it grows with depth), the final layer's loss (what a user gets) and the total divided by the number of
-# layers. Training losses are dashed. Then COCO AP per epoch.
+# layers. Training losses are dashed. Then COCO AP per epoch: every seed of the baseline's recipe.
 
 # %%
 prefix = "03_" + cfg.run_dir.name  # file names of this variant's figures and tables
-curves = {name: with_train_views(r) for name, r in records.items()}
-fig = plot_loss_curves(curves)
-save_fig(fig, f"{prefix}_loss_curves", report_dir)
+main = {name: r for name, r in records.items() if r.config.recipe == cfg.recipe}
+show_runs(main, prefix, report_dir)
+
+# %% [markdown]
+# ## 5. Why fine-tuning loses AP: the recipe arms
+# Every arm starts from the same epoch 0. For each, AP's change from epoch 0 to the first fine-tuned epoch (the
+# shock of the restart) and to the final epoch, then each arm against the original recipe at those epochs, paired
+# (the same resampled images): 95% intervals over the validation images, and over the seeds when there are three
+# or more (with fewer, their values are listed beside).
 
 # %%
-fig = plot_ap_curves(curves)
-save_fig(fig, f"{prefix}_ap_curves", report_dir)
-
-# %%
-epochs_table = run_table(record)
-save_table(epochs_table, f"{prefix}_epochs", report_dir, floatfmt=".2f")
+arms_table, arm_findings = change_findings(records, variant_of_config(cfg), n_resamples)
+save_table(arms_table, "03_recipe_arms", report_dir, floatfmt=".2f")
+fig = plot_findings(arm_findings, "The baseline's AP change, and each recipe arm against the original")
+save_fig(fig, "03_recipe_arms", report_dir)
+print(render(arm_findings))
 
 # %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = "\n".join(run_takeaway(r) for r in records.values())
+takeaway = "\n".join([run_takeaway(next(iter(main.values()))), render(arm_findings)])
 save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
 print(takeaway)

@@ -20,15 +20,19 @@
 # survive measuring with COCO AP and depth-fair losses?
 #
 # This notebook reads the run folders written by 03-05 and never retrains. It finds them by what they hold (each
-# folder's `config.json`: layers, queries, query slots, seed), refuses to compare runs made on different splits or
-# in different precisions, works with whatever runs exist and says which are missing.
+# folder's `config.json`: layers, queries, query slots, seed, recipe), refuses to compare runs made on different
+# splits, in different precisions or with different recipes (naming the field and both folders), works with whatever
+# runs exist and says which are missing. Runs of a declared recipe arm (03's `checkpoint_rates`, `warmup`) are their
+# own family: the headline compares the variants within one recipe, and section 13 asks whether the ranking holds
+# under each other arm.
 #
 # The comparison is fixed before any result is seen. **Primary: the final epoch** of every run: the headline
 # table, the rankings and the differences use it. The best epoch is picked on the very validation images it is
 # scored on, so it is **secondary**, labelled so, and its interval re-picks the best epoch inside every bootstrap
 # resample. Changes from epoch 0 are signed: fine-tuning may lose AP. A 50-query model outputs only 50 detections
 # per image, so every variant is also scored at 50 detections per image (`AP@50det`), and the 100- against
-# 50-query comparisons are made on it. Pairwise differences are Holm-adjusted over their family.
+# 50-query comparisons are made on it. Pairwise differences are Holm-adjusted over their family, one per question
+# (which decoder; which 50 queries), the same families 04 and 05 report.
 #
 # Run it top to bottom in JupyterLab, or headless: `papermill notebooks/06_analysis.ipynb out.ipynb -p profile
 # demo`. Every value in the `parameters` cell can be passed with `-p name value`; `None` means the profile's default
@@ -39,19 +43,17 @@
 profile = None  # "study" or "demo"; None: $DETR_NB_PROFILE, else "study"
 out_dir = None  # where 03-05 wrote their run folders
 run_names = None  # None: every run folder in out_dir (found by its config.json, whatever its name)
+recipe = None  # the recipe whose runs make the headline; None: "original" (the other arms: section 13)
 n_resamples = 1000  # bootstrap resamples of the validation images (95% intervals)
 latency_size = None  # [h, w] of the GFLOPs and latency; None: 800x1066 (study), 96x134 (demo)
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
 progress = None  # unused here; kept so every notebook takes the same names
 
 # %%
+from detr_nb_utils.notebook import config_parameters
 from detr_nb_utils.training import make_config
-from detr_nb_utils.notebook import progress_policy
 
-cfg = make_config(
-    profile=profile, out_dir=out_dir,
-    progress=progress_policy(progress),
-)
+cfg = make_config(**config_parameters(globals()))  # the cell above, handed over in one call
 
 # %% [markdown]
 # ## Setup
@@ -63,7 +65,7 @@ from detr_nb_utils.analysis import ApBootstrap, QUERY_CHOICES, VARIANTS, ap_per_
 from detr_nb_utils.analysis import cost_vs_ap, differences_table, finetuning_gain_table, first_seed_runs, headline_table
 from detr_nb_utils.analysis import layer_equivalence, load_runs, missing_variants, original_study_table
 from detr_nb_utils.analysis import ranking_conclusion, ranking_table, rankings, seeds_table, uncertainty_conclusion
-from detr_nb_utils.analysis import variant_costs
+from detr_nb_utils.analysis import QUERY_PAIRS, VARIANT_PAIRS, by_recipe, ranking_under_arms, render, variant_costs
 from detr_nb_utils.notebook import parameter_counts, plot_ap_curves, plot_ap_intervals, plot_ap_per_layer
 from detr_nb_utils.notebook import plot_loss_curves, save_fig, save_table, save_takeaway, setup_notebook
 from detr_nb_utils.notebook import with_train_views
@@ -73,17 +75,20 @@ device, report_dir = setup_notebook(cfg, report_dir)
 # %% [markdown]
 # ## 1. The run folders
 # Every folder of `out_dir` with a `config.json` is a run; its variant comes from the config, not the folder name.
-# `load_runs` stops here, naming both folders, when two runs used different split manifests or computed in
-# different precisions.
+# `load_runs` stops here, naming both folders, when two runs used different split manifests, computed in
+# different precisions or were made with different recipes (naming the field); runs of a declared recipe arm are
+# grouped apart, and the headline uses the runs of `recipe`.
 
 # %%
-runs = load_runs(cfg.out_dir, run_names)  # every seed of every variant
+families = by_recipe(load_runs(cfg.out_dir, run_names))  # every run, by recipe arm
+runs = families.get(cfg.recipe, {})  # every seed of every variant, the headline's recipe
 groups = by_variant(runs)
 main = {v: groups[v] for v in VARIANTS if v in groups}  # the three variants, every seed
 first = first_seed_runs(runs)
 records = {v: first[v] for v in main}  # the first seed of each variant
 missing = missing_variants(runs, list(VARIANTS))
-print("found:", {v: list(g) for v, g in groups.items()}, "| missing:", missing)
+print("found:", {v: list(g) for v, g in groups.items()}, "| missing:", missing, "| recipe arms:",
+      {arm: len(family) for arm, family in families.items()})
 {name: f"{len(r.metrics) - 1} of {r.config.epochs} epochs, {r.effective_precision}" for name, r in runs.items()}
 
 # %% [markdown]
@@ -93,7 +98,7 @@ print("found:", {v: list(g) for v, g in groups.items()}, "| missing:", missing)
 # objects is done once, each resample only re-weights the images), which with several seeds also redraws the seeds.
 
 # %%
-bootstrap = ApBootstrap(runs, n_resamples)
+bootstrap = ApBootstrap({n: r for family in families.values() for n, r in family.items()}, n_resamples)
 headline = headline_table(bootstrap, main)
 save_table(headline, "06_headline", report_dir, floatfmt=".2f")
 
@@ -191,16 +196,16 @@ save_fig(fig, "06_ap_intervals", report_dir)
 # %% [markdown]
 # ## 10. Differences between the variants
 # AP(a) − AP(b) at the final epoch, paired intervals; on `AP@50det` when the two have different numbers of
-# queries. The three pairs are one family: `p Holm` is the bootstrap p-value adjusted for it.
+# queries. The three pairs are one family, as in 04 and 05: `p Holm` is the bootstrap p-value adjusted for it.
 
 # %%
-diffs = differences_table(bootstrap, main)
+diffs = differences_table(bootstrap, main, VARIANT_PAIRS)
 save_table(diffs, "06_differences", report_dir, floatfmt=".3f")
 
 # %% [markdown]
 # ## 11. Which 50 queries
 # The first 50 (the original study's choice), the 50 most matched on the train split, and 50 spread evenly (notebook
-# 05), at epoch 0 and fine-tuned; each against the first 50 at the final epoch, a second family.
+# 05), at epoch 0 and fine-tuned; every pair of them at the final epoch, a second family, as in 05.
 
 # %%
 choices = {v: groups[v] for v in QUERY_CHOICES if v in groups}
@@ -208,7 +213,7 @@ query_table = finetuning_gain_table(bootstrap, choices)
 save_table(query_table, "06_query_choices", report_dir, floatfmt=".2f")
 
 # %%
-query_diffs = differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
+query_diffs = differences_table(bootstrap, choices, QUERY_PAIRS)
 save_table(query_diffs, "06_query_differences", report_dir, floatfmt=".3f")
 
 # %% [markdown]
@@ -224,11 +229,22 @@ cost = cost_vs_ap(variant_costs(VARIANTS, size, device, arch, image_size=size), 
 save_table(cost, "06_cost_vs_ap", report_dir, floatfmt=".2f")
 
 # %% [markdown]
+# ## 13. Does the ranking hold under the other recipe arms?
+# 03 trains the baseline under the declared recipe arms too (and 04/05 the other variants, with `-p recipe ARM`).
+# Within each arm, the variants' order by final AP and their differences (the decoder family, Holm-adjusted); an
+# arm with a single variant says so.
+
+# %%
+under_arms = ranking_under_arms(bootstrap, families)
+print(render(under_arms) or "No run of another recipe arm.")
+
+# %% [markdown]
 # ## Conclusion
 # Every number and ranking below is read from the run folders.
 
 # %%
 text = ranking_conclusion(main, missing, headline, diffs) + "\n" + uncertainty_conclusion(
     headline, gains, diffs, query_diffs, equivalence, seeds, len(bootstrap.img_ids), n_resamples)
+text += ("\n" + render(under_arms)) if under_arms else ""
 save_takeaway(text, "06_conclusion", report_dir)
 print(text)

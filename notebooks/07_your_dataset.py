@@ -52,6 +52,7 @@ epochs = None  # None: 5 (the study's, also in the demo)
 batch_size = None  # None: 2 (the study's)
 lr = None  # None: 1e-4 (the study's)
 lr_backbone = None
+recipe = None  # None: the recipe arm the demo's measurement supports for your data ("original"; printed with why)
 dec_layers = None  # decoder layers kept from the checkpoint (None: 6)
 num_queries = None  # object queries kept (None: 100)
 max_train_images = None
@@ -59,6 +60,8 @@ max_val_images = None
 min_size = None
 max_size = None
 num_workers = None
+threads = None
+parallel_runs = None  # runs at a time (the surgery and its comparison); None: as many as the cores hold
 progress = None
 threshold = 0.7  # the score a prediction needs to be drawn
 predict_paths = None  # images (files or folders) to predict at the end; None: the first 6 validation images
@@ -67,22 +70,16 @@ n_resamples = 1000  # bootstrap resamples of the validation images
 # %%
 import os
 
-from detr_nb_utils.training import DEMO_OWN_DATA, make_config
-from detr_nb_utils.notebook import progress_policy
+from detr_nb_utils.notebook import config_parameters
+from detr_nb_utils.training import DEMO_OWN_DATA, RECOMMENDED_RECIPE, make_config
 
-own_files = dict(train_annotation_file=train_annotation_file, train_image_dir=train_image_dir,
-                 val_annotation_file=val_annotation_file, val_image_dir=val_image_dir)
+params = config_parameters(globals())  # the cell above, handed over in one call
+own_files = [train_annotation_file, train_image_dir, val_annotation_file, val_image_dir]
 demo_data = ((profile or os.environ.get("DETR_NB_PROFILE")) == "demo" and dataset_dir is None
-             and all(v is None for v in own_files.values()))
+             and all(v is None for v in own_files))
 if demo_data:  # the demo's own dataset (made in the setup cell when missing) and the study's 5 epochs
-    dataset_dir, epochs = DEMO_OWN_DATA["dataset_dir"], epochs or DEMO_OWN_DATA["epochs"]
-cfg = make_config(
-    profile=profile, dataset_dir=dataset_dir, **own_files, checkpoint=checkpoint, out_dir=out_dir,
-    run_name=run_name, class_head=class_head, device=device, precision=precision, seed=seed, epochs=epochs,
-    batch_size=batch_size, lr=lr, lr_backbone=lr_backbone, dec_layers=dec_layers, num_queries=num_queries,
-    max_train_images=max_train_images, max_val_images=max_val_images, min_size=min_size, max_size=max_size,
-    num_workers=num_workers, progress=progress_policy(progress),
-)
+    params |= {"dataset_dir": DEMO_OWN_DATA["dataset_dir"], "epochs": epochs or DEMO_OWN_DATA["epochs"]}
+cfg = make_config(**params | {"recipe": recipe or RECOMMENDED_RECIPE})
 if not cfg.own_data:
     raise ValueError("07_your_dataset needs your dataset: pass -p dataset_dir DIR, or train_annotation_file, "
                      "train_image_dir, val_annotation_file and val_image_dir (the demo profile brings its own)")
@@ -96,11 +93,11 @@ from dataclasses import replace
 import pandas as pd
 
 from detr_nb_utils.data import CocoDetection, make_own_dataset, read_image
-from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_experiment
+from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_all
 from detr_nb_utils.training import write_outputs
 from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, surgery_takeaway
 from detr_nb_utils.notebook import plot_ap_curves, plot_detections, run_table, run_takeaway, save_fig, save_table
-from detr_nb_utils.notebook import save_takeaway, setup_notebook, shown, with_train_views
+from detr_nb_utils.notebook import plan, recipe_advice, save_takeaway, setup_notebook, shown, with_train_views
 
 device, report_dir = setup_notebook(cfg, report_dir)
 if demo_data:
@@ -130,15 +127,19 @@ save_table(head, "07_class_head", report_dir)
 
 # %% [markdown]
 # ## 3. Fine-tune
-# The same engine as 03-05: epoch 0 is the loaded checkpoint with its rebuilt head, then `epochs` epochs of the
-# published recipe. The run folder also holds `categories.json` (the label map) and `class_head.csv`.
-# With `compare_reinit`, the same run again with the whole class head re-initialised.
+# The same engine as 03-05: epoch 0 is the loaded checkpoint with its rebuilt head, then `epochs` epochs with the
+# recipe arm below, chosen by what the demo's measurement of the arms supports unless `recipe` is given. The run
+# folder also holds `categories.json` (the label map) and `class_head.csv`. With `compare_reinit`, the same run again
+# with the whole class head re-initialised, beside it (one process each).
 
 # %%
+print(recipe_advice(cfg.recipe, given=recipe is not None))
 configs = {"match": cfg}
 if compare_reinit and cfg.class_head == "match":
     configs["reinit"] = replace(cfg, class_head="reinit", run_name=f"{cfg.run_dir.name}_reinit")
-records = {label: run_experiment(c) for label, c in configs.items()}
+plan(list(configs.values()), parallel_runs)
+runs_by_name = run_all(configs.values(), parallel_runs)
+records = {label: runs_by_name[c.run_dir.name] for label, c in configs.items()}
 record = records[cfg.class_head]
 
 # %%
@@ -201,6 +202,6 @@ save_fig(fig, "07_predictions", report_dir)
 # ## Takeaway
 
 # %%
-takeaway = "\n".join([run_takeaway(record), surgery_text])
+takeaway = "\n".join([recipe_advice(cfg.recipe, given=recipe is not None), run_takeaway(record), surgery_text])
 save_takeaway(takeaway, "07_takeaway", report_dir)
 print(takeaway)

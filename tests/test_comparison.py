@@ -118,8 +118,8 @@ def analysed(run_folders):
 
 def test_runs_are_found_by_content(run_folders, analysed):
     records, groups, _, _ = analysed
-    assert set(comparison.discover_runs(run_folders)) == {p.name for p in run_folders.iterdir()} - {"not_a_run",
-                                                                                                   "report"}
+    folders = {p.name for p in run_folders.iterdir() if not p.name.startswith(".")}  # not the stored scores
+    assert set(comparison.discover_runs(run_folders)) == folders - {"not_a_run", "report"}
     assert {v: list(r) for v, r in groups.items()} == {
         "dec3_q100": ["shallow_try"],  # a custom run_name is found, as the variant its config says
         "dec3_q50": ["dec3_q50_seed42"],
@@ -164,6 +164,41 @@ def test_incomparable_runs_are_refused_naming_both(run_folders, tmp_path, change
     comparison.load_runs(out, ["other_run"])  # one run alone compares with nothing
 
 
+@pytest.mark.parametrize(("field", "value"), [("min_size", 128), ("lr", 2e-4), ("epochs", 3),
+                                             ("checkpoint", "data/pretrained/other.pth"), ("eval_batch_size", 4),
+                                             ("max_val_images", 12)])
+def test_runs_of_another_recipe_are_refused_naming_the_field_and_both_folders(run_folders, tmp_path, field, value):
+    out = tmp_path / "runs"
+    out.mkdir()
+    shutil.copytree(run_folders / "dec6_q100_seed42", out / "dec6_q100_seed42")
+    shutil.copytree(run_folders / "dec3_q100_seed42" if (run_folders / "dec3_q100_seed42").is_dir()
+                    else run_folders / "shallow_try", out / "other")
+    cfg = json.loads((out / "other" / runs.CONFIG).read_text()) | {field: value}
+    (out / "other" / runs.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(comparison.IncomparableRuns, match=rf"different recipes, which differ in {field} ") as err:
+        comparison.load_runs(out)
+    message = str(err.value)
+    assert str(out / "dec6_q100_seed42") in message and str(out / "other") in message and repr(value) in message
+
+
+def test_a_declared_recipe_arm_is_its_own_family(run_folders, tmp_path):
+    """A run of the warm-up arm beside the original's: not refused, grouped apart; the same seed twice is no
+    duplicate across arms. An arm that also changes another recipe field is refused."""
+    out = tmp_path / "runs"
+    shutil.copytree(run_folders, out)
+    cfg = json.loads((out / "dec6_q100_seed43" / runs.CONFIG).read_text())
+    shutil.copytree(out / "dec6_q100_seed43", out / "dec6_q100_warmup_seed42")
+    arm = cfg | {"recipe": "warmup", "warmup_steps": 100, "seed": 42}
+    (out / "dec6_q100_warmup_seed42" / runs.CONFIG).write_text(json.dumps(arm))
+    families = comparison.by_recipe(comparison.load_runs(out))
+    assert list(families) == ["original", "warmup"] and list(families["warmup"]) == ["dec6_q100_warmup_seed42"]
+    assert "dec6_q100_warmup_seed42" not in comparison.by_variant(families["original"]).get("dec6_q100", {})
+    (out / "dec6_q100_warmup_seed42" / runs.CONFIG).write_text(json.dumps(arm | {"min_size": 128}))
+    with pytest.raises(comparison.IncomparableRuns, match=r"recipe arms 'original' and 'warmup'\), which differ in "
+                                                          r"min_size "):
+        comparison.load_runs(out)
+
+
 def test_headline_is_the_final_epoch_with_seeds_and_the_cap(analysed, sample_gt, quality):  # noqa: F811
     _, _, main, bootstrap = analysed
     head = comparison.headline_table(bootstrap, main)
@@ -181,10 +216,16 @@ def test_headline_is_the_final_epoch_with_seeds_and_the_cap(analysed, sample_gt,
     capped = [MatchedDetections(sample_gt, top_per_image(quality[q], 50), img_ids).point[0] for q in ("good", "mid")]
     assert head.loc["dec6_q100", comparison.AP_CAPPED] == pytest.approx(100 * np.mean(capped))  # seeds' finals
     assert head.loc["dec6_q100", comparison.AP_CAPPED] < head.loc["dec6_q100", "AP"]  # true boxes below rank 50
-    # two seeds far apart: redrawing them widens the interval beyond what either seed's images alone give
-    alone = [bootstrap.stat("dec6_q100", [r], "final") for r in main["dec6_q100"].values()]
-    assert head.loc["dec6_q100", "AP high"] - head.loc["dec6_q100", "AP low"] > \
-        100 * max(a["high"] - a["low"] for a in alone)
+    # two seeds are not redrawn (that would halve their variance): the interval is the images' alone, of their mean
+    a, b = main["dec6_q100"].values()
+    mean = (bootstrap.run_ap(a, a.final_epoch)[1] + bootstrap.run_ap(b, b.final_epoch)[1]) / 2
+    assert head.loc["dec6_q100", "AP low"] == pytest.approx(100 * np.nanpercentile(mean, 2.5))
+    assert head.loc["dec6_q100", "AP high"] == pytest.approx(100 * np.nanpercentile(mean, 97.5))
+    assert not bootstrap.stat("dec6_q100", [a, b])["seeds_resampled"]
+    # three seeds far apart are redrawn: the interval widens beyond what the images alone give
+    three = bootstrap.stat("dec6_q100", [a, b, b])
+    assert three["seeds_resampled"] and three["high"] - three["low"] > np.nanpercentile(mean, 97.5) - \
+        np.nanpercentile(mean, 2.5)
 
 
 def test_changes_are_signed_and_the_best_epoch_is_repicked(analysed):
@@ -264,10 +305,10 @@ def test_conclusions_from_the_data(analysed):
     n = len(bootstrap.img_ids)
     assert f"over the {n} validation images ({bootstrap.n_resamples} resamples" in text
     assert f"Only {n} validation images, fewer than 100" in text  # the sample is small: said, not hidden
-    assert "dec6_q100 has several training seeds" in text and "cover both the choice of validation images and " \
-        "the training seed" in text
+    assert "dec6_q100 has fewer than 3 training seeds: the values are means over the seeds, the intervals cover " \
+        "only the choice of validation images" in text
     assert "dec3_q100, dec3_q50 have one training seed: their intervals cover only the choice of validation " \
-        "images" in text
+        "images; training noise is not measured" in text
     assert "Holm-adjusted over this family of 3" in text and "a second family" in text
     assert "query choices a - b: dec3_q50_spread - dec3_q50." in text  # the one zero-width interval, named
     assert "On AP and losses they agree" in text
@@ -304,9 +345,12 @@ def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):
 
 def test_seed_configs_name_each_seed(tmp_path):
     cfg = make_config("demo", out_dir=str(tmp_path), dec_layers=3, num_queries=50)
-    configs = seed_configs(cfg)  # the demo's two seeds
-    assert [c.run_dir.name for c in configs] == ["dec3_q50_seed42", "dec3_q50_seed43"]
-    assert [c.seed for c in configs] == [42, 43]
+    configs = seed_configs(cfg)  # three seeds, the demo's and the study's default
+    assert [c.run_dir.name for c in configs] == ["dec3_q50_seed42", "dec3_q50_seed43", "dec3_q50_seed44"]
+    assert [c.seed for c in configs] == [42, 43, 44]
+    assert len(seed_configs(make_config("study", out_dir=str(tmp_path)))) == 3
+    arm = make_config("demo", out_dir=str(tmp_path), recipe="checkpoint_rates")
+    assert [c.run_dir.name for c in seed_configs(arm, 1)] == ["dec6_q100_checkpoint_rates_seed42"]
     assert seed_configs(cfg, 1, name="dec3_q50_spread")[0].run_dir.name == "dec3_q50_spread_seed42"
     with pytest.raises(ValueError, match="n_seeds"):
         seed_configs(cfg, 0)
@@ -314,24 +358,69 @@ def test_seed_configs_name_each_seed(tmp_path):
     assert np.array_equal(sorted(comparison.QUERY_CHOICES.values()), ["first", "most_matched", "spread"])
 
 
-def test_versus_baseline_answers_04_and_05_against_03(run_folders):
-    table, text = versus_baseline(run_folders, "dec3_q100", n_resamples=200)
+def test_versus_baseline_answers_04_and_05_against_03(run_folders, analysed):
+    table, (found, gap) = versus_baseline(run_folders, "dec3_q100", n_resamples=300)
     row = table.iloc[0]
     assert (row["a"], row["b"], row["compared on"]) == ("dec3_q100", "dec6_q100", "AP")
-    assert row["a - b"] < 0 and row["a - b excludes 0"]  # the shallow run ends on `bad`, the baseline on good/mid
-    assert f"differs by {row['a - b']:+.1f} points" in text and "excludes 0" in text and "2 seed(s)" in text
-    assert row["loss gap a"] == pytest.approx(2.0) and row["loss gap b"] == pytest.approx(2.0)
-    assert "+2.000 for dec3_q100" in text
-    capped, text50 = versus_baseline(run_folders, "dec3_q50", n_resamples=200)
-    assert capped.iloc[0]["compared on"] == "AP@50det" and "at most 50 detections per image" in text50
-    choice, _ = versus_baseline(run_folders, "dec3_q50_spread", n_resamples=200, baseline="dec3_q50")
-    assert choice.iloc[0]["compared on"] == "AP" and choice.iloc[0]["a - b"] == pytest.approx(0.0)  # same detections
-    empty, missing = versus_baseline(run_folders, "dec3_q25", n_resamples=200)
-    assert empty.empty and "no finished run of dec3_q25" in missing and "03_baseline" in missing
+    assert row["a - b"] < 0 and found.verdict == "beyond sampling"  # the shallow run ends on `bad`, the baseline not
+    assert found.value == row["a - b"] and found.low == row["a - b low"] and found.high == row["a - b high"]
+    # the same family, the same numbers as 06: 06's row dec6_q100 - dec3_q100, flipped
+    _, _, main, bootstrap = analysed
+    six = comparison.differences_table(bootstrap, main, comparison.VARIANT_PAIRS).set_index(["a", "b"])
+    ref = six.loc[("dec6_q100", "dec3_q100")]
+    assert (row["a - b"], row["a - b low"], row["a - b high"]) == pytest.approx(
+        (-ref["a - b"], -ref["a - b high"], -ref["a - b low"]))
+    assert row["p Holm"] == pytest.approx(ref["p Holm"]) and "Holm-adjusted over the family of 3 pairs" in found.why
+    assert f"{row['a - b']:+.1f} points [{row['a - b low']:+.1f}, {row['a - b high']:+.1f}]" in found.text()
+    assert "24 validation images (seeds not resampled: 1 and 2)" in found.text()
+    assert row["loss gap a"] == pytest.approx(2.0) and gap.value == pytest.approx(2.0) and "+2.000" in gap.text()
+    capped, (found50, _) = versus_baseline(run_folders, "dec3_q50", n_resamples=300)
+    assert capped.iloc[0]["compared on"] == "AP@50det" and "final AP@50det" in found50.claim
+    choice, (same, _) = versus_baseline(run_folders, "dec3_q50_spread", n_resamples=300, baseline="dec3_q50")
+    assert choice.iloc[0]["a - b"] == pytest.approx(0.0) and same.verdict == "within sampling"  # same detections
+    empty, (missing,) = versus_baseline(run_folders, "dec3_q25", n_resamples=300)
+    assert empty.empty and "no finished run of dec3_q25" in missing.text() and "03_baseline" in missing.text()
+    _, (other_recipe,) = versus_baseline(run_folders, "dec3_q100", n_resamples=300, recipe="warmup")
+    assert "with recipe 'warmup'" in other_recipe.text()
 
 
-def test_best_of_names_the_leader_and_its_lead(run_folders):
-    text = best_of(run_folders, ["dec3_q50", "dec3_q50_most_matched", "dec3_q50_spread"])
-    assert text.startswith("Highest final AP: dec3_q50_most_matched (")  # ends on `good too`, the others on `mid`
-    assert "then dec3_q50 (" in text or "then dec3_q50_spread (" in text
-    assert "nothing to rank" in best_of(run_folders, ["dec3_q50", "dec3_q25"])
+def test_versus_baseline_bounds_holm_until_the_family_is_complete(run_folders, tmp_path):
+    """04 runs before 05: the decoder family's third pair has no runs yet, so p Holm is its upper bound, 3 x p."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    for name in ("dec6_q100_seed42", "dec6_q100_seed43", "shallow_try"):
+        shutil.copytree(run_folders / name, out / name)
+    table, (found, _) = versus_baseline(out, "dec3_q100", n_resamples=300)
+    assert table.iloc[0]["p Holm"] == pytest.approx(min(1.0, 3 * table.iloc[0]["p"]))
+    assert "at most" in found.why and "06 gives the exact value" in found.why
+
+
+def test_best_of_names_the_leader_and_its_ties(run_folders):
+    found = best_of(run_folders, ["dec3_q50", "dec3_q50_most_matched", "dec3_q50_spread"], n_resamples=300)
+    assert found.data["leader"] == "dec3_q50_most_matched"  # it ends on `good too`, the others on `mid`
+    assert [f.claim.split(",")[0] for f in found.data["pairs"]] == ["dec3_q50_most_matched - dec3_q50",
+                                                                    "dec3_q50_most_matched - dec3_q50_spread"]
+    assert all(f.has_interval and "Holm-adjusted over the family of 3 pairs" in f.why for f in found.data["pairs"])
+    tied = {f.claim.split(" - ")[1].split(",")[0] for f in found.data["pairs"] if f.data["p Holm"] >= 0.05}
+    assert set(found.data["tied"]) == tied
+    assert ("tied with" in found.text()) == bool(tied)
+    assert "nothing to rank" in best_of(run_folders, ["dec3_q50", "dec3_q25"]).text()
+
+
+def test_scores_are_kept_for_the_next_notebook(run_folders, monkeypatch):
+    """What one notebook scored (a run's epoch matched and resampled) the next reads back from <out_dir>/.bootstrap
+    instead of matching again, and gets the same numbers."""
+    from detr_nb_utils.analysis import bootstrap as boot
+
+    records = comparison.load_runs(run_folders)
+    first = comparison.ApBootstrap(records, n_resamples=120, seed=7)
+    run = records["dec6_q100_seed42"]
+    point, samples = first.run_ap(run, 2)
+    assert list((run_folders / boot.SCORES).glob("*.npz"))
+    monkeypatch.setattr(boot, "_SCORED", {})  # a new process
+
+    def no_matching(*args):
+        raise AssertionError("matched again")
+    monkeypatch.setattr(boot.ApBootstrap, "_score", no_matching)
+    again = comparison.ApBootstrap(records, n_resamples=120, seed=7).run_ap(run, 2)
+    assert again[0] == point and (again[1] == samples).all()

@@ -4,6 +4,7 @@ run of 01, 03 and 06."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import nbformat
 import pytest
 
 from detr_nb_utils.data.split import MANIFEST
-from detr_nb_utils.training.config import DEMO_OWN_DATA, make_config
+from detr_nb_utils.training.config import DEMO_OWN_DATA, RunConfig, make_config
 from detr_nb_utils.training.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, METRICS, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +34,21 @@ def _code(nb) -> list:
 
 
 def _parameters(nb) -> dict:
-    """The ``parameters`` cell's names and values; fails unless every statement is ``name = <literal>``."""
+    """The ``parameters`` cell's names and values; fails unless every statement is ``name = <literal>`` or a pair of
+    related names, ``a, b = <literal>, <literal>``."""
     values = {}
     for node in ast.parse(_code(nb)[0].source).body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, \
             f"parameters cell: {ast.unparse(node)!r} is not a plain assignment"
-        values[node.targets[0].id] = ast.literal_eval(node.value)  # raises unless a plain value
+        target = node.targets[0]
+        if isinstance(target, ast.Tuple):
+            names = [t.id for t in target.elts if isinstance(t, ast.Name)]
+            literal = ast.literal_eval(node.value)  # raises unless plain values
+            assert len(names) == len(target.elts) == len(literal), f"parameters cell: {ast.unparse(node)!r}"
+            values |= dict(zip(names, literal))
+        else:
+            assert isinstance(target, ast.Name), f"parameters cell: {ast.unparse(node)!r} is not a plain assignment"
+            values[target.id] = ast.literal_eval(node.value)  # raises unless a plain value
     return values
 
 
@@ -92,9 +102,15 @@ def test_parameters_are_plain_values_and_all_used(name):
     assert params["profile"] is None, "the profile comes from DETR_NB_PROFILE unless passed"
     read = {node.id for cell in _code(nb)[1:] for node in ast.walk(ast.parse(cell.source))
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    config_cell = _code(nb)[1].source
+    assert "make_config(" in config_cell, "the cell after parameters builds the config"
+    assert "config_parameters(globals())" in config_cell, "the config cell takes the parameters in one call"
+    read |= {f.name for f in dataclasses.fields(RunConfig)} | {"profile", "progress"}  # handed over in that call
     unused = [p for p in params if p not in read]
     assert not unused, f"{name}: parameters never used: {unused}"
-    assert "make_config(" in _code(nb)[1].source, "the cell after parameters builds the config"
+    calls = [n for n in ast.walk(ast.parse(config_cell)) if isinstance(n, ast.Call) and getattr(n.func, "id", "")
+             == "make_config"]
+    assert all(len(c.keywords) <= 2 for c in calls), f"{name}: the config cell repeats the parameters by name"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,7 +157,8 @@ def test_training_notebooks_default_to_their_variant():
         params = _parameters(_load(name))
         assert (params["dec_layers"], params["num_queries"]) == (layers, queries)
         assert params["epochs"] is None and params["lr"] is None  # the original study's recipe, from the profile
-        assert params["n_seeds"] is None  # the profile's number of seeds: 1 in the study, 2 in the demo
+        assert params["n_seeds"] is None  # the profile's number of seeds: 3 in both
+        assert params["recipe"] is None and params["parallel_runs"] is None
 
 
 def test_analysis_parameters():
@@ -174,7 +191,7 @@ def real_sample_run(coco_sample, tmp_path_factory):
              "num_workers": 0, "device": "cpu"}
     runs = {
         "01_data_split": {**common, **split},
-        "03_baseline": {**common, **split, **train},
+        "03_baseline": {**common, **split, **train, "n_seeds": 1},  # the original study's single run
         "06_analysis": {**{k: v for k, v in {**common, **train}.items() if k in ("profile", "out_dir", "report_dir")},
                         "n_resamples": 50, "latency_size": [64, 96]},
     }
@@ -185,8 +202,8 @@ def real_sample_run(coco_sample, tmp_path_factory):
 
 
 def test_real_sample_run_folder_is_complete(real_sample_run):
-    run_dir = real_sample_run / "runs" / "dec6_q100_seed42"  # one seed in the study profile
-    assert [p.name for p in (real_sample_run / "runs").iterdir()] == [run_dir.name]
+    run_dir = real_sample_run / "runs" / "dec6_q100_seed42"  # -p n_seeds 1, no recipe arm in the study profile
+    assert [p.name for p in (real_sample_run / "runs").iterdir() if not p.name.startswith(".")] == [run_dir.name]
     for f in (CONFIG, MANIFEST, METRICS, HISTORY, LAST, BEST, f"{DETECTIONS}/epoch_0.npz", f"{DETECTIONS}/epoch_1.npz"):
         assert (run_dir / f).is_file(), f"{f} missing from the run folder"
     record = load_run(run_dir)
@@ -209,6 +226,7 @@ def test_real_sample_exports_and_takeaways(real_sample_run):
     assert "dec3_q100" in conclusion and "dec3_q50" in conclusion  # says which runs are missing
     assert "95% percentile bootstrap over the 2 validation images (50 resamples" in conclusion
     assert "dec6_q100: epoch-0 AP" in conclusion and "change over its own epoch 0" in conclusion
+    assert "dec6_q100 has one training seed" in conclusion and "training noise is not measured" in conclusion
 
 
 def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):

@@ -171,6 +171,27 @@ def test_analysis_loader_reads_the_train_split_without_augmentation(tmp_path):
         analysis_loader(cfg, data, "test")
 
 
+def test_analysis_loader_reads_validation_images_from_the_validation_folder(tmp_path):
+    """A dataset whose validation images live in their own folder (your own data's layout): the val loader reads
+    them there, the train loader the training folder."""
+    from detr_nb_utils.training.data_setup import DataSetup
+
+    make_synthetic_coco(tmp_path / "coco", n_images=6, seed=0, image_size=(64, 96))
+    cfg = make_config("demo", data_root=str(tmp_path / "coco"), split_dir=str(tmp_path / "split"), n_train=4,
+                      n_val=2, min_size=64, max_size=96, train_scales=(64,))
+    cfg = dataclasses.replace(cfg, checkpoint=None)
+    data = engine.prepare_data(cfg)
+    val_images = tmp_path / "val_images"
+    val_images.mkdir()
+    for image in data.image_dir.iterdir():  # the validation folder holds the images; the training one loses them
+        image.rename(val_images / image.name)
+    moved = DataSetup(tmp_path / "no_train_images", data.train_file, data.val_file, data.manifest_file,
+                      data.annotation_file, val_image_dir=val_images)
+    assert len(list(analysis_loader(cfg, moved, "val"))) == 1
+    with pytest.raises((FileNotFoundError, RuntimeError)):
+        list(analysis_loader(cfg, moved, "train"))
+
+
 # ---- RunConfig.query_indices ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, reason", [

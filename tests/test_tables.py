@@ -9,6 +9,9 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 import pytest
+from test_bootstrap import sample_gt  # noqa: F401 (fixture)
+
+from detr_nb_utils.analysis.bootstrap import MatchedDetections
 
 from detr_nb_utils.analysis.comparison import ap_per_layer, comparison_table, original_study_table
 from detr_nb_utils.analysis.conclusions import TINY_NOTE, agreements, ranking_conclusion, ranking_table, rankings
@@ -177,7 +180,9 @@ def test_report_embeds_only_what_the_notebooks_export():
     import re
 
     root = Path(__file__).resolve().parents[1]
-    source = "\n".join(p.read_text() for p in sorted((root / "notebooks").glob("0*.py")))
+    # the notebooks, and the sequence 03-05 share (its figures and tables are named after the notebook's prefix)
+    source = "\n".join(p.read_text() for p in [*sorted((root / "notebooks").glob("0*.py")),
+                                                root / "detr_nb_utils" / "notebook" / "fine_tune.py"])
     assert "save_fig" in source, "the notebooks' py:percent sources are missing"
     saved = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, "([^"]+)"', source))
     per_run = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, f"\{\{?prefix\}\}?_([a-z_]+)"', source))
@@ -210,3 +215,25 @@ def test_a_flip_within_the_noise_is_not_called_a_disagreement():
     diffs["p Holm"], diffs["excludes 0 (Holm)"] = 0.07, False  # a family: Holm's adjustment decides
     assert "p 0.070 after Holm's adjustment, is not beyond sampling" in _noise({}, "AP", "a", "b", diffs)
     assert "DISAGREE: total loss puts a above b, COCO AP puts b above a" in _agreement_sentence(first, second, flips)
+
+
+def test_epoch0_ap_beside_the_paper_carries_its_interval_and_says_why_the_paper_has_none(sample_gt):  # noqa: F811
+    """02's comparison with the paper's 42.0: this split's AP with its interval over the validation images, the
+    reference without one, set side by side and never subtracted."""
+    from test_bootstrap import perturbed_detections
+
+    from detr_nb_utils.notebook.tables import ap_vs_paper, checkpoint_takeaway
+
+    detections = perturbed_detections(sample_gt, 0.1, seed=1)
+    matched = MatchedDetections(sample_gt, detections, sorted(sample_gt.getImgIds()))
+    metrics = {k: matched.point[0] if k == "AP" else matched.point[1] if k == "AP50" else 0.3
+               for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} | {"detections": detections}
+    table = ap_vs_paper(metrics, None, sample_gt, n_resamples=200)
+    assert table.loc["AP", "low"] <= table.loc["AP", "this split, epoch 0"] <= table.loc["AP", "high"]
+    assert table.attrs["n_images"] == len(sample_gt.getImgIds()) and table.loc["AP", "paper"] == 42.0
+    params = pd.DataFrame({"dec6_q100": [10, 100]}, index=["backbone", "total"])
+    text = checkpoint_takeaway(params, pd.DataFrame(), table)
+    low, high = table.loc["AP", "low"], table.loc["AP", "high"]
+    assert f"[{low:.1f}, {high:.1f}] (95% interval over its {table.attrs['n_images']} validation images)" in text
+    assert "published without an interval" in text and f"42.0 lies {'inside' if low <= 42 <= high else 'outside'}" \
+        in text

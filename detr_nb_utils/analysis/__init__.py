@@ -7,7 +7,8 @@ from .. import _lazy_exports
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "bootstrap": ("ApBootstrap", "MatchedDetections", "ap_difference", "ap_interval"),
-    "comparison": ("QUERY_CHOICES", "VARIANTS", "IncomparableRuns", "ap_per_layer", "by_variant", "check_comparable",
+    "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "IncomparableRuns", "ap_per_layer",
+                   "by_recipe", "by_variant", "check_comparable",
                    "comparison_table", "cost_vs_ap", "differences_table", "discover_runs", "finetuning_gain_table",
                    "first_seed_runs", "headline_table", "layer_equivalence", "load_runs", "missing_variants",
                    "original_study_table", "seeds_table"),
@@ -18,6 +19,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "attention": ("detected_objects", "record_attention", "run_with_attention"),
     "cost": ("cost_table", "variant_costs"),
     "baseline": ("best_of", "loss_gap", "versus_baseline"),
+    "arms": ("arm_table", "ranking_under_arms"),
+    "findings": ("Finding", "render"),
     "own_data": ("class_groups", "group_ap_table", "group_difference", "surgery_takeaway"),
     "matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
     "ap_breakdown": ("class_ap_table", "evaluate_detections", "pr_curves", "size_table"),

@@ -6,7 +6,7 @@ Runs are found by content, never by folder name: every folder of ``out_dir`` hol
 ``metrics.jsonl`` is a run; its variant is its config's decoder layers, queries and query slots
 (:func:`variant_labels`: ``dec<layers>_q<queries>``, ``_spread`` for the evenly spread slots of notebook 05, else
 the folder's name without its ``_seed<k>``), its seed the config's. :func:`check_comparable` refuses runs made on
-different split manifests or in different effective precisions, naming both folders.
+different split manifests, in different effective precisions or with different recipes, naming both folders.
 
 The statistics, fixed before any result is seen:
 
@@ -16,10 +16,15 @@ The statistics, fixed before any result is seen:
   epoch 0). It is picked on the same validation images it is scored on, so its interval re-picks the best epoch
   inside every bootstrap resample: the selection is inside the interval.
 - **Changes are signed**: final (or best) minus the variant's own epoch 0, negative when fine-tuning lost AP.
-- **Seeds**: a variant's value is the mean over its training seeds; with more than one seed each bootstrap resample
-  also redraws the seeds with replacement, so the interval covers both the choice of images and the seed.
-- **Many comparisons**: the pairwise differences of a table are one family; their bootstrap p-values are
-  Holm-adjusted (:func:`.bootstrap.holm`).
+- **Seeds**: a variant's value is the mean over its training seeds; with three seeds or more each bootstrap resample
+  also redraws the seeds with replacement, so the interval covers both the choice of images and the seed. With
+  fewer, redrawing would shrink the seeds' variance: the interval covers the images only and the seeds' spread is
+  given beside it (:data:`.bootstrap.MIN_SEEDS_RESAMPLED`).
+- **Recipes**: runs compare only within one recipe (:mod:`detr_nb_utils.training.recipe`); a run of another recipe
+  is refused naming the field and both folders, unless it is a declared recipe arm, which is its own family
+  (:func:`by_recipe`).
+- **Many comparisons**: one Holm family per question, the same in every notebook that asks it (:data:`VARIANT_PAIRS`,
+  :data:`QUERY_PAIRS`); their bootstrap p-values are Holm-adjusted (:func:`.bootstrap.holm`).
 - **The 50-query cap**: ``AP@50det`` keeps each image's 50 highest-scoring detections (all a 50-query model can
   output); a pair of variants with different numbers of queries is compared on it.
 
@@ -39,6 +44,7 @@ import pandas as pd
 from ..models.loss import LOSS_VIEWS
 from ..training.config import RunConfig, variant_name, variant_of
 from ..training.config_checks import MAX_QUERIES
+from ..training.recipe import RECIPES, recipe_differences
 from ..training.runs import CONFIG, MANIFEST, METRICS, PRECISION_FIELD, RunRecord, load_run
 from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
 from .queries import select_queries
@@ -54,6 +60,10 @@ PAPER_AP = {"AP": 42.0, "AP50": 62.4, "AP75": 44.2, "APs": 20.5, "APm": 45.8, "A
 AP_STATS = tuple(PAPER_AP)
 #: the 50-query choices of notebook 05: variant name -> strategy of detr_nb_utils.analysis.queries.select_queries
 QUERY_CHOICES = {"dec3_q50": "first", "dec3_q50_most_matched": "most_matched", "dec3_q50_spread": "spread"}
+#: one Holm family per question, the same wherever it is asked (04, 05 and 06): which decoder (every pair of the
+#: three variants), and which 50 queries (every pair of the three choices); ``(a, b)`` is shown as a - b
+VARIANT_PAIRS = tuple(itertools.combinations(VARIANTS, 2))
+QUERY_PAIRS = tuple(itertools.combinations(QUERY_CHOICES, 2))
 #: detections per image kept for the capped AP: what the 50-query variant can output at most
 CAP = 50
 AP_CAPPED = f"AP@{CAP}det"
@@ -62,7 +72,8 @@ LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 class IncomparableRuns(ValueError):
-    """Run folders that must not be compared (another split, another precision, the same variant and seed twice)."""
+    """Run folders that must not be compared (another split, another precision, another recipe, the same variant and
+    seed twice)."""
 
 
 # ---- finding the runs by content ---------------------------------------------------------------------------
@@ -72,14 +83,15 @@ def _variant_key(cfg: RunConfig) -> tuple:
     return cfg.dec_layers, cfg.num_queries, cfg.query_indices
 
 
-def _label(key: tuple, name: str) -> str:
+def _label(key: tuple, name: str, recipe: str = "original") -> str:
     layers, queries, slots = key
     base = variant_name(layers, queries)
     if slots is None:
         return base
     if list(slots) == select_queries("spread", queries, MAX_QUERIES):
         return f"{base}_spread"
-    named = variant_of(name)  # e.g. most_matched: its slots depend on match counts the folder does not hold
+    # e.g. most_matched: its slots depend on match counts the folder does not hold; a recipe arm's suffix apart
+    named = variant_of(name).removesuffix(f"_{recipe}")
     return named if named.startswith(f"{base}_") else variant_name(layers, queries, slots)
 
 
@@ -90,7 +102,7 @@ def variant_labels(configs: Mapping[str, RunConfig]) -> dict[str, str]:
     labels: dict[tuple, str] = {}
     for key in sorted(set(keys.values()), key=lambda k: (k[0], k[1], k[2] is not None, str(k[2]))):
         lowest = min((n for n in keys if keys[n] == key), key=lambda n: (configs[n].seed, n))
-        label = _label(key, lowest)
+        label = _label(key, lowest, configs[lowest].recipe)
         labels[key] = label if label not in labels.values() else variant_name(*key)
     return {n: labels[k] for n, k in keys.items()}
 
@@ -114,7 +126,9 @@ def _manifest_difference(a: dict, b: dict) -> str:
 def check_comparable(records: Mapping[str, RunRecord]) -> None:
     """Raise :class:`IncomparableRuns`, naming both folders, when two runs were trained on different split manifests,
     computed in different effective precisions (:attr:`RunRecord.effective_precision`; unknown counts as
-    different), or are the same variant with the same seed."""
+    different), were made with different recipes (:func:`~detr_nb_utils.training.recipe.recipe_differences`, each
+    field named with both values; runs of two declared recipe arms differ only in what the arms set), or are the
+    same variant and recipe with the same seed."""
     items = list(records.items())
     fix = "pass run_names to compare only runs made alike, or re-run the odd one out"
     for (_, a), (_, b) in itertools.combinations(items, 2):
@@ -129,9 +143,18 @@ def check_comparable(records: Mapping[str, RunRecord]) -> None:
                    for r, p in ((a, pa), (b, pb))}
             raise IncomparableRuns(f"{a.run_dir} computed in {say[a.run_dir]} and {b.run_dir} in {say[b.run_dir]}: "
                                    f"runs of one comparison must compute in one precision; {fix}.")
+    for (_, a), (_, b) in itertools.combinations(items, 2):
+        diff = recipe_differences(a.config.to_dict(), b.config.to_dict())
+        if diff:
+            fields = "; ".join(f"{k}: {va!r} in {a.run_dir.name}, {vb!r} in {b.run_dir.name}" for k, va, vb in diff)
+            arms = f" (recipe arms {a.config.recipe!r} and {b.config.recipe!r})" if a.config.recipe != \
+                b.config.recipe else ""
+            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} were made with different recipes{arms}, which "
+                                   f"differ in {', '.join(k for k, _, _ in diff)} ({fields}): a difference between "
+                                   f"them would mix the variant with the recipe; {fix}.")
     labels = variant_labels({n: r.config for n, r in items})
     for (na, a), (nb, b) in itertools.combinations(items, 2):
-        if labels[na] == labels[nb] and a.config.seed == b.config.seed:
+        if labels[na] == labels[nb] and a.config.seed == b.config.seed and a.config.recipe == b.config.recipe:
             raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} both hold {labels[na]} with seed {a.config.seed}: "
                                    f"counted twice they would shrink the seeds' spread; {fix}.")
 
@@ -143,6 +166,16 @@ def load_runs(out_dir: str | Path, names: Sequence[str] | None = None) -> dict[s
                if (Path(out_dir) / n / METRICS).is_file()}
     check_comparable(records)
     return records
+
+
+def by_recipe(records: Mapping[str, RunRecord]) -> dict[str, dict[str, RunRecord]]:
+    """``{recipe arm: {run name: record}}``: each declared recipe arm (``RunConfig.recipe``) is its own family,
+    the original first, then the others as :data:`~detr_nb_utils.training.recipe.RECIPES` lists them."""
+    order = list(RECIPES)
+    out: dict[str, dict[str, RunRecord]] = {}
+    for name in sorted(records, key=lambda n: order.index(records[n].config.recipe)):
+        out.setdefault(records[name].config.recipe, {})[name] = records[name]
+    return out
 
 
 def by_variant(records: Mapping[str, RunRecord]) -> dict[str, dict[str, RunRecord]]:
@@ -232,10 +265,13 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
 
 def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tuple[str, str]] | None = None
                       ) -> pd.DataFrame:
-    """Variant ``a`` minus variant ``b`` at the final epoch for each pair of ``groups`` (default: every pair), in
-    points with the 95% paired interval. A pair whose query counts differ is ``compared on`` ``AP@50det``, others
-    on AP (both are given). ``p``: two-sided bootstrap p-value; ``p Holm``: Holm-adjusted over the table's pairs,
-    one family (``attrs["family"]`` pairs); ``excludes 0 (Holm)``: ``p Holm`` below 5%."""
+    """Variant ``a`` minus variant ``b`` at the final epoch for each pair of the family ``pairs`` (one question's
+    pairs, e.g. :data:`VARIANT_PAIRS`; default: every pair of ``groups``) whose variants both have runs, in points
+    with the 95% paired interval. A pair whose query counts differ is ``compared on`` ``AP@50det``, others on AP
+    (both are given). ``p``: two-sided bootstrap p-value; ``p Holm``: Holm-adjusted over the family
+    (``attrs["family"]`` pairs). While some of the family's pairs have no runs yet (04 before 05 has run), ``p
+    Holm`` is its upper bound, ``family`` x ``p`` capped at 1 (Holm never exceeds it; ``attrs["holm"]`` is
+    ``"bound"``, else ``"exact"``). ``excludes 0 (Holm)``: ``p Holm`` below 5%."""
     pairs = list(itertools.combinations(groups, 2)) if pairs is None else list(pairs)
     rows = []
     for a, b in [(a, b) for a, b in pairs if a in groups and b in groups]:
@@ -249,9 +285,11 @@ def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tu
     columns = ["a", "b", "compared on", "a - b", "a - b low", "a - b high", "a - b excludes 0", "p", "p Holm",
                "excludes 0 (Holm)", "AP a - b", f"{AP_CAPPED} a - b"]
     table = pd.DataFrame(rows, columns=columns)
-    table["p Holm"] = holm(table["p"].to_numpy(float))
+    complete = len(table) == len(pairs)
+    p = table["p"].to_numpy(float)
+    table["p Holm"] = holm(p) if complete else np.minimum(1.0, len(pairs) * p)
     table["excludes 0 (Holm)"] = table["p Holm"] < 1 - LEVEL
-    table.attrs.update(family=len(table))
+    table.attrs.update(family=len(pairs), holm="exact" if complete else "bound", n_images=len(bootstrap.img_ids))
     return table
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .bootstrap import Groups, runs_of
+from .bootstrap import MIN_SEEDS_RESAMPLED, Groups, runs_of
 from .comparison import AP_CAPPED, CAP, ORIGINAL_STUDY_LOSS, final_losses, original_study_table
 
 TINY_NOTE = ("These runs are the demo world: a tiny DETR pre-trained on synthetic shapes, fine-tuned and compared on "
@@ -196,7 +196,7 @@ def _depth_effect(groups: Groups, original: pd.DataFrame) -> list[str]:
 
 
 def _final_epoch_words(groups: Groups) -> str:
-    epochs = {v: sorted({r.final_epoch for r in runs_of(g)}, key=str) for v, g in groups.items()}
+    epochs = {v: sorted({r.final_epoch for r in runs_of(g)}) for v, g in groups.items()}
     flat = {e for es in epochs.values() for e in es}
     if len(flat) == 1:
         return f"epoch {flat.pop()}"
@@ -318,24 +318,31 @@ def _differences_sentence(diffs: pd.DataFrame, what: str) -> list[str]:
     larger = [f"{d['a']} - {d['b']}" for _, d in diffs.iterrows() if d["excludes 0 (Holm)"]]
     verdict = (f"larger than sampling explains after Holm's adjustment: {', '.join(larger)}" if larger
                else "none is larger than sampling explains after Holm's adjustment")
-    return [(f"{what}, Holm-adjusted over this family of {len(diffs)} (points, 95% interval, bootstrap p): "
+    return [(f"{what}, Holm-adjusted over this family of {diffs.attrs.get('family', len(diffs))} (points, 95% interval, bootstrap p): "
             f"{'; '.join(parts)}. Of these, {verdict}.")]
 
 
 def _coverage(gains: pd.DataFrame, n_images: int, n_resamples: int) -> list[str]:
     lines = [(f"Intervals: 95% percentile bootstrap over the {n_images} validation images ({n_resamples} resamples, "
              f"paired for differences and changes).")]
-    many, one = list(gains.index[gains["seeds"] > 1]), list(gains.index[gains["seeds"] == 1])
+    many = list(gains.index[gains["seeds"] >= MIN_SEEDS_RESAMPLED])
+    few = list(gains.index[(gains["seeds"] > 1) & (gains["seeds"] < MIN_SEEDS_RESAMPLED)])
+    one = list(gains.index[gains["seeds"] == 1])
     if many:
         it = len(many) == 1
-        lines.append(f"{', '.join(many)} {'has' if it else 'have'} several training seeds: {'its' if it else 'their'} "
-                     "values are means over the seeds, and each resample also redraws the seeds with replacement, so "
-                     f"{'its' if it else 'their'} intervals cover both the choice of validation images and the "
-                     "training seed; the seeds' own spread is given at the end.")
+        lines.append(f"{', '.join(many)} {'has' if it else 'have'} {MIN_SEEDS_RESAMPLED} training seeds or more: "
+                     f"{'its' if it else 'their'} values are means over the seeds, and each resample also redraws "
+                     f"the seeds with replacement, so {'its' if it else 'their'} intervals cover both the choice of "
+                     "validation images and the training seed; the seeds' own spread is given at the end.")
+    if few:
+        lines.append(f"{', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than {MIN_SEEDS_RESAMPLED} "
+                     "training seeds: the values are means over the seeds, the intervals cover only the choice of "
+                     "validation images (redrawing so few seeds would shrink their variance), and the seeds' spread "
+                     "is given at the end, beside them.")
     if one:
         lines.append(f"{', '.join(one)} {'has' if len(one) == 1 else 'have'} one training seed: "
-                     f"{'its' if len(one) == 1 else 'their'} intervals cover only the choice of validation images, "
-                     "not the variation between training runs.")
+                     f"{'its' if len(one) == 1 else 'their'} intervals cover only the choice of validation images; "
+                     "training noise is not measured.")
     if n_images < MIN_IMAGES:
         lines.append(f"Only {n_images} validation images, fewer than {MIN_IMAGES}: AP moves in coarse steps and the "
                      "bootstrap has too little to resample, so these intervals are degenerate; they check the "

@@ -33,7 +33,7 @@ def analysis_loader(cfg: RunConfig, data, split: str = "train") -> DataLoader:
     batch: what :func:`query_match_counts` counts on. ``data``: :class:`detr_nb_utils.training.data_setup.DataSetup`."""
     if split not in ("train", "val"):
         raise ValueError(f"analysis_loader: split must be 'train' or 'val', got {split!r}")
-    dataset = build_dataset(data.train_file if split == "train" else data.val_file, data.image_dir, "val",
+    dataset = build_dataset(*data.files(split), "val",
                             max_images=cfg.max_train_images if split == "train" else cfg.max_val_images,
                             val_size=cfg.min_size, max_size=cfg.max_size)
     return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate_fn,

@@ -7,10 +7,12 @@ from .. import _lazy_exports
 
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
-    "setup_cell": ("progress_policy", "setup_notebook"),
+    "setup_cell": ("config_parameters", "progress_policy", "setup_notebook"),
+    "fine_tune": ("against_baseline", "arm_configs", "change_findings", "check_data", "choice_run_name", "plan",
+                  "recipe_advice", "seeded", "show_runs", "variant_of_config"),
     "figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer", "plot_category_distribution",
                 "plot_detections", "plot_loss_curves", "plot_objects_per_image", "plot_parameter_counts",
-                "plot_query_norms", "plot_query_similarity", "predict_panels", "save_fig"),
+                "plot_findings", "plot_query_norms", "plot_query_similarity", "predict_panels", "save_fig"),
     "figures_attention": ("interactive_attention", "plot_decoder_attention", "plot_encoder_attention"),
     "figures_queries": ("plot_match_counts", "plot_query_usage"),
     "figures_matching": ("plot_cost_terms", "plot_layer_losses"),
@@ -18,7 +20,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
                             "plot_layer_errors", "plot_loss_terms", "plot_pr_curves", "plot_subgroup_changes"),
     "figures_gallery": ("plot_false_positives", "plot_missed"),
     "report": ("render_report",),
-    "tables": ("ap_vs_paper", "checkpoint_takeaway", "objects_per_image", "parameter_counts", "precision_ap_table",
+    "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",
                "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_table", "save_takeaway",
                "shown", "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
 }

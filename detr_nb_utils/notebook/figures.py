@@ -294,3 +294,22 @@ def plot_ap_intervals(table: pd.DataFrame,
     if columns and len(table):
         ax.legend()
     return fig
+
+
+def plot_findings(findings: Sequence, title: str, xlabel: str = "AP change (points)") -> Figure:
+    """A forest plot of :class:`~detr_nb_utils.analysis.findings.Finding` s: each value with its 95% interval on
+    one row, 0 marked, labelled by ``data["label"]`` or else the claim (those without an interval left out), red a
+    loss and green a gain beyond sampling, grey within it: a change or a paired
+    difference drawn as itself, not as two overlapping intervals."""
+    shown = [f for f in findings if f.has_interval]
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.34 * max(len(shown), 1)), layout="constrained")
+    y = np.arange(len(shown))[::-1]
+    for row, f in zip(y, shown):
+        colour = "tab:red" if f.verdict == "beyond sampling" and f.value < 0 else \
+            "tab:green" if f.verdict == "beyond sampling" else "tab:grey"
+        ax.errorbar(f.value, row, xerr=[[f.value - f.low], [f.high - f.value]], fmt="o", color=colour, capsize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f.data.get("label", f.claim) for f in shown], fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    return fig

@@ -37,10 +37,11 @@ from pathlib import Path
 import mistune
 import pandas as pd
 
-from ..analysis.comparison import discover_runs, variant_labels
+from ..analysis.comparison import by_recipe, discover_runs, variant_labels
 from ..analysis.conclusions import runs_note
 from ..data import atomic
 from ..training.config import make_config
+from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord, load_run
 from .setup_cell import report_dir_for
 from .tables import markdown_table
@@ -63,7 +64,8 @@ def setup_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     rows = {}
     for name, r in records.items():
         env = r.environment[-1] if r.environment else {}
-        rows[name] = {"variant": labels[name], "seed": r.config.seed, "epochs": r.final_epoch,
+        rows[name] = {"variant": labels[name], "recipe": r.config.recipe, "seed": r.config.seed,
+                      "epochs": r.final_epoch,
                       "precision": r.effective_precision, "device": env.get("device", "not recorded"),
                       "GPU": env.get("gpu") or "none", "CPU": env.get("cpu", "not recorded"),
                       "torch": env.get("torch", "not recorded"), "commit": env.get("commit") or "not recorded",
@@ -104,8 +106,8 @@ def fill(template: str, report_dir: Path, runs_dir: Path) -> str:
                         + (f" {note}" if note else ""))
             if kind == "setup":
                 return "\n" + markdown_table(setup_table(records), ".0f") + "\n"
-            if kind == "config":
-                return _config_value(records, arg)
+            if kind == "config":  # the headline recipe's runs: another arm's rates are its own
+                return _config_value(by_recipe(records).get(ORIGINAL) or records, arg)
             if kind not in ("table", "figure"):
                 raise ReportError(f"unknown directive {m[0]!r}")
             path = report_dir / (f"tables/{arg}.md" if kind == "table" else f"figures/{arg}.png")

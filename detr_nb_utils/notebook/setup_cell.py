@@ -9,6 +9,8 @@ The engine then draws its ``tqdm.auto`` bars as widgets, or none. Used by notebo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -34,6 +36,17 @@ def project_root(start: str | Path | None = None) -> Path:
 def progress_policy(progress: bool | None) -> bool:
     """``progress`` when given; else True only in a kernel started by a Jupyter server (widgets are seen)."""
     return bool(os.environ.get("JPY_SESSION_NAME")) if progress is None else progress
+
+
+def config_parameters(namespace: Mapping) -> dict:
+    """The values of a notebook's ``parameters`` cell that configure its runs, for ``make_config(**...)``: from
+    ``namespace`` (the notebook's ``globals()``, right after that cell) every name that is a
+    :class:`~detr_nb_utils.training.config.RunConfig` field, and ``profile``; ``progress`` through
+    :func:`progress_policy`. The cell's other names (seeds, report folder, resamples) stay the notebook's."""
+    names = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in namespace.items() if k in names}
+    values["progress"] = progress_policy(namespace.get("progress"))
+    return values
 
 
 def report_dir_for(cfg: RunConfig, report_dir: str | None) -> Path:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from pycocotools.coco import COCO
 
-from ..analysis.bootstrap import MatchedDetections, ap_difference, common_images
+from ..analysis.bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
 from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
 from ..data.split import CROWDED_THRESHOLD, SIDES
@@ -149,18 +149,32 @@ def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dic
     return "pre-training, held-out", {k: 100 * summary[k] for k in AP_STATS if k in summary}
 
 
-def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str, float]] | None = None
-                ) -> pd.DataFrame:
+def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str, float]] | None = None,
+                val_file: str | Path | COCO | None = None, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside ``reference`` (a column name
-    and stats in percent, :func:`reference_ap`; default the paper's), in percent."""
+    and stats in percent, :func:`reference_ap`; default the paper's), in percent. With ``val_file`` (the val split's
+    annotations) AP and AP50 also get their 95% interval over ``n_resamples`` bootstrap resamples of the validation
+    images (``low``, ``high``); the reference is another set of images, published without an interval, so there
+    is no paired difference: ``attrs["n_images"]``, ``attrs["n_resamples"]``."""
     label, values = reference or ("paper", PAPER_AP)
-    return pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS},
-                         label: {k: values.get(k, float("nan")) for k in AP_STATS}})
+    table = pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS},
+                          label: {k: values.get(k, float("nan")) for k in AP_STATS}})
+    if val_file is not None:
+        if not isinstance(val_file, COCO):
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                val_file = COCO(str(val_file))
+        img_ids = common_images(metrics["detections"])
+        ci = ap_interval(MatchedDetections(val_file, metrics["detections"], img_ids), n_resamples, seed)
+        for side in ("low", "high"):
+            table[side] = pd.Series({k: 100 * ci[k][side] for k in ("AP", "AP50")})
+        table.attrs.update(n_images=ci["n_images"], n_resamples=n_resamples)
+    return table
 
 
 def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.DataFrame, note: str = "") -> str:
     """Closing sentences of 02 from :func:`parameter_counts`, :func:`surgery_table` and :func:`ap_vs_paper`,
-    after ``note`` (:func:`~detr_nb_utils.analysis.conclusions.world_note`)."""
+    after ``note`` (:func:`~detr_nb_utils.analysis.conclusions.world_note`): the epoch-0 AP with its interval over
+    the validation images, beside the reference, which has none."""
     total = params.loc["total"]
     cuts = "; ".join(f"{v} keeps {total[v]:,} parameters ({100 * total[v] / total.iloc[0]:.1f}%), "
                      f"drops {surgery.loc[v].get('dropped', 0)} entries and slices {surgery.loc[v].get('sliced', 0)}"
@@ -169,8 +183,17 @@ def checkpoint_takeaway(params: pd.DataFrame, surgery: pd.DataFrame, ap: pd.Data
     ours, ref = ap.loc["AP", "this split, epoch 0"], ap.loc["AP", label]
     where = "in the paper on all of val2017" if label == "paper" else "on the pre-training's held-out images"
     head = note + " " if note else ""
+    if "low" in ap:
+        low, high = ap.loc["AP", "low"], ap.loc["AP", "high"]
+        inside = "inside" if low <= ref <= high else "outside"
+        ours_text = (f"AP {ours:.1f} [{low:.1f}, {high:.1f}] (95% interval over its {ap.attrs['n_images']} "
+                     f"validation images)")
+        versus = (f"; the reference is measured on other images and published without an interval, so the two do "
+                  f"not make a paired difference: {ref:.1f} lies {inside} this split's interval")
+    else:
+        ours_text, versus = f"AP {ours:.1f}", " (no interval: pass val_file to ap_vs_paper)"
     return (f"{head}The checkpoint's model has {total.iloc[0]:,} parameters; {cuts}. Before any fine-tuning it "
-            f"scores AP {ours:.1f} on this validation split, against {ref:.1f} {where}.")
+            f"scores {ours_text} on this validation split, against {ref:.1f} {where}{versus}.")
 
 
 def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO, n_resamples: int = 1000,
@@ -227,6 +250,19 @@ def with_train_views(record: RunRecord) -> pd.DataFrame:
     return df
 
 
+def layer_ap_table(groups: Mapping[str, Mapping[str, RunRecord]]) -> pd.DataFrame:
+    """AP (fraction) of each decoder layer's predictions (columns 1..L), mean over each variant's seeds, at epoch 0
+    and at the final epoch: one row per variant and epoch, e.g. ``"dec6_q100, epoch 0"``; for
+    :func:`.figures.plot_ap_per_layer`. 04 puts the 6-layer model's layers beside the cut to 3."""
+    rows = {}
+    for variant, runs in groups.items():
+        for label, pick in (("epoch 0", lambda r: 0), ("final epoch", lambda r: r.final_epoch)):
+            per_run = pd.DataFrame([{layer + 1: r.metrics.loc[pick(r), f"val_AP_layer_{layer}"]
+                                     for layer in range(r.config.dec_layers)} for r in runs.values()])
+            rows[f"{variant}, {label}"] = per_run.mean()
+    return pd.DataFrame(rows).T.rename_axis(index="model, epoch", columns="decoder layer")
+
+
 def run_table(record: RunRecord) -> pd.DataFrame:
     """Per epoch: the three validation losses and the AP stats (percent) of one run."""
     df = record.metrics[[f"val_{k}" for k in LOSS_VIEWS]].copy()
@@ -249,7 +285,8 @@ def run_takeaway(record: RunRecord) -> str:
         a0, af = 100 * m.loc[0, "val_AP"], 100 * m.loc[final, "val_AP"]
         ap = (f"val AP went from {a0:.1f} at epoch 0 to {af:.1f} at the final epoch {final}: fine-tuning "
               f"{change_words(af - a0)} (best fine-tuned epoch {best}: {100 * m.loc[best, 'val_AP']:.1f}, "
-              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0)")
+              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0; one run, so these "
+              "values have no interval of their own: the bootstraps give the intervals)")
     n_val = m["val_num_images"].dropna() if "val_num_images" in m else []
     few = (f" AP is computed on {int(n_val.iloc[-1])} validation images, fewer than {MIN_IMAGES}: it moves in coarse "
            "steps, so small changes say little." if len(n_val) and n_val.iloc[-1] < MIN_IMAGES else "")

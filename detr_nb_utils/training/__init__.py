@@ -8,7 +8,9 @@ from .. import _lazy_exports
 
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
-    "config": ("DEMO_OWN_DATA", "TINY_CHECKPOINT", "RunConfig", "make_config", "seed_configs"),
+    "config": ("DEMO_OWN_DATA", "QUERY_CHOICE_SEEDS", "TINY_CHECKPOINT", "RunConfig", "make_config", "seed_configs"),
+    "recipe": ("DEFAULT_ARMS", "RECIPES", "RECOMMENDED_RECIPE"),
+    "side_by_side": ("plan_runs", "run_all"),
     "data_setup": ("make_dataset", "prepare_data"),
     "engine": ("build_model", "evaluate_checkpoint", "run_experiment"),
     "evaluation": ("evaluate",),

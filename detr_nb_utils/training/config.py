@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..data.transforms import MAX_SIZE, TRAIN_SCALES, VAL_SIZE
 from .config_checks import CHECKPOINT_SHAPES, CHECKS, fail
+from .recipe import ORIGINAL, RECIPES, recipe_values
 
 PROFILE_ENV = "DETR_NB_PROFILE"
 #: the demo world's pre-trained tiny DETR, committed with the project (its SHA-256 in ``<stem>.json``)
@@ -62,7 +63,10 @@ class RunConfig:
     :func:`make_config` sets the study's from the machine (:func:`default_num_workers`: up to 8 on a CUDA machine, 2
     elsewhere); the demo uses 0. ``run_name`` ``None``: :func:`variant_name`, ``dec{dec_layers}_q{num_queries}`` with
     ``_idx`` and a hash of ``query_indices`` appended when they are set, so runs keeping different query slots never
-    share a folder.
+    share a folder. ``recipe``: the declared recipe arm (:mod:`.recipe`; :func:`make_config` sets its values, e.g.
+    the warm-up's ``warmup_steps``, optimizer steps of a linear warm-up to ``lr``). ``threads``: torch's threads
+    while the run computes (None: torch's default, one per core); fixed, a run gives bit-identical metrics whether
+    it runs alone or beside others (:mod:`.side_by_side`), and the demo fixes it at 1.
     """
 
     profile: str = "study"
@@ -111,12 +115,16 @@ class RunConfig:
     clip_max_norm: float = 0.1
     lr_drop: int | None = None
     eval_every: int = 1
+    # the recipe arm (training/recipe.py): "original", "checkpoint_rates" or "warmup"; its values are in the fields
+    recipe: str = "original"
+    warmup_steps: int = 0
     # runtime
     seed: int = 42
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool | None = None
     num_workers: int = 2
+    threads: int | None = None
     progress: bool = True
     out_dir: str = "runs/study"
     run_name: str | None = None
@@ -137,9 +145,12 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.training.runs`)."""
+        """``<out_dir>/<run_name>``, the run folder (see :mod:`detr_nb_utils.training.runs`); without a
+        ``run_name``, the variant's name (:func:`variant_name`) and, for a recipe arm other than the original,
+        ``_<recipe>``."""
+        arm = "" if self.recipe == ORIGINAL else f"_{self.recipe}"
         return Path(self.out_dir) / (self.run_name or variant_name(self.dec_layers, self.num_queries,
-                                                                     self.query_indices))
+                                                                     self.query_indices) + arm)
 
     @property
     def own_data(self) -> bool:
@@ -231,7 +242,9 @@ PROFILES: dict[str, dict] = {
         # the dropout its checkpoint was trained with, as the study keeps the official one's (0.1): with 0.1 the tiny
         # DETR, pre-trained without dropout, lost 21 points of AP in one epoch (benchmarks/RESULTS.md)
         dropout=0.0,
-        epochs=2, num_workers=0, out_dir="runs/demo",
+        # one torch thread per run: the tiny DETR's small tensors keep a second thread mostly idle, and two runs side
+        # by side, one per core, give the same metrics as one after the other (benchmarks/RESULTS.md, "make demo")
+        epochs=2, num_workers=0, threads=1, out_dir="runs/demo",
     ),
 }
 
@@ -268,6 +281,8 @@ def make_config(profile: str | None = None, **params) -> RunConfig:
     ``profile`` ``None``: the environment variable ``DETR_NB_PROFILE`` (how nbval runs the notebooks in demo
     mode), else ``"study"``. ``None`` in ``params`` means "the profile's default" (a notebook's parameters cell
     may list every name); to set a field to ``None`` explicitly use ``dataclasses.replace(cfg, field=None)``.
+    ``recipe`` (default ``"original"``) sets the arm's values (:data:`.recipe.RECIPES`) over the profile's; a value
+    given explicitly that contradicts them is refused.
     """
     profile = profile or os.environ.get(PROFILE_ENV) or "study"
     if profile not in PROFILES:
@@ -276,15 +291,20 @@ def make_config(profile: str | None = None, **params) -> RunConfig:
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ValueError(f"make_config: unknown parameter(s) {unknown}; valid: {sorted(valid)}")
-    values = dict(PROFILES[profile], **{k: v for k, v in params.items() if v is not None})
+    arm = recipe_values(params.get("recipe") or ORIGINAL, params)
+    values = dict(PROFILES[profile], **arm, **{k: v for k, v in params.items() if v is not None})
     if "num_workers" not in values:
         values["num_workers"] = default_num_workers(values.get("device", "auto"))
     return RunConfig(profile=profile, **values)
 
 
-#: training seeds per variant when a notebook's ``n_seeds`` is None: one in the study (raise it where the GPU
-#: budget allows), two in the demo so that 06_analysis always has a spread to show
-DEFAULT_SEEDS = {"study": 1, "demo": 2}
+#: training seeds per variant when a notebook's ``n_seeds`` is None: three in both profiles, the fewest whose spread
+#: the analysis resamples (:data:`detr_nb_utils.analysis.bootstrap.MIN_SEEDS_RESAMPLED`), so that a difference
+#: between decoders can be told from training noise; the original study's single run is ``n_seeds=1``
+DEFAULT_SEEDS = {"study": 3, "demo": 3}
+#: seeds of each of 05's other choices of 50 queries when its ``strategy_seeds`` is None: as many as the first 50's
+#: in the study (None); one in the demo, whose time budget they would otherwise double (05 says so in its words)
+QUERY_CHOICE_SEEDS = {"study": None, "demo": 1}
 
 
 def seed_configs(cfg: RunConfig, n_seeds: int | None = None, name: str | None = None) -> list[RunConfig]:

@@ -11,6 +11,7 @@ import re
 
 from ..models.detr import BACKBONES, TINY_DETR
 from ..models.fast import PRECISIONS
+from .recipe import RECIPES
 
 #: the shape of each backbone's checkpoint (the published one; the demo world's tiny DETR): a config that loads one
 #: must match it (num_queries/dec_layers may be smaller)
@@ -137,6 +138,12 @@ def _check_optim(cfg) -> None:
     _float(cfg, "clip_max_norm", 0.0)
     _int(cfg, "lr_drop", 1, optional=True)
     _int(cfg, "eval_every", 1)
+    if cfg.recipe not in RECIPES:
+        fail("recipe", cfg.recipe, f"one of {sorted(RECIPES)}")
+    _int(cfg, "warmup_steps", 0)
+    if (cfg.warmup_steps > 0) != (cfg.recipe == "warmup"):
+        fail("warmup_steps", cfg.warmup_steps, "above 0 exactly when recipe is 'warmup' (the arm that warms up; "
+                                               f"recipe is {cfg.recipe!r})")
 
 
 def _check_runtime(cfg) -> None:
@@ -152,6 +159,7 @@ def _check_runtime(cfg) -> None:
     if cfg.channels_last is not None and not isinstance(cfg.channels_last, bool):
         fail("channels_last", cfg.channels_last, "None (on exactly when the forward runs in bf16), True or False")
     _int(cfg, "num_workers", 0, 64)
+    _int(cfg, "threads", 1, 256, optional=True)
     name = cfg.run_name
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         fail("run_name", name, "None or a folder name of letters, digits, '.', '_' or '-'")

@@ -39,20 +39,24 @@ from .evaluation import evaluate
 from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, NonFiniteOutputError,
                          finite_flags, raise_if_outputs_non_finite)
 from .run_lock import RunLock
-from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32
+from .epoch_zero import epoch0_key, shared_epoch0
+from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32, torch_threads
 from .tensorboard import TensorBoardLog
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: names containing "backbone" at ``lr_backbone``, the rest at ``lr``
     (the published parameter groups, in its order). Fused kernels on CUDA, and on the CPU in the fast mode
-    (bf16): same update rule, one kernel per step (benchmarks/RESULTS.md); fp32 on the CPU keeps the default."""
+    (bf16): same update rule, one kernel per step (benchmarks/RESULTS.md); fp32 on the CPU the multi-tensor
+    ("foreach") implementation of the same rule."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if "backbone" not in n], "lr": cfg.lr},
               {"params": [p for n, p in named if "backbone" in n], "lr": cfg.lr_backbone}]
     device = named[0][1].device if named else torch.device("cpu")
     fused = device.type == "cuda" or (device.type == "cpu" and resolve_amp_dtype(cfg.precision, device) is not None)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    # fp32 on the CPU: one kernel per step over all the tensors, not a loop over them (a seventh of the demo's step)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None,
+                             foreach=None if fused else True)
 
 
 def effective_precision(precision: str, device: torch.device) -> str:
@@ -61,11 +65,22 @@ def effective_precision(precision: str, device: torch.device) -> str:
     return "fp32" if resolve_amp_dtype(precision, torch.device(device)) is None else "bf16"
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.StepLR:
-    """The published StepLR: both learning rates x0.1 every ``lr_drop`` epochs; constant when ``lr_drop`` is None."""
-    if cfg.lr_drop is None:
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=1.0)
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_drop, gamma=0.1)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Both learning rates per optimizer step: the warm-up arm's linear ramp over ``cfg.warmup_steps`` steps (step
+    ``k`` at ``(k + 1) / warmup_steps`` of the rate), then the published StepLR's x0.1 every ``lr_drop`` epochs of
+    ``steps_per_epoch`` steps (never when ``lr_drop`` is None: constant, the original study's). The scheduler
+    steps after every optimizer step (a hook on the optimizer), and its step count is saved with the run's last
+    checkpoint, so a resumed run continues the schedule where it stopped."""
+    warmup, drop_every = cfg.warmup_steps, (cfg.lr_drop or 0) * steps_per_epoch
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return ramp * 0.1 ** (step // drop_every) if drop_every else ramp
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer.register_step_post_hook(lambda *_: scheduler.step())
+    return scheduler
 
 
 def _step_values(loss_dict: dict, loss: torch.Tensor) -> torch.Tensor:
@@ -174,15 +189,15 @@ def build_model(cfg: RunConfig, device: torch.device,
 
 
 def _evaluate(cfg: RunConfig, model: nn.Module, criterion: SetCriterion, loader: DataLoader,
-              device: torch.device, epoch: int, layers: bool = False) -> dict:
+              device: torch.device, epoch: int, layers: bool = False, per_layer_ap: bool = True) -> dict:
     """:func:`.evaluation.evaluate` of epoch ``epoch``, a non-finite output named with the epoch and what to do;
-    ``layers``: keep every decoder layer's detections too."""
+    ``layers``: keep every decoder layer's detections too; ``per_layer_ap``: score every decoder layer."""
     dataset: CocoDetection = loader.dataset
     coco: COCO = dataset.coco
     amp_dtype = resolve_amp_dtype(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, amp_dtype)
     try:
-        return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last,
+        return evaluate(model, criterion, loader, coco, device, amp_dtype, channels_last, per_layer_ap=per_layer_ap,
                         progress=cfg.progress and rank_world()[0] == 0, keep_detections=True, labels=dataset.labels,
                         keep_layer_detections=layers)
     except NonFiniteOutputError as e:
@@ -204,10 +219,30 @@ def evaluate_checkpoint(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     set_tf32(effective_precision(cfg.precision, device))
     data = prepare_data(cfg)
-    seed_everything(cfg.seed)
-    model, criterion, _ = build_model(cfg, device, data.labels)
-    metrics = _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device, 0)
-    return {**metrics, runs.PRECISION_FIELD: effective_precision(cfg.precision, device)}
+    precision = effective_precision(cfg.precision, device)
+
+    def compute() -> dict:
+        seed_everything(cfg.seed)
+        model, criterion, _ = build_model(cfg, device, data.labels)
+        return _evaluate(cfg, model, criterion, build_loader(cfg, data, "val", device), device, 0, True)
+
+    with torch_threads(cfg.threads):
+        return {**_epoch0(cfg, device, precision, data.manifest, compute), runs.PRECISION_FIELD: precision}
+
+
+def _epoch0(cfg: RunConfig, device: torch.device, precision: str, manifest: dict, evaluate_now) -> dict:
+    """Epoch 0's metrics from the shared evaluation (:mod:`.epoch_zero`), ``evaluate_now()`` run only when no run
+    or process has made it yet, with the random generators put back after it: reading it or computing it leaves a
+    run's training the same."""
+    def compute() -> dict:
+        state = runs.rng_state()
+        try:
+            return evaluate_now()
+        finally:
+            runs.set_rng_state(state)
+    if rank_world()[1] > 1:  # every process takes part in a sharded evaluation: none may wait on the others' file
+        return compute()
+    return shared_epoch0(cfg, epoch0_key(cfg, str(device), precision, manifest), compute)
 
 
 class TrainingRun:
@@ -234,8 +269,8 @@ class TrainingRun:
                 runs.record_environment(cfg.run_dir, environment(self.device), last["epoch"] if last else None)
         barrier()
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.loaders = {s: build_loader(cfg, self.data, s, self.device) for s in ("train", "val")}
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders["train"]))
         self.history: list[dict] = []
         self.epoch: int | None = None
         self._resume(last)
@@ -281,7 +316,6 @@ class TrainingRun:
                 on_step = functools.partial(self.tensorboard.train_step, epoch) if self.tensorboard else None
                 train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
                                         self.device, epoch, self.cfg, on_step)
-                self.scheduler.step()
                 self._finish_epoch(epoch, train, time.perf_counter() - start)
         except NonFiniteError as e:
             if (self.cfg.run_dir / runs.LAST).is_file():
@@ -298,8 +332,12 @@ class TrainingRun:
         evaluate_now = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
         layers = epoch in (0, cfg.epochs)  # every decoder layer's detections: the start and the end of the run
         val = {}
-        if evaluate_now:
-            val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, epoch, layers)
+        if epoch == 0:  # shared by the variant's seeds and recipe arms; the RNG as if it had not been evaluated
+            val = _epoch0(cfg, self.device, self.precision, self.data.manifest, lambda: _evaluate(
+                cfg, self.model, self.criterion, self.loaders["val"], self.device, 0, True))
+        elif evaluate_now:  # every decoder layer's AP at epoch 0 and the final epoch (04, 06), the final one's between
+            val = _evaluate(cfg, self.model, self.criterion, self.loaders["val"], self.device, epoch, layers,
+                            per_layer_ap=epoch == cfg.epochs)
         self.epoch = epoch
         if self.rank != 0:
             return
@@ -337,5 +375,5 @@ def run_experiment(cfg: RunConfig) -> runs.RunRecord:
     ``checkpoint_last.pth`` is damaged (:class:`.runs.DamagedRunFolder`). The run holds the folder's lock from start
     to end (:class:`.run_lock.RunLock`): a second process starting the same folder meanwhile is refused
     (:class:`.run_lock.RunFolderLocked`, naming the holder). Returns the run folder read back."""
-    with RunLock(cfg.run_dir) if rank_world()[0] == 0 else contextlib.nullcontext():
+    with torch_threads(cfg.threads), RunLock(cfg.run_dir) if rank_world()[0] == 0 else contextlib.nullcontext():
         return TrainingRun(cfg).run()

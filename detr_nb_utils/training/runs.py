@@ -44,8 +44,8 @@ LAYER_DETECTIONS = "layers"
 #: one line per start or resume of a run: when, from which epoch, and on what (:func:`.runtime.environment`)
 ENVIRONMENT = "environment.jsonl"
 # fields a resumed run may change: they do not change the numbers (epochs: a finished run can be extended;
-# channels_last: the memory layout, rounding at most)
-RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device", "channels_last")
+# channels_last and threads: the memory layout and the order of sums, rounding at most)
+RESUMABLE_CHANGES = ("epochs", "progress", "num_workers", "device", "channels_last", "threads")
 #: where the run folder is, which is not what the run is: a folder moved or renamed resumes where it is now (its
 #: config.json is rewritten to say so). The input paths (data, split, checkpoint) stay part of a run's identity: they
 #: are relative to the project root, so they hold wherever the folder goes within the project (or a copy of it)

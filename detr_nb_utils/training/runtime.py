@@ -5,6 +5,7 @@ notebook's setup cell (the device).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -32,6 +33,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` while the block runs (None: left as they are), then put back.
+    On the CPU the order of a sum depends on the number of threads, so a run fixes it to give the same bits alone
+    and beside other runs (:mod:`.side_by_side`)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def rank_world() -> tuple[int, int]:
