@@ -92,7 +92,7 @@ def test_a_diverging_run_is_stopped_with_the_project_error_and_keeps_its_last_ep
     assert torch.load(cfg.run_dir / runs.LAST, weights_only=True)["epoch"] == 0  # epoch 0 kept, nothing after
 
 
-def test_weights_that_start_non_finite_are_named_at_epoch_0(tiny_cfg, monkeypatch):
+def test_weights_that_start_non_finite_are_named_at_epoch_0(tiny_cfg, monkeypatch, tmp_path):
     real = engine.build_model
 
     def damaged(*args, **kwargs):
@@ -101,7 +101,8 @@ def test_weights_that_start_non_finite_are_named_at_epoch_0(tiny_cfg, monkeypatc
         return model, criterion, report
 
     monkeypatch.setattr(engine, "build_model", damaged)
-    cfg = dataclasses.replace(tiny_cfg, run_name="starts_damaged")
+    # its own out_dir: the poisoned weights are invisible to the key of the epoch-0 evaluations other tests shared
+    cfg = dataclasses.replace(tiny_cfg, run_name="starts_damaged", out_dir=str(tmp_path / "runs"))
     with pytest.raises(NonFiniteOutputError, match=r"at the evaluation of epoch 0, evaluation batch 0 .* the weights "
                                                    r"it starts from \(random weights\), before any training") as info:
         engine.run_experiment(cfg)
