@@ -3,7 +3,8 @@
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
 #   make test-oldest  the unit tests with the oldest supported torch and torchvision (2.4, 0.19), in .venv-oldest/
 #   make lock    requirements.lock from pyproject.toml, after a dependency changed there (keeps the pins already
-#                in the lock; UPGRADE=1 resolves afresh, UPGRADE="NAME ..." those packages only)
+#                in the lock; UPGRADE=1 resolves afresh, UPGRADE="NAME ..." those packages only; FROM_ENV=1 pins
+#                new packages at the versions .venv has)
 #   make demo    all seven notebooks offline in the demo world, figures into runs/demo/report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU): notebooks 01-06
 #   make own DATASET=DIR   notebook 07 on your own COCO-format dataset (a folder laid out like COCO), into runs/own/
@@ -46,7 +47,8 @@ $(STAMP): pyproject.toml $(LOCK)
 # resolves with .venv's interpreter (Python 3.11), installs nothing; then `make setup` installs the new lock
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) tools/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade $(UPGRADE)))
+	$(PY) tools/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade $(UPGRADE))) \
+	  $(if $(FROM_ENV),--prefer-installed)
 
 # the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name)
 kernel: $(KERNEL)

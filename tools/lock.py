@@ -7,6 +7,8 @@ declared dependency (the core, every extra, the build's ``setuptools``) and of e
     make lock                    # = .venv/bin/python tools/lock.py: resolve pyproject.toml, keep the pins already
                                  #   in requirements.lock, pin what is new, drop what is no longer needed
     make lock UPGRADE=1          # = tools/lock.py --upgrade: resolve afresh, the newest versions the ranges allow
+    make lock FROM_ENV=1         # = tools/lock.py --prefer-installed: what the lock does not pin yet, pin at the
+                                 #   version .venv already has where the ranges allow (else pip says which conflicts)
     python tools/lock.py --upgrade torch torchvision   # afresh for these packages only
     python tools/lock.py --check # does requirements.lock pin every declared dependency inside its range?
     python tools/lock.py --oldest  # print the constraints of `make test-oldest`: torch and torchvision at the
@@ -20,6 +22,7 @@ libraries torch needs on Linux, say) keeps that marker in the lock, so other pla
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import re
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upgrade", nargs="*", metavar="NAME",
                         help="resolve afresh: every package (no NAME) or the named ones; default: keep the lock's pins")
+    parser.add_argument("--prefer-installed", action="store_true",
+                        help="pin what the lock does not pin yet at the version this environment has installed")
     parser.add_argument("--check", action="store_true", help="only check the lock against pyproject.toml")
     parser.add_argument("--oldest", action="store_true",
                         help="only print the constraints of the oldest supported environment (make test-oldest)")
@@ -230,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file() and args.upgrade != []:
         drop = {canonicalize_name(n) for n in args.upgrade or ()}
         keep = {n: v for n, v in read_lock(args.out)[0].items() if n not in drop}
-    report = resolve([str(r) for r in roots], [f"{n}=={v}" + (f" ; {m}" if m else "") for n, (v, m) in keep.items()])
+    constraints = [f"{n}=={v}" + (f" ; {m}" if m else "") for n, (v, m) in keep.items()]
+    if args.prefer_installed:
+        me = canonicalize_name(tomllib.loads(args.pyproject.read_text())["project"]["name"])
+        installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+        constraints += [f"{n}=={re.sub(r'[+].*', '', v)}" for n, v in sorted(installed.items())
+                        if n not in keep and n != me and n not in ("pip", "wheel")]
+    report = resolve([str(r) for r in roots], constraints)
     text = render(report, roots)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text)
