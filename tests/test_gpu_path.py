@@ -13,23 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detr_nb_utils.data.synthetic import make_synthetic_coco
 from detr_nb_utils.training import data_setup, engine, runs, runtime
-from detr_nb_utils.training.config import RunConfig, make_config
+
+from test_engine import tiny_cfg  # noqa: F401 (the fixture: a tiny DETR on 8 synthetic images, on the CPU)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(checkpoint=None, enc_layers=1, dec_layers=2, hidden_dim=64, nheads=4, dim_feedforward=128, num_queries=10,
-            lr_backbone=0.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory) -> RunConfig:
-    root = tmp_path_factory.mktemp("gpu_path")
-    make_synthetic_coco(root / "coco", n_images=8, seed=0, image_size=(64, 96))
-    cfg = make_config("demo", data_root=str(root / "coco"), split_dir=str(root / "split"), out_dir=str(root / "runs"),
-                      n_train=4, n_val=3, min_size=64, max_size=96, train_scales=(64,), epochs=1, precision="fp32",
-                      progress=False, num_workers=0)
-    return dataclasses.replace(cfg, **TINY)
 
 
 def _fake_gpus(monkeypatch, count: int) -> None:
@@ -92,12 +80,12 @@ def test_each_epoch_records_the_peak_memory_since_that_epoch_began(tiny_cfg, mon
     events = []
     monkeypatch.setattr(engine, "reset_peak_memory", lambda d: events.append("reset"))
     monkeypatch.setattr(engine, "peak_memory_mb", lambda d: events.append("read") or 100.0 * events.count("reset"))
-    cfg = dataclasses.replace(tiny_cfg, run_name="peaks")
+    cfg = dataclasses.replace(tiny_cfg, epochs=1, run_name="peaks")
     record = engine.run_experiment(cfg)
     assert events == ["reset", "read", "reset", "read"]
     assert list(record.metrics[runtime.PEAK_MEMORY_FIELD]) == [100.0, 200.0]
     monkeypatch.undo()
-    plain = engine.run_experiment(dataclasses.replace(tiny_cfg, run_name="no_peaks"))
+    plain = engine.run_experiment(dataclasses.replace(tiny_cfg, epochs=1, run_name="no_peaks"))
     assert runtime.PEAK_MEMORY_FIELD not in plain.metrics
 
 
