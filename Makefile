@@ -1,31 +1,54 @@
 # detr-mini-coco — the commands the README names.
-#   make setup   .venv/ with the package (editable) and its dev tools
+#   make setup   .venv/ with the exact versions of requirements.lock, then the package (editable)
 #   make test    the whole test suite, notebooks included (nbval, demo profile)
+#   make test-oldest  the unit tests with the oldest supported torch and torchvision (2.4, 0.19), in .venv-oldest/
+#   make lock    requirements.lock from pyproject.toml, after a dependency changed there (keeps the pins already
+#                in the lock; UPGRADE=1 resolves afresh, UPGRADE="NAME ..." those packages only; FROM_ENV=1 pins
+#                new packages at the versions .venv has)
 #   make demo    all seven notebooks offline in the demo world, figures into runs/demo/report/
 #   make study   download COCO val2017 and the checkpoint, run the real study (GPU): notebooks 01-06
 #   make own DATASET=DIR   notebook 07 on your own COCO-format dataset (a folder laid out like COCO), into runs/own/
 #   make report  render runs/$(PROFILE)/report/report.{html,pdf} (PROFILE=demo) or report/report.{html,pdf} (study)
 #   make pretrain   pre-train the demo world's tiny DETR (data/pretrained/tiny_detr.pth; ~40 min on 2 CPU cores)
 #   make notebooks  sync each notebooks/NN_name.py and .ipynb pair (jupytext: the newer file updates the other)
+# With PY=python on the command line (`make study PY=python`), every target runs with that Python, in your own
+# environment with its torch, and installs nothing: no .venv/, no lock (README, "On your GPU machine").
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+OLDEST := .venv-oldest
 KERNEL := $(VENV)/.kernel
+OWN_ENV := $(filter command line,$(origin PY))
+SETUP := $(if $(OWN_ENV),,setup)
+SETUP_KERNEL := $(if $(OWN_ENV),,setup kernel)
 STUDY_NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow_decoder 05_reduced_queries 06_analysis
 NOTEBOOKS := $(STUDY_NOTEBOOKS) 07_your_dataset
-PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
+PAPERMILL := $(PY) -m papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study own report pretrain notebooks clean-demo
+.PHONY: setup lock kernel test test-oldest demo study own report pretrain notebooks clean-demo
 PROFILE ?= demo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the lock's exact versions (what the demo's numbers were made with), then the package without resolving anything;
+# pip check and lock.py --check fail when the lock no longer covers pyproject.toml (then: make lock)
+$(STAMP): pyproject.toml $(LOCK)
+	$(if $(OWN_ENV),$(error with PY=$(PY) your environment is used as it is: `pip install -e '.[dev]'` there))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	$(PY) tools/lock.py --check
 	touch $(STAMP)
+
+# resolves with .venv's interpreter (Python 3.11), installs nothing; then `make setup` installs the new lock
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade $(UPGRADE))) \
+	  $(if $(FROM_ENV),--prefer-installed)
 
 # the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name)
 kernel: $(KERNEL)
@@ -34,10 +57,23 @@ $(KERNEL): $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (detr-mini-coco)"
 	touch $(KERNEL)
 
-test: setup kernel
+test: $(SETUP_KERNEL)
 	$(PY) -m pytest -q tests
 	DETR_NB_PROFILE=demo $(PY) -m pytest -q --nbval-lax notebooks/
 	$(PY) -m detr_nb_utils.notebook.report --profile demo
+
+# the unit tests in a second venv: torch and torchvision at the lower ends of pyproject.toml's ranges (the CUDA
+# build PyPI serves, about 2.7 GB to download), everything else at the lock's pins
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest -q tests
+
+$(OLDEST)/.installed: pyproject.toml $(LOCK)
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python tools/lock.py --oldest > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST)/constraints.txt -e '.[dev]' setuptools
+	$(OLDEST)/bin/python -c "import torch, torchvision; print('oldest:', torch.__version__, torchvision.__version__)"
+	touch $@
 
 # $(call run-notebooks,PROFILE,NOTEBOOKS): the notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
 # and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
@@ -50,16 +86,16 @@ define run-notebooks
 	done
 endef
 
-demo: setup kernel
+demo: $(SETUP_KERNEL)
 	$(call run-notebooks,demo,$(NOTEBOOKS))
 
-study: setup kernel
+study: $(SETUP_KERNEL)
 	$(PY) -m detr_nb_utils.data.download coco --root data/coco
 	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
 	$(call run-notebooks,study,$(STUDY_NOTEBOOKS))
 
 # notebook 07 on your own dataset with the study's recipe (the official checkpoint, downloaded when missing)
-own: setup kernel
+own: $(SETUP_KERNEL)
 	@test -n "$(DATASET)" || { echo "make own needs DATASET=DIR, a folder laid out like COCO (see README)"; exit 2; }
 	$(PY) -m detr_nb_utils.data.download checkpoint --dest data/checkpoints
 	mkdir -p runs/own/notebooks
@@ -68,17 +104,17 @@ own: setup kernel
 
 # the team report from the profile's run folders and exported tables and figures: one self-contained HTML file
 # and the same as a PDF
-report: setup
+report: $(SETUP)
 	$(PY) -m detr_nb_utils.notebook.report --profile $(PROFILE)
 
 # the committed checkpoint the demo fine-tunes; re-running reproduces it (the same weights with the same torch and
 # number of threads)
-pretrain: setup
+pretrain: $(SETUP)
 	$(PY) -m detr_nb_utils.training.pretrain --out data/pretrained/tiny_detr.pth
 
 # the notebooks' source is notebooks/NN_name.py (jupytext py:percent), paired with the .ipynb; sync the pair
-notebooks: setup
-	$(VENV)/bin/jupytext --sync notebooks/0*.py
+notebooks: $(SETUP)
+	$(PY) -m jupytext --sync notebooks/0*.py
 
 clean-demo:
 	rm -rf runs/demo data/synthetic

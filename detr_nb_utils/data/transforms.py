@@ -36,6 +36,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+try:  # public since torchvision 0.21; 0.19 and 0.20 keep the same function in a private module
+    from torchvision.transforms.v2 import query_size
+except ImportError:
+    from torchvision.transforms.v2._utils import query_size
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SCALES = tuple(range(480, 801, 32))  # DETR's shorter-side sizes: 480, 512, ..., 800
@@ -74,7 +79,18 @@ def clamp_boxes(inpt: Any) -> Any:
     return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).clamp(min=0).minimum(limits), like=inpt)
 
 
-class RandomResize(v2.Transform):
+class _Transform(v2.Transform):
+    """A custom v2 transform: subclasses define ``make_params`` and ``transform``, the hooks torchvision >= 0.21
+    calls; torchvision 0.19 and 0.20 call them by their earlier names, ``_get_params`` and ``_transform``."""
+
+    def _get_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return self.make_params(flat_inputs)
+
+    def _transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self.transform(inpt, params)
+
+
+class RandomResize(_Transform):
     """Resize to shorter side S drawn uniformly from ``sizes`` with the published size rule (``resized_size``).
 
     Boxes are scaled by (new w / old w, new h / old h) and clamped to the new image; none is ever dropped.
@@ -86,7 +102,7 @@ class RandomResize(v2.Transform):
         self.sizes, self.max_size = list(sizes), max_size
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = v2.query_size(flat_inputs)
+        height, width = query_size(flat_inputs)
         size = self.sizes[int(torch.randint(len(self.sizes), ()))]
         return dict(size=list(resized_size(height, width, size, self.max_size)))
 
@@ -94,7 +110,7 @@ class RandomResize(v2.Transform):
         return clamp_boxes(F.resize(inpt, params["size"], antialias=True))
 
 
-class RandomSizeCrop(v2.Transform):
+class RandomSizeCrop(_Transform):
     """Crop a random h x w window, h and w uniform in [min_size, max_size] pixels (capped by the image), as DETR.
 
     Called as ``image, target = crop(image, target)``. Boxes are clamped to the window; the boxes this leaves with
@@ -109,7 +125,7 @@ class RandomSizeCrop(v2.Transform):
         self.min_size, self.max_size = min_size, max_size
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = v2.query_size(flat_inputs)
+        height, width = query_size(flat_inputs)
 
         def draw(lo: int, hi: int) -> int:
             return int(torch.randint(lo, hi + 1, ()))

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..training.config import RunConfig
-from ..training.runtime import resolve_device
+from ..training.runtime import describe_device, resolve_device
 from .figures import set_stamp
 
 DEMO_WARNING = ("DEMO PROFILE: the demo world, a tiny DETR pre-trained on synthetic shapes and fine-tuned on a "
@@ -65,7 +65,7 @@ def setup_notebook(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch
     os.chdir(project_root())
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
     device = resolve_device(cfg.device)
-    print(f"profile {cfg.profile!r}, device {device}, working in {Path.cwd()}")
+    print(f"profile {cfg.profile!r}, device {describe_device(device)}, working in {Path.cwd()}")
     set_stamp("DEMO: tiny DETR, synthetic shapes" if cfg.profile == "demo" else None)
     if cfg.profile == "demo":
         print(DEMO_WARNING)

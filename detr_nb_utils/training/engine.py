@@ -40,7 +40,8 @@ from .non_finite import (TRAINING_ADVICE, NonFiniteError, NonFiniteLossError, No
                          finite_flags, raise_if_outputs_non_finite)
 from .run_lock import RunLock
 from .epoch_zero import epoch0_key, shared_epoch0
-from .runtime import barrier, environment, rank_world, resolve_device, seed_everything, set_tf32, torch_threads
+from .runtime import (PEAK_MEMORY_FIELD, barrier, describe_device, environment, peak_memory_mb, rank_world,
+                      reset_peak_memory, resolve_device, seed_everything, set_tf32, torch_threads)
 from .tensorboard import TensorBoardLog
 
 
@@ -306,12 +307,14 @@ class TrainingRun:
         if self.rank == 0:  # each run's epoch lines under a header naming it (several seeds print in turn)
             start = "from the checkpoint" if self.epoch is None else f"resuming after epoch {self.epoch}"
             tqdm.write(f"== {self.cfg.run_dir.name}: {self.cfg.epochs} epochs, seed {self.cfg.seed}, {start}, "
-                       f"{self.precision} on {self.device}")
+                       f"{self.precision} on {describe_device(self.device)}")
         try:
             if self.epoch is None:
+                reset_peak_memory(self.device)
                 self._finish_epoch(0, {}, 0.0)
             for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
                 self.loaders["train"].sampler.set_epoch(epoch)
+                reset_peak_memory(self.device)
                 start = time.perf_counter()
                 on_step = functools.partial(self.tensorboard.train_step, epoch) if self.tensorboard else None
                 train = train_one_epoch(self.ddp, self.criterion, self.loaders["train"], self.optimizer,
@@ -348,9 +351,11 @@ class TrainingRun:
             runs.save_layer_detections(cfg.run_dir, epoch, val.pop("layer_detections"))
         lrs = [train.pop(k, g["lr"]) for k, g in zip(("lr", "lr_backbone"), self.optimizer.param_groups)]
         eval_time = time.perf_counter() - start
+        peak = peak_memory_mb(self.device)  # on CUDA: the epoch's (training and evaluation) peak; none elsewhere
         self.history.append({"epoch": epoch, "lr": lrs[0], "lr_backbone": lrs[1], "train_time_s": train_time,
                              "eval_time_s": eval_time, "wall_time_s": train_time + eval_time,
                              runs.PRECISION_FIELD: self.precision,
+                             **({PEAK_MEMORY_FIELD: peak} if peak is not None else {}),
                              **{f"train_{k}": v for k, v in train.items()},
                              **{f"val_{k}": v for k, v in val.items()}})
         run_dir = cfg.run_dir

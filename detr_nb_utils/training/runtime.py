@@ -18,14 +18,47 @@ import torch.distributed as dist
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: the first CUDA device when there is one, else the CPU (MPS only when asked for)."""
+    """``"auto"``: the first CUDA device when there is one, else the CPU (MPS only when asked for). A CUDA device
+    this machine does not have (no CUDA, or ``cuda:N`` past its last GPU) is refused here, before a run starts."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
+        raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}, built for "
+                         f"CUDA {torch.version.cuda}); use device='auto' or 'cpu'")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device='mps' but MPS is not available here; use device='auto' or 'cpu'")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device={device!r} but this machine has {count} CUDA device(s), cuda:0 to "
+                         f"cuda:{count - 1}; use one of those, or 'cuda' for the current one")
+    return resolved
+
+
+def describe_device(device: torch.device | str) -> str:
+    """``device`` as a run's header line names it: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"cpu"``."""
+    device = torch.device(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+#: the field of a run's metrics rows on CUDA: :func:`peak_memory_mb` over the epoch (training and evaluation)
+PEAK_MEMORY_FIELD = "peak_memory_mb"
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start :func:`peak_memory_mb`'s count afresh (CUDA; nothing to do elsewhere)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device | str) -> float | None:
+    """The most memory tensors on ``device`` held since :func:`reset_peak_memory`, in MiB (CUDA's
+    ``max_memory_allocated``: what the run needs, without the allocator's cache). ``None`` on the CPU and MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def seed_everything(seed: int) -> None:
@@ -91,11 +124,14 @@ def tf32_flags() -> dict:
 
 def environment(device: torch.device | str) -> dict:
     """What a run executes on, for its folder's ``environment.jsonl`` and the report's setup section: the CPU model
-    and its cores, the device and the GPU's name (if any), the Python, torch and CUDA versions, the world size, the
-    TF32 switches (:func:`tf32_flags`) and the project's git commit (``None`` outside a git checkout)."""
+    and its cores, the device, the GPU's name and memory in MiB (if any), the Python, torch and CUDA versions, the
+    world size, the TF32 switches (:func:`tf32_flags`) and the project's git commit (``None`` outside a git
+    checkout)."""
     device = torch.device(device)
+    cuda = device.type == "cuda"
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "gpu": torch.cuda.get_device_name(device) if cuda else None,
+            "gpu_memory_mb": torch.cuda.get_device_properties(device).total_memory // 2**20 if cuda else None,
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "world_size": rank_world()[1], **tf32_flags(), "commit": _git_commit()}
 
