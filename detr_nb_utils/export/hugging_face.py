@@ -82,16 +82,29 @@ def labels_for_config(labels: LabelMap) -> dict:
     return out
 
 
+def hf_detr(purpose: str):
+    """``transformers``, with its PyTorch DETR usable, or an ``ImportError`` saying why not. transformers 5 builds
+    ``DetrForObjectDetection`` only on torch 2.6 or newer (its own requirement); the project's core, the ONNX export
+    and reading Hugging Face weights (``load_pretrained``) work from torch 2.4."""
+    transformers = require("transformers", purpose)
+    if not transformers.utils.is_torch_available():  # its PyTorch classes are then placeholders that raise on use
+        raise ImportError(f"{purpose} needs transformers' DetrForObjectDetection, which transformers "
+                          f"{transformers.__version__} does not provide with torch {torch.__version__}. Install a "
+                          "torch it supports (2.6 or newer for transformers 5), or export with --to onnx, which "
+                          "works from torch 2.4.")
+    return transformers
+
+
 def hf_config(model: DETR, labels: LabelMap, dropout: float = 0.1, eos_coef: float = 0.1):
     """The ``DetrConfig`` of ``model`` (a DETR-R50 variant of :func:`~detr_nb_utils.models.detr.build_detr`) with
     ``labels``' classes, ``dropout`` in all three of transformers' dropouts, ``eos_coef``, and the published matcher
     costs and loss weights. Raises :class:`ExportError` for the tiny backbone or a head that does not match
     ``labels``."""
-    transformers = require("transformers", "the Hugging Face export")
     if not isinstance(model.backbone[0], Backbone):
         raise ExportError(TINY_REFUSED)
     if model.num_classes != labels.num_classes:
         raise ExportError(f"the model's head has {model.num_classes} classes, its label map {labels.num_classes}")
+    transformers = hf_detr("the Hugging Face export")
     encoder_layer = model.transformer.encoder.layers[0]
     width, heads = model.transformer.d_model, encoder_layer.self_attn.num_heads
     ffn = encoder_layer.linear1.out_features
@@ -111,7 +124,7 @@ def image_processor(min_size: int, max_size: int):
     """The ``DetrImageProcessor`` of the validation transform: shorter side ``min_size``, longer at most
     ``max_size`` (the published size rule, which transformers' DETR processor follows), [0, 1] scaling, ImageNet
     mean and std, padding at the bottom and right with a pixel mask."""
-    transformers = require("transformers", "the Hugging Face export")
+    transformers = hf_detr("the Hugging Face export")
     return transformers.DetrImageProcessor(
         size={"shortest_edge": int(min_size), "longest_edge": int(max_size)}, do_resize=True, do_rescale=True,
         rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
@@ -159,7 +172,7 @@ def check_hf_folder(model: DETR, folder: str | os.PathLike) -> dict[str, float]:
     """Load ``folder`` with ``DetrForObjectDetection.from_pretrained`` (offline) and compare its final logits and
     boxes with ``model``'s on a padded probe batch. Returns the max |differences|; raises :class:`ExportError` when
     a key is missing or unexpected or a difference passes :data:`TOLERANCE`."""
-    transformers = require("transformers", "checking the Hugging Face export")
+    transformers = hf_detr("checking the Hugging Face export")
     hf, info = transformers.DetrForObjectDetection.from_pretrained(str(folder), output_loading_info=True)
     bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
