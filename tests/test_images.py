@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from bad_images import NON_UTF8_NAME, bmp_named_jpg, huge_header_jpeg, jpeg, pixels, png16, tiff, truncated_png
 from detr_nb_utils.data.images import ImageReadError, image_file, image_size, read_image, shown
@@ -147,7 +147,7 @@ def test_file_names_may_not_lead_outside_the_image_folder(tmp_path):
 def _torchvision(path: Path) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(str(path), mode=ImageReadMode.RGB)
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # bytes: torchvision 0.19 takes no path
 
 
 def test_jpeg_pixels_equal_torchvisions(tmp_path):

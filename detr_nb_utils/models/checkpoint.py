@@ -165,14 +165,14 @@ def read_checkpoint(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict:
     try:
         obj = _unpickle(path)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0]
+        first = _detail(str(e))
         if "global" in str(e).lower():  # the weights-only unpickler names the global it refused
             raise fail(f"holds pickled Python objects, which could run code when loaded, so it is refused ({first})",
                        f"Use the official file (`{GET_IT}`) or re-save the weights as a plain dict of tensors.") \
                 from None
-        raise fail(f"is damaged: {_legacy_reason(path, first)}") from None
+        raise fail(f"is damaged: {_legacy_reason(path, str(e))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise fail(f"is damaged: {_legacy_reason(path, (str(e).splitlines() or [type(e).__name__])[0])}") from None
+        raise fail(f"is damaged: {_legacy_reason(path, str(e) or type(e).__name__)}") from None
     entries = obj if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else {"model": obj}
     sd = entries["model"]
     if not isinstance(sd, dict) or not all(k in sd for k in _REQUIRED):
@@ -182,14 +182,22 @@ def read_checkpoint(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict:
     return entries
 
 
+def _detail(error: str) -> str:
+    """The line of PyTorch's reading error that says what is wrong: the weights-only unpickler's own words (torch
+    2.4 puts them after a generic first line), else the first line."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()] or ["no message"]
+    marker = "WeightsUnpickler error: "
+    return next((line.split(marker, 1)[1] for line in lines if marker in line), lines[0])
+
+
 def _legacy_reason(path: Path, error: str) -> str:
     """PyTorch's reading error, called truncation where a file in the legacy format ends early."""
     ends_early = any(w in error.lower() for w in ("truncated", "ran out of input", "unexpected eof", "eof"))
     with open(path, "rb") as f:
         legacy = f.read(1) == _LEGACY_MAGIC
     if legacy and ends_early:
-        return f"it is truncated: it ends after {path.stat().st_size:,} bytes ({error})"
-    return f"PyTorch cannot read it ({error})"
+        return f"it is truncated: it ends after {path.stat().st_size:,} bytes ({_detail(error)})"
+    return f"PyTorch cannot read it ({_detail(error)})"
 
 
 def checkpoint_dims(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
