@@ -1,4 +1,4 @@
-"""Reading finished runs: bootstrap intervals, the comparison of the variants and its closing sentences, the object
+"""Reading finished runs: bootstrap intervals, the comparison of the variants and its findings, the object
 queries, attention maps, cost. Never trains. Imports from models, data and training.
 
 ``from detr_nb_utils.analysis import ApBootstrap``: the names below, each loaded from its module on first use."""
@@ -11,16 +11,19 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
                    "by_recipe", "by_variant", "check_comparable",
                    "comparison_table", "cost_vs_ap", "differences_table", "discover_runs", "finetuning_gain_table",
                    "first_seed_runs", "headline_table", "layer_equivalence", "load_runs", "missing_variants",
-                   "original_study_table", "seeds_table"),
-    "conclusions": ("agreements", "ranking_conclusion", "ranking_table", "rankings", "runs_note",
-                    "uncertainty_conclusion", "world_note"),
+                   "original_study_table", "reported_losses", "seeds_table"),
+    "conclusions": ("agreements", "ranking_table", "rankings", "runs_note", "study_findings", "world_note"),
+    "templates": ("TEMPLATES", "answer"),
+    "limitations": ("limitations",),
+    "diagnostic_findings": ("errors_by_kind", "errors_sentence", "sizes_table", "subgroup_findings",
+                            "subgroup_paragraph"),
     "queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage", "select_queries",
                 "usage_summary"),
     "attention": ("detected_objects", "record_attention", "run_with_attention"),
     "cost": ("cost_table", "variant_costs"),
     "baseline": ("best_of", "loss_gap", "versus_baseline"),
     "arms": ("arm_table", "ranking_under_arms"),
-    "findings": ("Finding", "render"),
+    "findings": ("Finding", "findings_table", "render"),
     "own_data": ("class_groups", "group_ap_table", "group_difference", "surgery_takeaway"),
     "matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
     "ap_breakdown": ("class_ap_table", "evaluate_detections", "pr_curves", "size_table"),

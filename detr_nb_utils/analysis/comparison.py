@@ -28,8 +28,8 @@ The statistics, fixed before any result is seen:
 - **The 50-query cap**: ``AP@50det`` keeps each image's 50 highest-scoring detections (all a 50-query model can
   output); a pair of variants with different numbers of queries is compared on it.
 
-AP in percent (COCOeval's fractions x 100, as the paper prints them). Nothing here trains. The closing sentences
-are :mod:`.conclusions`.
+AP in points (COCOeval's fractions x 100, as the paper prints them; each table's ``attrs["units"]`` names its AP
+columns). Nothing here trains. What 06 concludes from these tables is :mod:`.conclusions`.
 """
 from __future__ import annotations
 
@@ -55,15 +55,20 @@ VARIANTS = {variant_name(layers, queries): (layers, queries, label)
                                            (3, 50, "shallow + 50 queries"))}
 #: what the original study reported as "best validation loss" (its section 5), to set beside our runs
 ORIGINAL_STUDY_LOSS = {"dec6_q100": 71.3, "dec3_q100": 52.5, "dec3_q50": 51.45}
-#: DETR-R50 on COCO val2017, the paper's Table 1 (500 epochs), in percent (../shared/reference/README.md)
+#: DETR-R50 on COCO val2017, the paper's Table 1 (500 epochs), in points (../shared/reference/README.md)
 PAPER_AP = {"AP": 42.0, "AP50": 62.4, "AP75": 44.2, "APs": 20.5, "APm": 45.8, "APl": 61.1}
 AP_STATS = tuple(PAPER_AP)
 #: the 50-query choices of notebook 05: variant name -> strategy of detr_nb_utils.analysis.queries.select_queries
 QUERY_CHOICES = {"dec3_q50": "first", "dec3_q50_most_matched": "most_matched", "dec3_q50_spread": "spread"}
 #: one Holm family per question, the same wherever it is asked (04, 05 and 06): which decoder (every pair of the
-#: three variants), and which 50 queries (every pair of the three choices); ``(a, b)`` is shown as a - b
-VARIANT_PAIRS = tuple(itertools.combinations(VARIANTS, 2))
-QUERY_PAIRS = tuple(itertools.combinations(QUERY_CHOICES, 2))
+#: three variants), and which 50 queries (every pair of the three choices). One sign convention everywhere: ``(a, b)``
+#: is shown as a - b, the smaller model (or the later choice) minus the one it was cut from, so a negative
+#: difference is what the cut loses: 3 layers - 6 layers, 50 queries - 100, a choice of 50 - the first 50
+VARIANT_PAIRS = (("dec3_q100", "dec6_q100"), ("dec3_q50", "dec6_q100"), ("dec3_q50", "dec3_q100"))
+QUERY_PAIRS = (("dec3_q50_most_matched", "dec3_q50"), ("dec3_q50_spread", "dec3_q50"),
+               ("dec3_q50_spread", "dec3_q50_most_matched"))
+#: the unit of every AP column of 06's tables (COCOeval's fractions x 100)
+POINTS = "points"
 #: detections per image kept for the capped AP: what the 50-query variant can output at most
 CAP = 50
 AP_CAPPED = f"AP@{CAP}det"
@@ -204,12 +209,16 @@ def _ap_at(record: RunRecord, epoch: int | None) -> float:
 
 
 def seeds_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per variant, over its seeds: AP at the final epoch (primary), at epoch 0 and at the best fine-tuned epoch
-    (secondary), percent: seeds, mean, sample std, min, max."""
+    """Per variant and epoch (rows ``(variant, "AP at")``: the final epoch (primary), epoch 0, the best fine-tuned
+    epoch (secondary)), over its seeds: ``seeds``, ``mean``, sample ``std``, ``min``, ``max`` of AP, points."""
     groups = by_variant(records)
-    return pd.concat({what: seed_summary({v: [_ap_at(r, pick(r)) for r in runs.values()] for v, runs in groups.items()})
-                      for what, pick in (("final AP", lambda r: r.final_epoch), ("epoch-0 AP", lambda r: 0),
-                                         ("best AP (secondary)", lambda r: r.best_epoch_ap))}, axis=1)
+    parts = {what: seed_summary({v: [_ap_at(r, pick(r)) for r in runs.values()] for v, runs in groups.items()})
+             for what, pick in (("final epoch", lambda r: r.final_epoch), ("epoch 0", lambda r: 0),
+                                ("best epoch (secondary)", lambda r: r.best_epoch_ap))}
+    table = pd.concat(parts, names=["AP at"]).swaplevel().sort_index(level=0, sort_remaining=False)
+    table = table.reindex(pd.MultiIndex.from_product([list(groups), list(parts)], names=["variant", "AP at"]))
+    table.attrs["units"] = {c: POINTS for c in ("mean", "std", "min", "max")}
+    return table
 
 
 def _pct(d: dict | None, prefix: str, excludes: bool = False) -> dict:
@@ -229,7 +238,7 @@ def _final_epochs(runs: Sequence[RunRecord]) -> int | str:
 def headline_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
     """The primary comparison, one row per variant: AP at the final epoch and ``AP@50det`` (each image's 50
     highest-scoring detections), mean over the seeds, each with its 95% interval (images, and seeds when there are
-    several), the seeds and their sample std of the final AP, percent. ``attrs``: ``n_images``, ``n_resamples``."""
+    several), the seeds and their sample std of the final AP, points. ``attrs``: ``n_images``, ``n_resamples``."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -239,7 +248,8 @@ def headline_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
                    **_pct(ap, "AP"), **_pct(bootstrap.stat(v, runs, "final", CAP), AP_CAPPED),
                    "seed std": 100 * ap["seed_std"] if ap else math.nan}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples,
+                       units={"AP": POINTS, AP_CAPPED: POINTS, "seed std": POINTS})
     return table
 
 
@@ -247,7 +257,7 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
     """Per variant: AP at epoch 0, at the final epoch and the signed ``change`` between them (primary; negative
     when fine-tuning lost AP), then, secondary, the best fine-tuned epochs and AP there with its change from
     epoch 0, both re-picked inside every resample. Each with its 95% interval and, for changes, whether it
-    excludes 0. Percent; mean over the seeds."""
+    excludes 0. Points; mean over the seeds."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -259,7 +269,8 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
                    **_pct(bootstrap.stat(v, runs, "best"), "best AP (secondary)"),
                    **_pct(bootstrap.stat(v, runs, "best change"), "best change (secondary)", excludes=True)}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples, units=dict.fromkeys(
+        ("epoch-0 AP", "AP", "change", "best AP (secondary)", "best change (secondary)"), POINTS))
     return table
 
 
@@ -289,7 +300,8 @@ def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tu
     p = table["p"].to_numpy(float)
     table["p Holm"] = holm(p) if complete else np.minimum(1.0, len(pairs) * p)
     table["excludes 0 (Holm)"] = table["p Holm"] < 1 - LEVEL
-    table.attrs.update(family=len(pairs), holm="exact" if complete else "bound", n_images=len(bootstrap.img_ids))
+    table.attrs.update(family=len(pairs), holm="exact" if complete else "bound", n_images=len(bootstrap.img_ids),
+                       units=dict.fromkeys(("a - b", "AP a - b", f"{AP_CAPPED} a - b"), POINTS))
     return table
 
 
@@ -320,9 +332,15 @@ def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100",
 
 def cost_vs_ap(cost: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
     """The cost table (:func:`detr_nb_utils.analysis.cost.cost_table`) joined with each variant's final-epoch AP and
-    ``AP@50det`` and their intervals (:func:`headline_table`)."""
-    keep = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
-    return cost.join(headline[keep], how="left")
+    ``AP@50det`` and their intervals (:func:`headline_table`): parameters, GFLOPs and GMACs, the median latency per
+    image (``latency (ms)``, and ``latency GPU (ms)`` when measured; the device and image size in ``attrs``), AP."""
+    names = {"gflops": "GFLOPs", "gmacs": "GMACs", "latency_ms": "latency (ms)", "latency_ms_gpu": "latency GPU (ms)"}
+    keep = [c for c in ("parameters", *names) if c in cost]
+    ap = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
+    table = cost[keep].rename(columns=names).join(headline[ap], how="left")
+    table.attrs.update(units=headline.attrs.get("units", {}), **{k: str(cost[k].iloc[0]) for k in
+                                                                ("latency_device", "latency_size") if k in cost})
+    return table
 
 
 # ---- the losses and the single runs ------------------------------------------------------------------------
@@ -341,14 +359,16 @@ def _row(record: RunRecord, epoch: int | None, at: str) -> dict:
 def comparison_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Per run, four rows: epoch 0 (the checkpoint, before fine-tuning), the final epoch (the primary comparison),
     the original study's pick (the fine-tuned epoch of lowest total val loss) and the fine-tuned epoch of highest
-    val AP (secondary: picked on the validation images); each with the three val losses and AP..APl (percent)."""
+    val AP (secondary: picked on the validation images); each with the three val losses and AP..APl (points)."""
     rows = []
     for r in records.values():
         rows += [_row(r, 0, "epoch 0"), _row(r, r.final_epoch, "final epoch"),
                  _row(r, r.best_epoch_loss, "lowest total loss (original study)"),
                  _row(r, r.best_epoch_ap, "highest AP (secondary)")]
     columns = ["run", "layers", "queries", "at", "epoch", *LOSS_VIEWS, *AP_STATS]
-    return pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
+    table = pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
+    table.attrs["units"] = dict.fromkeys(AP_STATS, POINTS)
+    return table
 
 
 def _fine_tuned(record: RunRecord, column: str) -> pd.Series:
@@ -356,10 +376,19 @@ def _fine_tuned(record: RunRecord, column: str) -> pd.Series:
     return m.loc[m.index >= 1, column] if column in m else pd.Series(dtype=float)
 
 
+def reported_losses(variants: Sequence[str] = tuple(VARIANTS)) -> pd.DataFrame:
+    """What the original study reported as each variant's best validation loss (its total over the decoder
+    layers, on COCO with DETR-R50), a table of its own: numbers of another model on other data, never to be set in
+    one table with a run's losses."""
+    return pd.DataFrame({"best total validation loss, as reported": {v: ORIGINAL_STUDY_LOSS[v] for v in variants
+                                                                     if v in ORIGINAL_STUDY_LOSS}}).rename_axis("variant")
+
+
 def original_study_table(groups: Groups) -> pd.DataFrame:
-    """The original study's table (best total validation loss per variant) with what our runs measure beside it:
-    the lowest total, final-layer and per-layer mean loss over the fine-tuned epochs (epoch 0 never counts), AP at
-    the final epoch and its signed change from epoch 0 (percent points); means over the seeds."""
+    """The original study's criterion measured on these runs: the lowest total, final-layer and per-layer mean
+    validation loss over the fine-tuned epochs (epoch 0 never counts), beside AP at the final epoch and its signed
+    change from epoch 0 (points); means over the seeds. What the original study itself reported is
+    :func:`reported_losses`, a table of its own."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -367,15 +396,15 @@ def original_study_table(groups: Groups) -> pd.DataFrame:
         def mean(f, runs=runs) -> float:
             return float(np.mean([f(r) for r in runs]))
 
-        rows[v] = {"original study": ORIGINAL_STUDY_LOSS.get(v, math.nan),
-                   "best total loss": mean(lambda r: _fine_tuned(r, "val_loss_total").min()),
+        rows[v] = {"best total loss": mean(lambda r: _fine_tuned(r, "val_loss_total").min()),
                    "best final-layer loss": mean(lambda r: _fine_tuned(r, "val_loss_final").min()),
                    "best per-layer mean": mean(lambda r: _fine_tuned(r, "val_loss_layer_mean").min()),
                    "final AP": mean(lambda r: _ap_at(r, r.final_epoch)),
                    "AP change": mean(lambda r: _ap_at(r, r.final_epoch) - _ap_at(r, 0))}
-    columns = ["original study", "best total loss", "best final-layer loss", "best per-layer mean", "final AP",
-               "AP change"]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("variant")
+    columns = ["best total loss", "best final-layer loss", "best per-layer mean", "final AP", "AP change"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("variant")
+    table.attrs["units"] = {"final AP": POINTS, "AP change": POINTS}
+    return table
 
 
 def final_losses(groups: Groups) -> pd.DataFrame:

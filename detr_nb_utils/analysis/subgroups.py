@@ -119,7 +119,8 @@ class SubgroupAp:
                 rows.append(row)
         table = pd.DataFrame(rows)
         table.attrs.update(min_objects=self.min_objects, n_images=len(self.bootstrap.img_ids),
-                           n_resamples=self.bootstrap.n_resamples, baseline=baseline)
+                           n_resamples=self.bootstrap.n_resamples, baseline=baseline,
+                           units=dict.fromkeys(("AP", "baseline AP", "change", "beyond overall"), "points"))
         return table
 
 

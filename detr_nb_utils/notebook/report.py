@@ -1,28 +1,42 @@
 """The team report: ``report/report.md`` (the template, prose only) filled from the run folders and the notebooks'
-exported tables and figures, rendered to one self-contained HTML file (tables embedded, figures inlined) and to a
-PDF of the same (fpdf2), so a reader can follow the study without opening the notebooks.
+exported tables, figures and findings, rendered to one self-contained HTML file (tables embedded, figures inlined,
+wide tables scrolling) and to a PDF of the same (fpdf2), so a reader can follow the study without opening the
+notebooks.
 
 ``python -m detr_nb_utils.notebook.report --profile demo`` (``make report``; ``PROFILE=study`` for the study) reads
 ``runs/<profile>/`` and its report folder (``runs/demo/report/`` or ``report/``) and writes ``report.html`` and
-``report.pdf`` there.
+``report.pdf`` there, then checks the rules of :mod:`.report_checks` and fails listing any it breaks.
 The template holds no number: every value comes from a directive, filled here:
 
 ``{{profile}}``
-    which profile and run folders the report comes from (with the demo world's note).
+    which profile and run folders the report comes from (with the demo world's note, once).
 ``{{setup}}``
-    one row per run folder: variant, seed, epochs, precision, device and GPU, CPU, torch, commit and wall time,
-    read from its ``config.json``, ``metrics.jsonl`` and ``environment.jsonl``.
+    one row per run folder (variant, recipe, seed, epochs, precision, device, wall time) and the machines they ran
+    on, read from its ``config.json``, ``metrics.jsonl`` and ``environment.jsonl``.
 ``{{config:FIELD}}``
     a field of the runs' configuration (:class:`~detr_nb_utils.training.config.RunConfig`), e.g. ``n_train``.
+``{{fact:NAME}}``
+    a fact of the run folders: ``seeds`` (per variant), ``arms`` (the recipe arms that ran), ``images`` and
+    ``resamples`` (what 06's intervals rest on).
+``{{findings:TEMPLATE}}``
+    06's findings (``tables/06_findings.json``) rendered by one of
+    :data:`~detr_nb_utils.analysis.templates.TEMPLATES` (``answer``, ``rankings``, ``changes``, ...).
+``{{limitations}}``
+    the Limitations, computed from the run folders (:func:`~detr_nb_utils.analysis.limitations.limitations`).
 ``{{table:NAME}}``
-    ``tables/NAME.md``, embedded (a table, or a takeaway's sentences).
+    ``tables/NAME.md``, embedded (a table, or a takeaway's sentences), without the demo's stamp: the report says it
+    once per section instead.
 ``{{figure:NAME|caption}}``
-    ``figures/NAME.png``, inlined with its caption.
+    ``figures/NAME.png``, inlined, numbered in order ("Figure 3."), with its caption: one sentence saying what to look
+    at.
+``{{if:NAME}} ... {{endif}}``
+    the block only when ``tables/NAME.md`` or ``figures/NAME.png`` exists (notebook 07, which runs on your own data
+    only when you ask), else one line saying which notebook makes it.
 
 A directive whose file is missing, or an unknown one, is an error listing all of them: the report never shows a
 placeholder. HTML comments (``<!-- … -->``, notes to whoever edits the template) are left out. Used by
 ``make report`` and ``make test`` (the demo's report, after nbval); ``tests/test_report.py`` renders it from run
-folders made by hand.
+folders made by the tests.
 """
 from __future__ import annotations
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -23,47 +21,38 @@ from pycocotools.coco import COCO
 from ..analysis.bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
 from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
+from ..analysis.findings import Finding, findings_json, findings_table
+from ..data import atomic
 from ..data.split import CROWDED_THRESHOLD, SIDES
 from ..models.checkpoint import LoadReport
 from ..models.detr import DETR, build_detr, parameter_table
 from ..models.loss import LOSS_VIEWS, loss_views, weight_dict
 from ..training.runs import PRECISION_FIELD, RunRecord
 from .figures import current_stamp
+from .table_format import display_table, flat, markdown_table, shown  # noqa: F401 (the notebooks' names)
 
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """``df`` (index included) as a GitHub-flavoured Markdown table; NaN printed as an empty cell."""
-    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
-
-    rows = [[cell(str(c)) for c in df.columns], ["---"] * df.shape[1], *([cell(v) for v in r] for r in df.to_numpy())]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
-
-
-def shown(df: pd.DataFrame, floatfmt: str = ".3f") -> pd.DataFrame:
-    """``df`` as :func:`save_table` writes it, for display: floats rounded to ``floatfmt``'s decimals (``".2f"``),
-    and an empty cell where a value does not exist (epoch 0 has no training loss) instead of ``NaN``."""
-    decimals = re.fullmatch(r"\.(\d+)f", floatfmt)
-    out = df.round(int(decimals[1])) if decimals else df.copy()
-    return out.astype(object).where(df.notna(), "")
+#: the sidecar of a CSV holding the stamp of the world it was made in (the demo's), beside the data
+STAMP_SUFFIX = ".stamp"
 
 
 def save_table(df: pd.DataFrame, name: str, report_dir: str | Path = "report", floatfmt: str = ".3f"
                ) -> pd.DataFrame:
-    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` and ``.md`` and return it as written (:func:`shown`), for
-    the cell to display. With a stamp set (:func:`.figures.set_stamp`: the demo), the Markdown file opens with it
-    and the CSV with a ``#`` comment line holding it (``pandas.read_csv(..., comment="#")``). Used by notebooks
-    01-06."""
+    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` (the data only, one header row, so ``pandas.read_csv``
+    reads it plainly) and ``.md`` (as a reader sees it: :func:`.table_format.markdown_table`), and return it as
+    shown (:func:`.table_format.display_table`), for the cell to display. With a stamp set
+    (:func:`.figures.set_stamp`: the demo), the Markdown opens with it and the CSV gets a sidecar
+    ``<name>.csv.stamp`` holding it. Used by notebooks 01-07."""
     folder = Path(report_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = current_stamp()
-    (folder / f"{name}.csv").write_text((f"# {stamp}\n" if stamp else "") + df.to_csv())
-    (folder / f"{name}.md").write_text((f"*{stamp}*\n\n" if stamp else "") + markdown_table(df, floatfmt))
-    return shown(df, floatfmt)
+    atomic.write_text(folder / f"{name}.csv", flat(df).to_csv(index=False))
+    sidecar = folder / f"{name}.csv{STAMP_SUFFIX}"
+    if stamp:
+        atomic.write_text(sidecar, stamp + "\n")
+    else:
+        sidecar.unlink(missing_ok=True)
+    atomic.write_text(folder / f"{name}.md", (f"*{stamp}*\n\n" if stamp else "") + markdown_table(df, floatfmt))
+    return display_table(df, floatfmt)
 
 
 def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> None:
@@ -72,7 +61,16 @@ def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> No
     path = Path(report_dir) / "tables" / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = current_stamp()
-    path.write_text((f"*{stamp}*\n\n" if stamp else "") + text.strip() + "\n")
+    atomic.write_text(path, (f"*{stamp}*\n\n" if stamp else "") + text.strip() + "\n")
+
+
+def save_findings(findings: Sequence[Finding], name: str, report_dir: str | Path = "report", **meta) -> Path:
+    """Write ``findings`` to ``<report_dir>/tables/<name>.json`` (:func:`~detr_nb_utils.analysis.findings
+    .findings_json`, with ``meta`` and the stamp: what the report's ``{{findings:...}}`` renders) and as a table
+    (:func:`~detr_nb_utils.analysis.findings.findings_table`, ``<name>.csv`` and ``.md``). Used by 06_analysis."""
+    save_table(findings_table(findings), name, report_dir, floatfmt=".2f")
+    return atomic.write_text(Path(report_dir) / "tables" / f"{name}.json",
+                             findings_json(findings, stamp=current_stamp(), **meta))
 
 
 # ---- 01: the split -----------------------------------------------------------------------------------------
