@@ -361,8 +361,10 @@ class TrainingRun:
         self.tensorboard.epoch_end(epoch, self.history[-1], detections)
         h = self.history[-1]  # one line per epoch, also in headless logs
         parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
-        parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")
-                  if k in h]  # epochs between evaluations have none
+        if "val_loss_total" in h:  # epochs between evaluations have none
+            parts.append(f"val loss total {h['val_loss_total']:.3f}")
+        if "val_AP" in h:  # AP in points (COCOeval's fraction x 100), as every table prints it
+            parts.append(f"val AP {100 * h['val_AP']:.1f} points")
         tqdm.write(f"epoch {epoch}: {', '.join(parts)} ({h['wall_time_s']:.0f} s)")
 
 
