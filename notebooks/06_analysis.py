@@ -73,10 +73,12 @@ from detr_nb_utils.analysis import original_study_table, ranking_table, rankings
 from detr_nb_utils.analysis import answer, ranking_under_arms, render, study_findings, variant_costs
 from detr_nb_utils.analysis import RunDiagnostics, SubgroupAp, errors_by_kind, errors_sentence, layer_change_sentence
 from detr_nb_utils.analysis import layer_changes, sizes_table, subgroup_findings, subgroup_paragraph, variant_errors
+from detr_nb_utils.analysis import class_ap_by_variant, sizes_sentence
 from detr_nb_utils.analysis.arms import arm_table
 from detr_nb_utils.analysis.findings import by_key
 from detr_nb_utils.notebook import layer_ap_table, parameter_counts, plot_ap_by_size, plot_error_breakdown
 from detr_nb_utils.notebook import plot_forest, plot_layer_errors, plot_subgroup_changes, plot_variant_curves
+from detr_nb_utils.notebook import plot_class_ap, plot_confusion, plot_pr_curves
 from detr_nb_utils.notebook import plot_variant_layers, save_fig, save_findings, save_table, save_takeaway
 from detr_nb_utils.notebook import setup_notebook
 
@@ -280,9 +282,23 @@ print(subgroup_paragraph(diagnostic, subgroups.attrs["baseline"], subgroups.attr
 # %%
 diagnostics = {v: RunDiagnostics(r) for v, r in records.items()}
 named = {v: f"{v}, seed {r.config.seed}" for v, r in records.items()}  # one run each: its seed in every label
+deep = max(records, key=lambda v: records[v].config.dec_layers)  # the baseline
 sizes = {named[v]: d.sizes() for v, d in diagnostics.items()}
 save_table(sizes_table(sizes), "06_sizes", report_dir, floatfmt=".1f")
 save_fig(plot_ap_by_size(sizes), "06_sizes", report_dir)
+print(sizes_sentence(sizes))
+
+# %% [markdown]
+# **AP per class**, each with its 95% interval over the validation images (a class seen in few images has a wide
+# one), and the baseline's **precision-recall curves** (COCOeval's own precision, IoU 0.5 and 0.75) and
+# **confusion matrix** (IoU ≥ 0.5, the score threshold on the figure); 03-05 draw them for every variant.
+
+# %%
+classes = {named[v]: d.classes(n_resamples) for v, d in diagnostics.items()}
+save_table(class_ap_by_variant(classes), "06_class_ap", report_dir, floatfmt=".1f")
+save_fig(plot_class_ap(classes[named[deep]], named[deep]), "06_class_ap", report_dir)
+save_fig(plot_pr_curves(diagnostics[deep].pr_curves(), named[deep]), "06_pr_curves", report_dir)
+save_fig(plot_confusion(diagnostics[deep].confusion(), named[deep]), "06_confusion", report_dir)
 
 # %%
 errors = variant_errors(diagnostics).rename(index=named)
@@ -295,7 +311,6 @@ print(errors_sentence(errors))
 # decoder layer of the baseline's first seed scored on its own, at epoch 0 and at the final epoch.
 
 # %%
-deep = max(records, key=lambda v: records[v].config.dec_layers)  # the baseline
 changes = {}
 for epoch, name in ((0, "06_layer_errors_epoch0"), (None, "06_layer_errors")):
     table = diagnostics[deep].layer_errors(epoch)
@@ -315,6 +330,6 @@ save_findings(findings + diagnostic, "06_findings", report_dir, n_images=len(boo
               n_resamples=n_resamples, missing=missing)
 layer_words = " ".join(f"{named[deep]} at {at}: {layer_change_sentence(c)}" for at, c in changes.items())
 save_takeaway("\n\n".join([subgroup_paragraph(diagnostic, subgroups.attrs["baseline"], subgroups.attrs["min_objects"]),
-                            errors_sentence(errors), layer_words]), "06_diagnostics", report_dir)
+                            sizes_sentence(sizes), errors_sentence(errors), layer_words]), "06_diagnostics", report_dir)
 save_takeaway(takeaway, "06_takeaway", report_dir)
 Markdown(takeaway)

@@ -277,13 +277,14 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
 def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tuple[str, str]] | None = None
                       ) -> pd.DataFrame:
     """Variant ``a`` minus variant ``b`` at the final epoch for each pair of the family ``pairs`` (one question's
-    pairs, e.g. :data:`VARIANT_PAIRS`; default: every pair of ``groups``) whose variants both have runs, in points
+    pairs, e.g. :data:`VARIANT_PAIRS`; default: every pair of ``groups``, a later one minus an earlier one, so with
+    the baseline first the smaller model minus the one it was cut from) whose variants both have runs, in points
     with the 95% paired interval. A pair whose query counts differ is ``compared on`` ``AP@50det``, others on AP
     (both are given). ``p``: two-sided bootstrap p-value; ``p Holm``: Holm-adjusted over the family
     (``attrs["family"]`` pairs). While some of the family's pairs have no runs yet (04 before 05 has run), ``p
     Holm`` is its upper bound, ``family`` x ``p`` capped at 1 (Holm never exceeds it; ``attrs["holm"]`` is
     ``"bound"``, else ``"exact"``). ``excludes 0 (Holm)``: ``p Holm`` below 5%."""
-    pairs = list(itertools.combinations(groups, 2)) if pairs is None else list(pairs)
+    pairs = [(b, a) for a, b in itertools.combinations(groups, 2)] if pairs is None else list(pairs)
     rows = []
     for a, b in [(a, b) for a, b in pairs if a in groups and b in groups]:
         ra, rb = runs_of(groups[a]), runs_of(groups[b])

@@ -97,3 +97,34 @@ def sizes_table(sizes: dict[str, pd.DataFrame]) -> pd.DataFrame:
     table = pd.concat(sizes, names=["run"])
     table.attrs["units"] = {c: "points" for c in table.columns if c.startswith(("AP", "AR"))}
     return table
+
+
+def sizes_sentence(sizes: dict[str, pd.DataFrame]) -> str:
+    """AP by object size of each run (``sizes``: run -> :func:`.ap_breakdown.size_table`), with the objects of each
+    size, so that a size without objects is said to be empty rather than left blank; one run per variant, so no
+    interval."""
+    if not sizes:
+        return "No run to break down by object size."
+    first = next(iter(sizes.values()))
+    ranges = [s for s in first.index if s != "all"]
+    counts = ", ".join(f"{int(first.loc[s, 'objects'])} {s}" for s in ranges)
+    empty = [s for s in ranges if int(first.loc[s, "objects"]) == 0]
+    parts = ["; ".join(f"{s} {t.loc[s, 'AP']:.1f}" for s in ranges if s not in empty) for t in sizes.values()]
+    per_run = "; ".join(f"{run}: {p}" for run, p in zip(sizes, parts) if p)
+    gap = (f" No {' or '.join(empty)} object is in these images, so {'that size has' if len(empty) == 1 else 'those sizes have'}"
+           " no AP (an empty row, not a zero)." if empty else "")
+    return (f"The validation images hold {counts} objects (COCO's area ranges).{gap} AP by size (points; one run "
+            f"per variant, so no interval): {per_run}.")
+
+
+def class_ap_by_variant(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Several :func:`.ap_breakdown.class_ap_table` s side by side, one row per class: its ``objects``, then per run
+    ``<run> AP`` with ``low`` and ``high`` (shown as one cell with its 95% interval over the images), points."""
+    columns: dict[str, pd.Series] = {}
+    for run, t in tables.items():
+        columns.setdefault("objects", t["objects"])
+        columns |= {f"{run} AP": t["AP"], f"{run} AP low": t["low"], f"{run} AP high": t["high"]}
+    out = pd.DataFrame(columns).rename_axis("class")
+    out.attrs["units"] = {f"{run} AP": "points" for run in tables}
+    out.attrs["signed"] = []
+    return out
