@@ -131,8 +131,8 @@ def _unstamped(text: str, notes: Sequence[str]) -> str:
 
 
 def _stamp_once(markdown: str, stamp: str) -> str:
-    """Each section's first stamped export gets the stamp line, the others none."""
-    parts = re.split(r"(^#{1,3} .*$)", markdown, flags=re.M)
+    """Each ``## `` section's first stamped export gets the stamp line, the others none."""
+    parts = re.split(r"(^## .*$)", markdown, flags=re.M)
     out = []
     for part in parts:
         first, found, rest = part.partition(_STAMPED)

@@ -30,9 +30,10 @@ def sections(markdown: str) -> list[tuple[str, str]]:
 
 
 def paragraphs(text: str) -> list[str]:
-    """The prose paragraphs of ``text``: blocks between blank lines that are not tables, figures, headings or
-    comments."""
+    """The prose paragraphs of ``text``: blocks between blank lines, and items of lists, that are not tables,
+    figures, headings or comments."""
     text = _FIGURE.sub("\n\n", re.sub(r"<!--.*?-->", "", text, flags=re.S))
+    text = re.sub(r"^(?=\s*(?:[-*+]|\d+\.) )", "\n", text, flags=re.M)  # each item of a list is its own paragraph
     blocks = [b.strip() for b in re.split(r"\n\s*\n", text)]
     return [b for b in blocks if b and not b.startswith(("|", "#", "<")) and not re.fullmatch(r"\*[^*]+\*", b)]
 
