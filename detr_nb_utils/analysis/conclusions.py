@@ -113,9 +113,10 @@ def rankings(groups: Groups, headline: pd.DataFrame | None = None) -> dict[str, 
 
 
 def ranking_table(ranked: Mapping[str, Ranking]) -> pd.DataFrame:
-    """Variants (rows) by criterion (columns): the rank, 1 the best, ties sharing it."""
+    """Variants (rows) by criterion (columns, named as the sentences name them: :attr:`Ranking.name`): the rank, 1
+    the best, ties sharing it."""
     order = list(next(iter(ranked.values())).values) if ranked else []
-    return pd.DataFrame({k: pd.Series(r.ranks, dtype="Int64") for k, r in ranked.items()},
+    return pd.DataFrame({r.name: pd.Series(r.ranks, dtype="Int64") for r in ranked.values()},
                         index=order).rename_axis("variant")
 
 

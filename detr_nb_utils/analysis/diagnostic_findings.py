@@ -44,7 +44,7 @@ def subgroup_paragraph(findings: Sequence[Finding], baseline: str = "dec6_q100",
     variants = list(dict.fromkeys(f.data["variant"] for f in found.values()))
     if not variants:
         return "No variant to set against the baseline on object sizes and crowded images."
-    crowded = f" (crowded: {min_objects} objects or more)" if min_objects else ""
+    crowded = f"; crowded: {min_objects} objects or more" if min_objects else ""
     parts = []
     for v in variants:
         mine = {k.split("/", 1)[1]: f for k, f in found.items() if f.data["variant"] == v}
@@ -58,7 +58,7 @@ def subgroup_paragraph(findings: Sequence[Finding], baseline: str = "dec6_q100",
                 f"less on {'; '.join(better)}" if better else "",
                 f"within the noise on {', '.join(within)}" if within else ""]
         parts.append(head + "; " + ", ".join(t for t in tail if t))
-    return (f"Each variant's change on a group minus its change on all objects (points, 95% paired interval){crowded}: "
+    return (f"Each variant's change on a group minus its change on all objects (points, 95% paired interval{crowded}): "
             + ". ".join(parts) + ".")
 
 

@@ -147,7 +147,10 @@ def queries_paragraph(findings: Sequence[Finding]) -> str:
 def layers_paragraph(findings: Sequence[Finding]) -> str:
     """The layer-equivalence check at epoch 0, in one sentence."""
     e = by_key(findings).get("equivalence")
-    return e.text() if e is not None else "No 6- and 3-layer runs with epoch 0 to check the cut against."
+    if e is None:
+        return "No 6- and 3-layer runs with epoch 0 to check the cut against."
+    text = e.text()
+    return text[:1].upper() + text[1:]
 
 
 #: the templates the report's ``{{findings:NAME}}`` directive and 06 render, by name

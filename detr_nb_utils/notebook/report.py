@@ -26,6 +26,8 @@ The template holds no number: every value comes from a directive, filled here:
 ``{{table:NAME}}``
     ``tables/NAME.md``, embedded (a table, or a takeaway's sentences), without the demo's stamp: the report says it
     once per section instead.
+``{{csv:NAME}}``
+    a link to ``tables/NAME.csv`` with its size in rows and columns: a table too wide for a page, in the appendix.
 ``{{figure:NAME|caption}}``
     ``figures/NAME.png``, inlined, numbered in order ("Figure 3."), with its caption: one sentence saying what to look
     at.
@@ -178,7 +180,8 @@ class _Filler:
 
     def fact(self, name: str) -> str:
         if name == "seeds":
-            return seeds_sentence(self.families)
+            text = seeds_sentence(self.families)
+            return text[:1].upper() + text[1:]
         if name == "arms":
             return arms_sentence(self.families)
         if name in ("images", "resamples"):
