@@ -15,12 +15,27 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 
 from detr_nb_utils.analysis import comparison
 from detr_nb_utils.analysis.baseline import best_of, versus_baseline
-from detr_nb_utils.analysis.bootstrap import ApBootstrap, MatchedDetections, holm, top_per_image
-from detr_nb_utils.analysis.conclusions import ANSWER_WORDS, agreements, rankings, study_findings
+from detr_nb_utils.analysis.bootstrap import (
+    ApBootstrap,
+    MatchedDetections,
+    holm,
+    top_per_image,
+)
+from detr_nb_utils.analysis.conclusions import (
+    ANSWER_WORDS,
+    agreements,
+    rankings,
+    study_findings,
+)
 from detr_nb_utils.analysis.findings import by_key, findings_json, read_findings
 from detr_nb_utils.analysis.limitations import limitations
-from detr_nb_utils.analysis.templates import answer, changes_paragraph, differences_paragraph, words
 from detr_nb_utils.analysis.queries import select_queries
+from detr_nb_utils.analysis.templates import (
+    answer,
+    changes_paragraph,
+    differences_paragraph,
+    words,
+)
 from detr_nb_utils.notebook.tables import run_takeaway
 from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import make_config, seed_configs, variant_of

@@ -15,9 +15,6 @@ from test_comparison import _findings, _write_run, analysed, quality, run_folder
 from detr_nb_utils.analysis.conclusions import ANSWER_WORDS, TINY_NOTE
 from detr_nb_utils.analysis.findings import by_key, findings_json
 from detr_nb_utils.analysis.templates import words
-from detr_nb_utils.notebook.report_checks import MAX_COLUMNS, paragraphs, report_problems, sections
-from detr_nb_utils.notebook.setup_cell import DEMO_STAMP
-
 from detr_nb_utils.notebook.report import (
     DIRECTIVE,
     ReportError,
@@ -26,6 +23,13 @@ from detr_nb_utils.notebook.report import (
     render_report,
     setup_table,
 )
+from detr_nb_utils.notebook.report_checks import (
+    MAX_COLUMNS,
+    paragraphs,
+    report_problems,
+    sections,
+)
+from detr_nb_utils.notebook.setup_cell import DEMO_STAMP
 from detr_nb_utils.training.runs import load_run, record_environment
 from detr_nb_utils.training.runtime import environment
 
@@ -128,7 +132,7 @@ def test_report_problems_names_every_broken_rule():
            "A paragraph said twice, ten words or more, to be caught here.\n\n"
            "A paragraph said twice, ten words or more, to be caught here.\n\n## Appendix\n\nnothing\n")
     problems = "\n".join(report_problems(bad, (TINY_NOTE,)))
-    for part in ("answers in 240 words, more than 150", "a paragraph of 160 words", f"appears 2 times in ## Answer",
+    for part in ("answers in 240 words, more than 150", "a paragraph of 160 words", "appears 2 times in ## Answer",
                  "no Limitations section", "a table of 12 columns in the body", "printed as a tuple",
                  "a figure without a number", "a paragraph appears twice", "notebook 07"):
         assert part in problems, part

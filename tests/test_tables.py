@@ -12,8 +12,12 @@ import pytest
 from test_bootstrap import sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis.bootstrap import MatchedDetections
-
-from detr_nb_utils.analysis.comparison import ap_per_layer, comparison_table, original_study_table, reported_losses
+from detr_nb_utils.analysis.comparison import (
+    ap_per_layer,
+    comparison_table,
+    original_study_table,
+    reported_losses,
+)
 from detr_nb_utils.analysis.conclusions import (
     TINY_NOTE,
     agreements,

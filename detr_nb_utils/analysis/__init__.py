@@ -7,11 +7,11 @@ from .. import _lazy_exports
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "bootstrap": ("ApBootstrap", "MatchedDetections", "ap_difference", "ap_interval"),
-    "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "IncomparableRuns", "ap_per_layer",
-                   "by_recipe", "by_variant", "check_comparable",
-                   "comparison_table", "cost_vs_ap", "differences_table", "discover_runs", "finetuning_gain_table",
-                   "first_seed_runs", "headline_table", "layer_equivalence", "load_runs", "missing_variants",
+    "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "ap_per_layer", "comparison_table",
+                   "cost_vs_ap", "differences_table", "finetuning_gain_table", "headline_table", "layer_equivalence",
                    "original_study_table", "reported_losses", "seeds_table"),
+    "run_sets": ("IncomparableRuns", "by_recipe", "by_variant", "check_comparable", "discover_runs",
+                 "first_seed_runs", "load_runs", "missing_variants", "variant_labels"),
     "conclusions": ("agreements", "ranking_table", "rankings", "runs_note", "study_findings", "world_note"),
     "templates": ("TEMPLATES", "answer"),
     "limitations": ("limitations",),

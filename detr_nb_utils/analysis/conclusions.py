@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .bootstrap import Groups, covers, runs_of
-from .comparison import AP_CAPPED, CAP, ORIGINAL_STUDY_LOSS, final_losses, original_study_table
+from .comparison import (
+    AP_CAPPED,
+    CAP,
+    ORIGINAL_STUDY_LOSS,
+    final_losses,
+    original_study_table,
+)
 from .findings import Finding, by_key
 
 TINY_NOTE = ("These runs are the demo world: a tiny DETR pre-trained on synthetic shapes, fine-tuned and compared on "

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from ..training.recipe import ORIGINAL, RECIPES
 from ..training.runs import RunRecord
 from .bootstrap import MIN_SEEDS_RESAMPLED
-from .comparison import by_variant
 from .conclusions import MIN_IMAGES
+from .run_sets import by_variant
 
 Families = Mapping[str, Mapping[str, RunRecord]]
 

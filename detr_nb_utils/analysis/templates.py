@@ -61,7 +61,7 @@ def _arms(f: dict[str, Finding]) -> str:
     if lead.verdict == "beyond sampling" and lead.value > 0:
         return (f"The recipe arms show where it goes: after one epoch the baseline under the original recipe has "
                 f"changed {first.interval()}, and {lead.label.split(' - ')[0]} keeps {lead.interval()} points more.")
-    return (f"The recipe arms cannot tell the recipes apart after one epoch ("
+    return ("The recipe arms cannot tell the recipes apart after one epoch ("
             + "; ".join(f"{a.label} {a.interval()}" for a in versus) + ").")
 
 

@@ -8,6 +8,7 @@ decoder layer (:func:`plot_variant_layers`, the paper's Fig. 4). Each takes the 
 from __future__ import annotations
 
 import itertools
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure

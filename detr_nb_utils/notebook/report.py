@@ -53,17 +53,17 @@ from pathlib import Path
 import mistune
 import pandas as pd
 
-from ..analysis.comparison import by_recipe, discover_runs, variant_labels
 from ..analysis.conclusions import TINY_NOTE, runs_note
 from ..analysis.findings import Finding, read_findings
 from ..analysis.limitations import arms_sentence, limitations, seeds_sentence
+from ..analysis.run_sets import by_recipe, discover_runs, variant_labels
 from ..analysis.templates import TEMPLATES
 from ..data import atomic
 from ..training.config import make_config
 from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord, load_run
-from .setup_cell import DEMO_STAMP, report_dir_for
 from .report_checks import report_problems
+from .setup_cell import DEMO_STAMP, report_dir_for
 from .tables import markdown_table
 
 DIRECTIVE = re.compile(r"\{\{\s*(?P<kind>[a-z]+)(?::(?P<arg>[^}|]+))?(?:\|(?P<caption>[^}]*))?\s*\}\}")
