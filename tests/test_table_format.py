@@ -77,6 +77,13 @@ def test_save_table_writes_a_plain_csv_and_the_stamp_beside_it(tmp_path, stamped
     assert not (folder / "seeds.md").read_text().startswith("*")
 
 
+def test_cells_that_are_not_numbers_print_as_they_are():
+    from pathlib import Path
+
+    shown = display_table(pd.DataFrame({"file": [Path("a/b.json")], "classes": [["cat", "dog"]], "n": [None]}))
+    assert shown.iloc[0].tolist() == ["a/b.json", "['cat', 'dog']", ""]
+
+
 def test_flat_keeps_a_named_multiindex_as_columns():
     table = pd.DataFrame({"AP": [1.0, 2.0]},
                          index=pd.MultiIndex.from_tuples([("v", "epoch 0"), ("v", "final")], names=["variant", "at"]))

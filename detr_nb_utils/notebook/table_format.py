@@ -53,6 +53,8 @@ def _number(v, floatfmt: str, signed: bool = False) -> str:
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
         return f"{v:+d}" if signed else str(v)
+    if not isinstance(v, (float, np.floating)):  # a path, a list, a timestamp: as it prints
+        return str(v)
     v = float(v)
     if math.isnan(v):
         return ""

@@ -87,7 +87,8 @@ def split_summary(manifest: dict) -> pd.DataFrame:
     keys = {"n_images": "images", "n_boxes": "boxes", "n_crowd": "crowd", "n_images_without_boxes": "no boxes",
             "max_boxes_per_image": "max boxes/image",
             f"n_images_over_{CROWDED_THRESHOLD}_boxes": f"images > {CROWDED_THRESHOLD} boxes"}
-    return pd.DataFrame({side: {v: manifest[side][k] for k, v in keys.items()} for side in ("source", *SIDES)}).T
+    return pd.DataFrame({side: {v: manifest[side][k] for k, v in keys.items()}
+                         for side in ("source", *SIDES)}).T.rename_axis("side")
 
 
 def objects_per_image(split_dir: str | Path) -> pd.DataFrame:
@@ -130,12 +131,12 @@ def parameter_counts(variants: Mapping[str, tuple] = VARIANTS, arch: Mapping | N
     """Parameters per component (rows) of each variant (columns), with a ``total`` row. ``variants``: name ->
     ``(dec_layers, num_queries, ...)``, e.g. :data:`VARIANTS`; ``arch`` as in :func:`skeleton`."""
     return pd.DataFrame({name: parameter_table(skeleton(*v[:2], arch=arch))["parameters"]
-                         for name, v in variants.items()})
+                         for name, v in variants.items()}).rename_axis("component")
 
 
 def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
     """State-dict entries per action (loaded, sliced, dropped, re-initialised) for each variant's surgery."""
-    return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T
+    return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T.rename_axis("variant")
 
 
 def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dict[str, float]]:
@@ -161,7 +162,7 @@ def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str,
     is no paired difference: ``attrs["n_images"]``, ``attrs["n_resamples"]``."""
     label, values = reference or ("paper", PAPER_AP)
     table = pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS},
-                          label: {k: values.get(k, float("nan")) for k in AP_STATS}})
+                          label: {k: values.get(k, float("nan")) for k in AP_STATS}}).rename_axis("metric")
     if val_file is not None:
         if not isinstance(val_file, COCO):
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
