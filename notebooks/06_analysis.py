@@ -256,7 +256,7 @@ print(render(arm_findings + under_arms) or "No run of another recipe arm.")
 
 # %%
 findings = study_findings(main, headline, gains, diffs, query_diffs=query_diffs, query_groups=choices,
-                          arms=arm_findings, equivalence=equivalence)
+                          arms=arm_findings, equivalence=equivalence, missing=missing)
 fig = plot_forest({"change from epoch 0": list(by_key(findings, "change").values()),
                    "a − b, final epoch": list(by_key(findings, "diff").values())},
                   "Paired 95% intervals (points): fine-tuning's change, and the differences")

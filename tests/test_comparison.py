@@ -352,6 +352,11 @@ def test_findings_and_the_answer_from_the_data(analysed):
     assert [b.key for b in back] == [x.key for x in found] and meta["n_images"] == len(bootstrap.img_ids)
     assert answer(back) == text  # the report renders the saved findings exactly as 06 does
     assert all(p.label in differences_paragraph(found) for p in by_key(found, "diff").values())
+    _, _, main_, _ = analysed
+    one = {"dec6_q100": main_["dec6_q100"]}  # the others not run yet: said, not hidden
+    alone = study_findings(one, head.loc[["dec6_q100"]], gains.loc[["dec6_q100"]], diffs.iloc[:0],
+                           missing=["dec3_q100", "dec3_q50"])
+    assert "Not compared, no run folders: dec3_q100 and dec3_q50." in answer(alone)
 
 
 def test_limitations_are_computed_from_the_runs(analysed):

@@ -265,11 +265,12 @@ def equivalence_finding(e: Mapping) -> Finding | None:
 
 def study_findings(groups: Groups, headline: pd.DataFrame, gains: pd.DataFrame, diffs: pd.DataFrame,
                    query_diffs: pd.DataFrame | None = None, query_groups: Groups | None = None,
-                   arms: Sequence[Finding] = (), equivalence: Mapping | None = None) -> list[Finding]:
+                   arms: Sequence[Finding] = (), equivalence: Mapping | None = None,
+                   missing: Sequence[str] = ()) -> list[Finding]:
     """Everything 06 concludes, as findings (keys in the module docstring), from its tables: the headline, the
     changes from epoch 0, the differences of the decoder family and of the query family (the choices' runs:
     ``query_groups``), the recipe arms' findings (:func:`.arms.arm_table`'s, keyed ``arm/<label>``) and the
-    layer-equivalence check."""
+    layer-equivalence check; ``missing``: the variants without runs (``missing``, said in the answer)."""
     seeds = {v: len(runs_of(g)) for v, g in {**(query_groups or {}), **groups}.items()}
     out = table_findings(headline, gains)
     out += difference_findings(diffs, seeds)
@@ -284,4 +285,7 @@ def study_findings(groups: Groups, headline: pd.DataFrame, gains: pd.DataFrame, 
     out.append(ranking_finding(rankings(groups, headline), out))
     out += [f for f in (depth_finding(groups), equivalence_finding(equivalence or {})) if f is not None]
     out += [Finding(**{**a.__dict__, "key": f"arm/{a.label}"}) for a in arms]
+    if missing:
+        out.append(Finding("variants without a run folder, not compared", math.nan, key="missing",
+                           why=", ".join(missing), data={"variants": list(missing)}))
     return out

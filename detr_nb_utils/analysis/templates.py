@@ -82,6 +82,9 @@ def answer(findings: Sequence[Finding], limit: int = ANSWER_WORDS) -> str:
         ("Beyond sampling: " + "; ".join(f"{p.label} {p.interval()}" for p in beyond) + ".") if beyond else "",
         ("Cannot be told apart: " + "; ".join(f"{p.label} {p.interval()}" for p in within) + ".") if within else "")
         if s)
+    if f.get("missing") is not None:
+        pairs = " ".join(p for p in (pairs, f"Not compared, no run folders: {_join(f['missing'].data['variants'])}.")
+                         if p)
     changes = list(by_key(findings, "change").values())
     tuned = ("Fine-tuning from the checkpoint changed AP by " + "; ".join(map(_change, changes)) + ".") if changes else ""
     coverage = f"Differences are paired and Holm-adjusted; 95% intervals over {best.covers}."
