@@ -88,7 +88,7 @@ class SubgroupAp:
         """Every variant of ``groups`` but ``baseline`` against it, at the final epoch, on each of :data:`GROUPS`:
         ``objects``, ``images``, ``AP`` and ``baseline AP``, ``change`` (variant - baseline) and ``beyond overall``
         (change on the group - change on all objects), each with ``low``/``high`` (95%, paired) and
-        ``excludes 0``; percent. ``compared on``: AP, or ``AP@50det`` when the variant has fewer queries.
+        ``excludes 0``; points. ``compared on``: AP, or ``AP@50det`` when the variant has fewer queries.
         ``attrs``: ``min_objects`` (crowded images), ``n_images``, ``n_resamples``, ``baseline``."""
         if baseline not in groups:
             raise ValueError(f"SubgroupAp.table: no runs of the baseline {baseline!r} (variants: {sorted(groups)})")

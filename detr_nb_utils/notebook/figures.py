@@ -2,7 +2,7 @@
 
 Every plotting function takes numbers that are already computed (a run's metrics, a table from
 :mod:`.tables`, a weight tensor) and returns a :class:`matplotlib.figure.Figure`; none of them
-trains or evaluates. AP is plotted in percent (COCOeval's fractions x 100, as the paper prints them).
+trains or evaluates. AP is plotted in points (COCOeval's fractions x 100, as the paper prints them).
 Used by notebooks 01 (split), 02 (checkpoint), 03-05 (training curves) and 06 (comparison).
 """
 from __future__ import annotations
@@ -90,8 +90,8 @@ def plot_loss_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
 
 
 def plot_ap_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
-    """Validation AP, AP50 and AP75 (%) per epoch, one line per run; same input as :func:`plot_loss_curves`."""
-    fig, axes = _runs_axes(3, [t for _, t in AP_VIEWS], "COCO AP (%)")
+    """Validation AP, AP50 and AP75 (points) per epoch, one line per run; same input as :func:`plot_loss_curves`."""
+    fig, axes = _runs_axes(3, [t for _, t in AP_VIEWS], "COCO AP (points)")
     for (name, df), colour, marker in zip(metrics.items(), plt.cm.tab10.colors, itertools.cycle(MARKERS)):
         for ax, (col, _) in zip(axes, AP_VIEWS):
             ax.plot(df.index, 100 * df[f"val_{col}"], marker=marker, color=colour, label=name, markerfacecolor="none")
@@ -103,7 +103,7 @@ def plot_ap_curves(metrics: Mapping[str, pd.DataFrame]) -> Figure:
 
 
 def plot_ap_per_layer(table: pd.DataFrame) -> Figure:
-    """AP (%) of each decoder layer's predictions (the paper's Fig. 4), one line per run.
+    """AP (points) of each decoder layer's predictions (the paper's Fig. 4), one line per run.
 
     ``table``: runs x decoder layers (1-based column labels), AP fractions; see
     :func:`detr_nb_utils.analysis.comparison.ap_per_layer`.
@@ -111,7 +111,7 @@ def plot_ap_per_layer(table: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for (name, row), colour in zip(table.iterrows(), plt.cm.tab10.colors):
         ax.plot(row.index, 100 * row.values, "o-", color=colour, label=name)
-    ax.set(xlabel="decoder layer", ylabel="COCO AP (%)", title="AP of each decoder layer's predictions")
+    ax.set(xlabel="decoder layer", ylabel="COCO AP (points)", title="AP of each decoder layer's predictions")
     ax.set_xticks(list(table.columns))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

@@ -2,7 +2,7 @@
 ``report/tables``, and the closing sentences of 01-05, every number computed from the files they read.
 
 Nothing here trains: tables are built from a split manifest, a checkpoint's state dict, or run folders read with
-:func:`detr_nb_utils.training.runs.load_run`. AP is reported in percent (COCOeval's fractions x 100, as the paper
+:func:`detr_nb_utils.training.runs.load_run`. AP is reported in points (COCOeval's fractions x 100, as the paper
 prints them); losses are the weighted sums of :mod:`detr_nb_utils.models.loss` in three views (total, final
 layer, per-layer mean). 06_analysis's tables are :mod:`detr_nb_utils.analysis.comparison`.
 """
@@ -140,7 +140,7 @@ def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
 
 
 def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dict[str, float]]:
-    """What a checkpoint's epoch-0 AP is compared with (a column name and AP stats in percent): the paper's
+    """What a checkpoint's epoch-0 AP is compared with (a column name and AP stats in points): the paper's
     DETR-R50 on val2017 for the published model; for the demo world's tiny DETR, its pre-training's AP on the
     held-out set of the shape world, read from the record ``<stem>.json`` beside ``checkpoint``."""
     if backbone != "tiny":
@@ -156,7 +156,7 @@ def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dic
 def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str, float]] | None = None,
                 val_file: str | Path | COCO | None = None, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside ``reference`` (a column name
-    and stats in percent, :func:`reference_ap`; default the paper's), in percent. With ``val_file`` (the val split's
+    and stats in points, :func:`reference_ap`; default the paper's), in points. With ``val_file`` (the val split's
     annotations) AP and AP50 also get their 95% interval over ``n_resamples`` bootstrap resamples of the validation
     images (``low``, ``high``); the reference is another set of images, published without an interval, so there
     is no paired difference: ``attrs["n_images"]``, ``attrs["n_resamples"]``."""
@@ -205,7 +205,7 @@ def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO
     """The same checkpoint evaluated in fp32 and in bf16 (two
     :func:`~detr_nb_utils.training.engine.evaluate_checkpoint` results, each with its ``detections`` and
     ``effective_precision``), scored on the images both evaluated: rows ``AP``, ``AP50``; columns ``fp32``, ``bf16``,
-    ``bf16 - fp32`` (percent points), ``low`` and ``high`` (its 95% interval over ``n_resamples`` paired bootstrap
+    ``bf16 - fp32`` (points), ``low`` and ``high`` (its 95% interval over ``n_resamples`` paired bootstrap
     resamples of the images, :func:`~detr_nb_utils.analysis.bootstrap.ap_difference`, ``seed``) and ``excludes 0``.
     ``attrs``: ``n_images``, ``n_resamples``. ``val_file``: the val split's annotation file (or its ``COCO``). The
     evidence to read before a study switches to the fast mode (02_checkpoint_inspection)."""
@@ -268,7 +268,7 @@ def layer_ap_table(groups: Mapping[str, Mapping[str, RunRecord]]) -> pd.DataFram
 
 
 def run_table(record: RunRecord) -> pd.DataFrame:
-    """Per epoch: the three validation losses and the AP stats (percent) of one run."""
+    """Per epoch: the three validation losses and the AP stats (points) of one run."""
     df = record.metrics[[f"val_{k}" for k in LOSS_VIEWS]].copy()
     for k in AP_STATS:
         df[k] = 100 * record.metrics[f"val_{k}"]
