@@ -158,3 +158,15 @@ def test_every_missing_export_is_named_at_once(run_folders, tmp_path):  # noqa: 
     with pytest.raises(ReportError, match="no run folders under .*nothing: run the notebooks first"):
         fill(template, tmp_path / "r", tmp_path / "nothing")
     assert main(["--runs", str(tmp_path / "nothing"), "--report-dir", str(tmp_path / "r")]) == 1
+
+
+def test_an_embedded_takeaway_loses_its_stamp_and_keeps_its_statements_apart():
+    from detr_nb_utils.notebook.report import _STAMPED, _unstamped
+
+    text = (f"*{DEMO_STAMP}*\n\n{TINY_NOTE} First statement, wrapped\nacross two lines.\nSecond statement.\n"
+            "| a |\n|---|\n| 1 |\n")
+    out = _unstamped(text, (TINY_NOTE,))
+    assert out.startswith(_STAMPED) and DEMO_STAMP not in out and TINY_NOTE not in out
+    assert paragraphs(out.replace(_STAMPED, "")) == ["First statement, wrapped\nacross two lines.", "Second statement."]
+    assert "Second statement.\n\n| a |\n|---|" in out  # a table right after a statement stays a table
+    assert not _unstamped("| a |\n|---|\n| 1 |\n", ()).startswith(_STAMPED)  # the study: nothing to say

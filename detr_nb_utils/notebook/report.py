@@ -129,6 +129,9 @@ def _unstamped(text: str, notes: Sequence[str]) -> str:
         if note and note in body:
             body, stamped = body.replace(note, "").strip(), True
     body = re.sub(r"[ \t]{2,}", " ", body)
+    if not body.startswith("|"):  # a takeaway written a statement per line: each line that ends one, a paragraph
+        body = re.sub(r"(?<=[.!?])\n(?=[^\n|\-*])", "\n\n", body)
+        body = re.sub(r"(?<=[^|\n])\n(?=\|)", "\n\n", body)  # and a table after it, a table
     return (_STAMPED if stamped else "") + "\n\n" + body + "\n"
 
 
