@@ -163,7 +163,7 @@ def test_every_missing_export_is_named_at_once(run_folders, tmp_path):  # noqa: 
 def test_an_embedded_takeaway_loses_its_stamp_and_keeps_its_statements_apart():
     from detr_nb_utils.notebook.report import _STAMPED, _unstamped
 
-    text = (f"*{DEMO_STAMP}*\n\n{TINY_NOTE} First statement, wrapped\nacross two lines.\nSecond statement.\n"
+    text = (f"*{DEMO_STAMP}*\n\n{TINY_NOTE} First statement, wrapped\nacross two lines.\n{TINY_NOTE} Second statement.\n"
             "| a |\n|---|\n| 1 |\n")
     out = _unstamped(text, (TINY_NOTE,))
     assert out.startswith(_STAMPED) and DEMO_STAMP not in out and TINY_NOTE not in out

@@ -128,7 +128,7 @@ def _unstamped(text: str, notes: Sequence[str]) -> str:
     for note in notes:
         if note and note in body:
             body, stamped = body.replace(note, "").strip(), True
-    body = re.sub(r"[ \t]{2,}", " ", body)
+    body = re.sub(r"^[ \t]+", "", re.sub(r"[ \t]{2,}", " ", body), flags=re.M)
     if not body.startswith("|"):  # a takeaway written a statement per line: each line that ends one, a paragraph
         body = re.sub(r"(?<=[.!?])\n(?=[^\n|\-*])", "\n\n", body)
         body = re.sub(r"(?<=[^|\n])\n(?=\|)", "\n\n", body)  # and a table after it, a table
