@@ -1,4 +1,4 @@
-"""What 06_analysis concludes, as findings, and the short templates that say it.
+"""What 06_analysis concludes, as findings.
 
 The rankings (:func:`rankings`, one :class:`Ranking` per criterion: the original study's lowest total loss, the three
 losses, AP and AP@50det at the final epoch) and the pairs two rankings order the other way round
@@ -6,9 +6,10 @@ losses, AP and AP@50det at the final epoch) and the pairs two rankings order the
 :class:`~.findings.Finding` s with stable keys: ``variant/<v>`` (final AP), ``change/<v>`` (final minus epoch 0),
 ``best change/<v>`` (secondary), ``diff/<a> - <b>`` and ``query/<a> - <b>`` (paired differences, Holm-adjusted over
 their family; one sign convention, the pair as :data:`.comparison.VARIANT_PAIRS` orders it), ``best``,
-``ranking``, ``depth``, ``equivalence`` and the recipe arms' ``arm/...``. The templates (:data:`TEMPLATES`: the
-answer of at most :data:`ANSWER_WORDS` words, and one short paragraph per result) render those findings, in 06's
-takeaway and in the team report alike; every number in them is a finding's. Nothing here is typed by hand.
+``ranking``, ``depth``, ``equivalence``, the recipe arms' ``arm/...`` and ``missing``. The short templates of
+:mod:`.templates` (the answer of at most :data:`ANSWER_WORDS` words, and one short paragraph per result) render
+those findings, in 06's takeaway and in the team report alike; every number in them is a finding's. Nothing here
+is typed by hand.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def _ranking(f: dict[str, Finding], depth: bool = True) -> str:
     head = f"The original study's ranking by total validation loss ({r.data['loss order']})"
     body = {"overturned": f"does not survive: by AP the order is {r.data['AP order']}",
             "not confirmed": f"is not confirmed: by AP the order is {r.data['AP order']}, and the paired differences "
-                             f"cannot separate {_join(r.data['undecided'])}",
+                             f"cannot separate {_join([u.replace(' ~ ', ' from ') for u in r.data['undecided']])}",
             "survives": f"survives: by AP too, {r.data['AP order']}"}[r.data["verdict"]]
     d = f.get("depth")
     why = f"; the total sums one loss per decoder layer, so {d.data['deep']}'s is {d.number()}x {d.data['shallow']}'s" \
