@@ -117,7 +117,9 @@ class SubgroupAp:
                     row |= {name: 100 * d["point"], f"{name} low": 100 * d["low"], f"{name} high": 100 * d["high"],
                             f"{name} excludes 0": bool(d["low"] > 0 or d["high"] < 0)}
                 rows.append(row)
-        table = pd.DataFrame(rows)
+        # no variant beside the baseline: no rows, the columns still there
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant", "group", "objects", "images",
+                                                                      "compared on", "AP", "baseline AP"])
         table.attrs.update(min_objects=self.min_objects, n_images=len(self.bootstrap.img_ids),
                            n_resamples=self.bootstrap.n_resamples, baseline=baseline,
                            units=dict.fromkeys(("AP", "baseline AP", "change", "beyond overall"), "points"))

@@ -205,6 +205,11 @@ def plot_subgroup_changes(table: pd.DataFrame, title: str = "") -> Figure:
     variants = list(dict.fromkeys(table["variant"]))
     fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * len(groups) * max(len(variants), 1) ** 0.5),
                            layout="constrained")
+    if not variants:  # only the baseline has runs
+        ax.text(0.5, 0.5, f"No variant beside {table.attrs.get('baseline', 'the baseline')} has runs: nothing to "
+                "compare yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     step = 0.6 / max(len(variants), 1)
     for k, (variant, colour) in enumerate(zip(variants, plt.cm.tab10.colors)):
         rows = table[table["variant"] == variant].set_index("group").reindex(groups)
