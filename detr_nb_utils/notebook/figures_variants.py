@@ -23,11 +23,13 @@ CURVES = {"loss": (LOSS_VIEW_TITLES, "validation loss", 1.0), "AP": (AP_VIEWS, "
 
 def seed_band(groups: Groups, column: str, scale: float = 1.0) -> dict[str, pd.DataFrame]:
     """Per variant, ``column`` of its runs' metrics x ``scale`` per epoch over its seeds: ``mean``, ``min``,
-    ``max`` and ``seeds`` (how many runs have that epoch)."""
+    ``max`` and ``seeds`` (how many runs have that epoch); a variant whose runs lack ``column`` is left out."""
     out = {}
     for v, group in groups.items():
-        runs = runs_of(group)
-        per_seed = pd.concat({r.run_dir.name: scale * r.metrics[column] for r in runs if column in r.metrics}, axis=1)
+        runs = [r for r in runs_of(group) if column in r.metrics]
+        if not runs:  # not measured in these runs: no band
+            continue
+        per_seed = pd.concat({r.run_dir.name: scale * r.metrics[column] for r in runs}, axis=1)
         out[v] = pd.DataFrame({"mean": per_seed.mean(axis=1), "min": per_seed.min(axis=1),
                                "max": per_seed.max(axis=1), "seeds": per_seed.notna().sum(axis=1)})
     return out
@@ -44,10 +46,12 @@ def plot_variant_curves(groups: Groups, what: str = "AP") -> Figure:
     per variant: the mean over its seeds (markers), a band from its lowest to its highest seed. Epoch 0 is the
     checkpoint before fine-tuning."""
     views, ylabel, scale = CURVES[what]
+    style = dict(zip(groups, zip(plt.cm.tab10.colors, itertools.cycle(MARKERS))))
     fig, axes = plt.subplots(1, len(views), figsize=(4.2 * len(views), 3.5), squeeze=False, layout="constrained")
     for ax, (col, title) in zip(axes[0], views):
         bands = seed_band(groups, f"val_{col}", scale)
-        for (v, band), colour, marker in zip(bands.items(), plt.cm.tab10.colors, itertools.cycle(MARKERS)):
+        for v, band in bands.items():  # one colour and marker per variant in every panel
+            colour, marker = style[v]
             n = len(runs_of(groups[v]))
             ax.plot(band.index, band["mean"], marker=marker, color=colour, markerfacecolor="none",
                     label=f"{v} (mean of {n})" if n > 1 else f"{v} (run {runs_of(groups[v])[0].run_dir.name})")
