@@ -78,7 +78,8 @@ from detr_nb_utils.analysis.arms import arm_table
 from detr_nb_utils.analysis.findings import by_key
 from detr_nb_utils.notebook import layer_ap_table, parameter_counts, plot_ap_by_size, plot_error_breakdown
 from detr_nb_utils.notebook import plot_forest, plot_layer_errors, plot_subgroup_changes, plot_variant_curves
-from detr_nb_utils.notebook import plot_class_ap, plot_confusion, plot_pr_curves
+from detr_nb_utils.notebook import plot_class_ap, plot_confusion, plot_loss_terms, plot_pr_curves
+from detr_nb_utils.analysis import runs_loss_terms
 from detr_nb_utils.notebook import plot_variant_layers, save_fig, save_findings, save_table, save_takeaway
 from detr_nb_utils.notebook import setup_notebook
 
@@ -299,6 +300,16 @@ save_table(class_ap_by_variant(classes), "06_class_ap", report_dir, floatfmt=".1
 save_fig(plot_class_ap(classes[named[deep]], named[deep]), "06_class_ap", report_dir)
 save_fig(plot_pr_curves(diagnostics[deep].pr_curves(), named[deep]), "06_pr_curves", report_dir)
 save_fig(plot_confusion(diagnostics[deep].confusion(), named[deep]), "06_confusion", report_dir)
+
+# %% [markdown]
+# **The loss, term by term** (class, L1 box, GIoU), for every decoder layer of the baseline, training and
+# validation, over every seed (mean and band): which term fine-tuning moves, and in which layers.
+
+# %%
+base_runs = {n: r.metrics for n, r in main[deep].items()}
+fig = plot_loss_terms(runs_loss_terms(base_runs), f"{deep}: loss terms per decoder layer, mean of {len(base_runs)} "
+                      "seeds (band: lowest to highest); epoch 0 validation only")
+save_fig(fig, "06_loss_terms", report_dir)
 
 # %%
 errors = variant_errors(diagnostics).rename(index=named)
