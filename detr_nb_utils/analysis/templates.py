@@ -58,9 +58,12 @@ def _arms(f: dict[str, Finding]) -> str:
     if not versus or first is None:
         return ""
     lead = max(versus, key=lambda a: a.value)
+    arm = lead.label.split(" - ")[0]
     if lead.verdict == "beyond sampling" and lead.value > 0:
-        return (f"The recipe arms show where it goes: after one epoch the baseline under the original recipe has "
-                f"changed {first.interval()}, and {lead.label.split(' - ')[0]} keeps {lead.interval()} points more.")
+        if first.verdict == "beyond sampling" and first.value < 0:
+            return (f"For the baseline, part of the loss is the recipe: after one epoch the original recipe moved it "
+                    f"{first.interval()} points, while under {arm} it ends the epoch {lead.interval()} points higher.")
+        return f"The recipe arm {arm} ends the first fine-tuned epoch {lead.interval()} points above the original."
     return ("The recipe arms cannot tell the recipes apart after one epoch ("
             + "; ".join(f"{a.label} {a.interval()}" for a in versus) + ").")
 
@@ -79,7 +82,7 @@ def answer(findings: Sequence[Finding], limit: int = ANSWER_WORDS) -> str:
             f"AP at the final epoch: {best.interval()} points.")
     beyond, within = _pairs(f)
     pairs = " ".join(s for s in (
-        ("Beyond sampling: " + "; ".join(f"{p.label} {p.interval()}" for p in beyond) + ".") if beyond else "",
+        ("Beyond sampling noise (paired, points): " + "; ".join(f"{p.label} {p.interval()}" for p in beyond) + ".") if beyond else "",
         ("Cannot be told apart: " + "; ".join(f"{p.label} {p.interval()}" for p in within) + ".") if within else "")
         if s)
     if f.get("missing") is not None:
@@ -96,8 +99,13 @@ def answer(findings: Sequence[Finding], limit: int = ANSWER_WORDS) -> str:
     return _in_order(parts)
 
 
+#: the answer's paragraphs: which variant is best and what differs; the original ranking; what fine-tuning did
+ANSWER_PARAGRAPHS = (("head", "pairs"), ("ranking",), ("tuned", "arms", "coverage"))
+
+
 def _in_order(parts: dict[str, str]) -> str:
-    return " ".join(parts[k] for k in ("head", "pairs", "ranking", "tuned", "arms", "coverage") if parts.get(k))
+    paragraphs = (" ".join(parts[k] for k in keys if parts.get(k)) for keys in ANSWER_PARAGRAPHS)
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def rankings_paragraph(findings: Sequence[Finding]) -> str:
