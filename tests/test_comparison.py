@@ -28,7 +28,7 @@ from detr_nb_utils.analysis.conclusions import (
     study_findings,
 )
 from detr_nb_utils.analysis.findings import by_key, findings_json, read_findings
-from detr_nb_utils.analysis.limitations import limitations
+from detr_nb_utils.analysis.limitations import study_limitations
 from detr_nb_utils.analysis.queries import select_queries
 from detr_nb_utils.analysis.templates import (
     answer,
@@ -361,13 +361,13 @@ def test_findings_and_the_answer_from_the_data(analysed):
 
 def test_limitations_are_computed_from_the_runs(analysed):
     records, _, _, bootstrap = analysed
-    items = limitations(comparison.by_recipe(records))
+    items = study_limitations(comparison.by_recipe(records))
     text = "\n".join(items)
     n = len(bootstrap.img_ids)
     assert f"**Images.** {n} validation images carry every interval" in text and "Fewer than 100" in text
     assert "dec6_q100 2 (42, 43)" in text and "dec3_q100 1 (42)" in text  # the seeds, per variant
     assert "No recipe arm ran" in text and "**Published numbers.**" in text
-    assert limitations({}) == ["No run folder: nothing is measured yet."]
+    assert study_limitations({}) == ["No run folder: nothing is measured yet."]
 
 
 def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):

@@ -14,7 +14,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
                  "first_seed_runs", "load_runs", "missing_variants", "variant_labels"),
     "conclusions": ("agreements", "ranking_table", "rankings", "runs_note", "study_findings", "world_note"),
     "templates": ("TEMPLATES", "answer"),
-    "limitations": ("limitations",),
+    "limitations": ("arms_sentence", "seeds_sentence", "study_limitations"),
     "diagnostic_findings": ("class_ap_by_variant", "errors_by_kind", "errors_sentence", "sizes_sentence",
                             "sizes_table", "subgroup_findings", "subgroup_paragraph"),
     "queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage", "select_queries",

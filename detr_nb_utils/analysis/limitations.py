@@ -1,4 +1,4 @@
-"""What the runs cannot tell, computed from the run folders (the team report's Limitations section, and its
+"""What the runs cannot tell, computed from the run folders (the team report's Limitations section (:func:`study_limitations`), and its
 Method's seeds and arms): which world the numbers come from (the demo's tiny DETR or DETR-R50 on COCO), how many
 training seeds and validation images the intervals rest on, how many epochs, one split, and what the recipe
 confounds with fine-tuning (the variants whose change from epoch 0 no recipe arm separates from the restart). Every
@@ -47,7 +47,7 @@ def arms_sentence(families: Families) -> str:
                      for arm, seeds in arms.items())
 
 
-def limitations(families: Families) -> list[str]:
+def study_limitations(families: Families) -> list[str]:
     """The Limitations, one item each: the world, the seeds, the validation images, the epochs and the split, what
     the recipe confounds, and what the published numbers can be compared with."""
     everything = [r for runs in families.values() for r in runs.values()]

@@ -21,8 +21,9 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "figures_gallery": ("plot_false_positives", "plot_missed"),
     "figures_variants": ("plot_variant_curves", "plot_variant_layers"),
     "report": ("render_report",),
+    "table_format": ("display_table", "markdown_table", "shown"),
     "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",
                "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_findings", "save_table", "save_takeaway",
-               "shown", "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
+               "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
 }
 __all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

@@ -22,7 +22,7 @@ The template holds no number: every value comes from a directive, filled here:
     06's findings (``tables/06_findings.json``) rendered by one of
     :data:`~detr_nb_utils.analysis.templates.TEMPLATES` (``answer``, ``rankings``, ``changes``, ...).
 ``{{limitations}}``
-    the Limitations, computed from the run folders (:func:`~detr_nb_utils.analysis.limitations.limitations`).
+    the Limitations, computed from the run folders (:func:`~detr_nb_utils.analysis.limitations.study_limitations`).
 ``{{table:NAME}}``
     ``tables/NAME.md``, embedded (a table, or a takeaway's sentences), without the demo's stamp: the report says it
     once per section instead.
@@ -55,7 +55,7 @@ import pandas as pd
 
 from ..analysis.conclusions import TINY_NOTE, runs_note
 from ..analysis.findings import Finding, read_findings
-from ..analysis.limitations import arms_sentence, limitations, seeds_sentence
+from ..analysis.limitations import arms_sentence, seeds_sentence, study_limitations
 from ..analysis.run_sets import by_recipe, discover_runs, variant_labels
 from ..analysis.templates import TEMPLATES
 from ..data import atomic
@@ -213,7 +213,7 @@ class _Filler:
                 raise ReportError(f"{m[0]}: no template {arg!r} (one of {', '.join(TEMPLATES)})")
             return "\n" + TEMPLATES[arg](self.findings()[0]) + "\n"
         if kind == "limitations":
-            return "\n" + "\n".join(f"- {item}" for item in limitations(self.families)) + "\n"
+            return "\n" + "\n".join(f"- {item}" for item in study_limitations(self.families)) + "\n"
         if kind not in ("table", "figure", "csv"):
             raise ReportError(f"unknown directive {m[0]!r}")
         path = self.report_dir / (f"figures/{arg}.png" if kind == "figure" else
