@@ -125,13 +125,33 @@ def changes_paragraph(findings: Sequence[Finding]) -> str:
     if not changes:
         return "No run has detections of both epoch 0 and a fine-tuned epoch: nothing to compare."
     best = list(by_key(findings, "best change").values())
-    text = ("From each variant's own epoch 0 to its final epoch, paired on the same resampled images (points, 95% "
-            "interval): " + "; ".join(map(_change, changes)) + ".")
+    def detail(f: Finding) -> str:  # the two ends as well as the change
+        ends = f"from {f.data['epoch 0']:.1f} to {f.data['final']:.1f}, " if "final" in f.data else ""
+        return f"{f.label} {ends}{_change(f).removeprefix(f.label + ' ')}"
+
+    text = ("From each variant's own epoch 0 to its final epoch, paired on the same resampled images (AP in points, "
+            "the change with its 95% interval): " + "; ".join(map(detail, changes)) + ".")
     if best:
         text += (" Secondary, to the best fine-tuned epoch (picked on these images, re-picked in every resample): "
                  + "; ".join(f"{b.data.get('label', '').split(',')[0]} {b.interval()}" for b in best) + ".")
-    arms = _arms(by_key(findings))
+    arms = _arms_detail(findings)
     return text + (" " + arms if arms else "")
+
+
+def _arms_detail(findings: Sequence[Finding]) -> str:
+    """Every recipe arm against the original on the baseline, paired, after the first fine-tuned epoch and at the
+    end (the answer says only the first)."""
+    versus = {k: a for k, a in by_key(findings, "arm").items() if f" - {ORIGINAL}, epoch " in k}
+    if not versus:
+        return ""
+    epochs = sorted({int(k.rsplit(" ", 1)[1]) for k in versus})
+    parts = []
+    for e in epochs:
+        at = [(k.split(" - ")[0], a) for k, a in versus.items() if k.endswith(f", epoch {e}")]
+        when = "after the first fine-tuned epoch" if e == epochs[0] else f"at epoch {e}"
+        parts.append(f"{when} " + ", ".join(f"{arm} {a.interval()}" + ("" if a.verdict == "beyond sampling" else
+                                                                          " (within sampling)") for arm, a in at))
+    return f"The recipe arms on the baseline, each minus the {ORIGINAL} recipe (points, paired): {'; '.join(parts)}."
 
 
 def _family(findings: Sequence[Finding], family: str, what: str) -> str:
