@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,9 +15,27 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 
 from detr_nb_utils.analysis import comparison
 from detr_nb_utils.analysis.baseline import best_of, versus_baseline
-from detr_nb_utils.analysis.bootstrap import ApBootstrap, MatchedDetections, holm, top_per_image
-from detr_nb_utils.analysis.conclusions import agreements, ranking_conclusion, rankings, uncertainty_conclusion
+from detr_nb_utils.analysis.bootstrap import (
+    ApBootstrap,
+    MatchedDetections,
+    holm,
+    top_per_image,
+)
+from detr_nb_utils.analysis.conclusions import (
+    ANSWER_WORDS,
+    agreements,
+    rankings,
+    study_findings,
+)
+from detr_nb_utils.analysis.findings import by_key, findings_json, read_findings
+from detr_nb_utils.analysis.limitations import study_limitations
 from detr_nb_utils.analysis.queries import select_queries
+from detr_nb_utils.analysis.templates import (
+    answer,
+    changes_paragraph,
+    differences_paragraph,
+    words,
+)
 from detr_nb_utils.notebook.tables import run_takeaway
 from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import make_config, seed_configs, variant_of
@@ -129,7 +148,8 @@ def test_runs_are_found_by_content(run_folders, analysed):
     assert comparison.first_seed_runs(records)["dec6_q100"].config.seed == 42
     assert comparison.missing_variants(records, ["dec6_q100", "dec9_q7"]) == ["dec9_q7"]
     seeds = comparison.seeds_table(records)
-    assert seeds.loc["dec6_q100", ("final AP", "seeds")] == 2 and seeds.loc["dec3_q100", ("final AP", "seeds")] == 1
+    assert seeds.loc[("dec6_q100", "final epoch"), "seeds"] == 2 and seeds.loc[("dec3_q100", "final epoch"), "seeds"] == 1
+    assert not isinstance(seeds.columns, pd.MultiIndex)  # flat headers: no tuple printed in a report
 
 
 def _copy(src: Path, dst: Path, **changes) -> None:
@@ -253,14 +273,15 @@ def test_differences_are_holm_adjusted_and_the_query_pairs_use_the_cap(analysed)
     diffs = comparison.differences_table(bootstrap, main)
     assert diffs.attrs["family"] == 3 and len(diffs) == 3
     on = diffs.set_index(["a", "b"])["compared on"].to_dict()
-    assert on == {("dec6_q100", "dec3_q100"): "AP", ("dec6_q100", "dec3_q50"): comparison.AP_CAPPED,
-                  ("dec3_q100", "dec3_q50"): comparison.AP_CAPPED}
+    # one sign convention: the smaller model minus the one it was cut from
+    assert on == {("dec3_q100", "dec6_q100"): "AP", ("dec3_q50", "dec6_q100"): comparison.AP_CAPPED,
+                  ("dec3_q50", "dec3_q100"): comparison.AP_CAPPED}
     assert diffs["p Holm"].to_numpy() == pytest.approx(holm(diffs["p"].to_numpy()))
     assert (diffs["p Holm"] >= diffs["p"]).all()
     assert (diffs["excludes 0 (Holm)"] == (diffs["p Holm"] < 0.05)).all()
-    row = diffs.set_index(["a", "b"]).loc[("dec6_q100", "dec3_q50")]
+    row = diffs.set_index(["a", "b"]).loc[("dec3_q50", "dec6_q100")]
     assert row["a - b"] == pytest.approx(row[f"{comparison.AP_CAPPED} a - b"])
-    assert row["a - b"] < row["AP a - b"]  # the baseline's 100 detections per image counted for it before the cap
+    assert row["a - b"] > row["AP a - b"]  # the baseline's 100 detections per image counted for it before the cap
     choices = {v: groups[v] for v in comparison.QUERY_CHOICES}
     qdiffs = comparison.differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
     spread = qdiffs.set_index("a").loc["dec3_q50_spread"]  # the same detections as the first 50
@@ -289,35 +310,69 @@ def test_layer_equivalence_compares_the_right_layer_and_its_losses(analysed):
     assert zero["same_AP"] and not zero["same"]
 
 
-def test_conclusions_from_the_data(analysed):
+def _findings(analysed):
     records, groups, main, bootstrap = analysed
     head, gains = comparison.headline_table(bootstrap, main), comparison.finetuning_gain_table(bootstrap, main)
+    diffs = comparison.differences_table(bootstrap, main)
+    choices = {v: groups[v] for v in comparison.QUERY_CHOICES}
+    qdiffs = comparison.differences_table(bootstrap, choices, comparison.QUERY_PAIRS)
+    first = {v: next(iter(g.values())) for v, g in main.items()}
+    found = study_findings(main, head, gains, diffs, qdiffs, choices,
+                           equivalence=comparison.layer_equivalence(first))
+    return found, head, gains, diffs
+
+
+def test_findings_and_the_answer_from_the_data(analysed):
+    _, _, main, bootstrap = analysed
+    found, head, gains, diffs = _findings(analysed)
     ranked = rankings(main, head)
     assert ranked["AP"].tiers[0] == ["dec6_q100"] and ranked["AP"].ranks["dec6_q100"] == 1
     assert ranked["AP"].values["dec3_q100"] == pytest.approx(head.loc["dec3_q100", "AP"])
     assert set(agreements(ranked)) == {("total", "final_layer"), ("total", "AP"), ("original", "AP")}
-    diffs = comparison.differences_table(bootstrap, main)
-    choices = {v: groups[v] for v in comparison.QUERY_CHOICES}
-    qdiffs = comparison.differences_table(bootstrap, choices, [(v, "dec3_q50") for v in choices if v != "dec3_q50"])
-    first = {v: next(iter(g.values())) for v, g in main.items()}
-    text = uncertainty_conclusion(head, gains, diffs, qdiffs, comparison.layer_equivalence(first),
-                                  comparison.seeds_table(records), len(bootstrap.img_ids), bootstrap.n_resamples)
+    f = by_key(found)
+    assert f["best"].data["variant"] == "dec6_q100" and f["best"].value == pytest.approx(head["AP"].max())
+    assert (f["best"].low, f["best"].high) == (head.loc["dec6_q100", "AP low"], head.loc["dec6_q100", "AP high"])
+    for _, row in diffs.iterrows():  # every pair, its value and its Holm verdict, as the table has them
+        d = f[f"diff/{row['a']} - {row['b']}"]
+        assert d.value == pytest.approx(row["a - b"])
+        assert (d.verdict == "beyond sampling") == bool(row["excludes 0 (Holm)"])
+    assert f["change/dec3_q100"].value == pytest.approx(gains.loc["dec3_q100", "change"])
+    assert f["ranking"].data["verdict"] in ("survives", "overturned", "not confirmed")
+    text = answer(found)
+    assert words(text) <= ANSWER_WORDS
+    assert text.startswith("**dec6_q100** (6 decoder layers, 100 queries) has the highest COCO AP")
+    assert f["best"].interval() in text and f["change/dec3_q100"].interval() in text
+    # every number the answer prints is one a finding prints (nothing typed, nothing computed on the side)
+    printed = " ".join([x.interval() + " " + x.covers + " " + json.dumps(x.data) for x in found])
+    for number in re.findall(r"[+-]?\d+(?:\.\d+)?", text):
+        assert number in printed, number
+    short = answer(found, limit=words(text) - 1)  # a tighter limit leaves the least needed sentences out
+    assert words(short) < words(text) and short.startswith("**dec6_q100**")
+    back, meta = read_findings(findings_json(found, n_images=len(bootstrap.img_ids)))
+    assert [b.key for b in back] == [x.key for x in found] and meta["n_images"] == len(bootstrap.img_ids)
+    assert answer(back) == text  # the report renders the saved findings exactly as 06 does
+    assert all(p.label in differences_paragraph(found) for p in by_key(found, "diff").values())
+    _, _, main_, _ = analysed
+    one = {"dec6_q100": main_["dec6_q100"]}  # the others not run yet: said, not hidden
+    alone = study_findings(one, head.loc[["dec6_q100"]], gains.loc[["dec6_q100"]], diffs.iloc[:0],
+                           missing=["dec3_q100", "dec3_q50"])
+    assert "Not compared, no run folders: dec3_q100 and dec3_q50." in answer(alone)
+
+
+def test_limitations_are_computed_from_the_runs(analysed):
+    records, _, _, bootstrap = analysed
+    items = study_limitations(comparison.by_recipe(records))
+    text = "\n".join(items)
     n = len(bootstrap.img_ids)
-    assert f"over the {n} validation images ({bootstrap.n_resamples} resamples" in text
-    assert f"Only {n} validation images, fewer than 100" in text  # the sample is small: said, not hidden
-    assert "dec6_q100 has fewer than 3 training seeds: the values are means over the seeds, the intervals cover " \
-        "only the choice of validation images" in text
-    assert "dec3_q100, dec3_q50 have one training seed: their intervals cover only the choice of validation " \
-        "images; training noise is not measured" in text
-    assert "Holm-adjusted over this family of 3" in text and "a second family" in text
-    assert "query choices a - b: dec3_q50_spread - dec3_q50." in text  # the one zero-width interval, named
-    assert "On AP and losses they agree" in text
-    assert "(n=2)" in text.split("The seeds' spread")[1]
+    assert f"**Images.** {n} validation images carry every interval" in text and "Fewer than 100" in text
+    assert "dec6_q100 2 (42, 43)" in text and "dec3_q100 1 (42)" in text  # the seeds, per variant
+    assert "No recipe arm ran" in text and "**Published numbers.**" in text
+    assert study_limitations({}) == ["No run folder: nothing is measured yet."]
 
 
 def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):
     """The shallow decoder loses AP between epoch 0 and its final epoch: every table has a negative change and every
-    sentence about it says "lost"/"LOSS", never "gained"."""
+    sentence about it says "lost"/"a loss", never "gained"."""
     records, _, main, bootstrap = analysed
     shallow = main["dec3_q100"]["shallow_try"]
     loss = 100 * (shallow.metrics.loc[2, "val_AP"] - shallow.metrics.loc[0, "val_AP"])
@@ -327,20 +382,19 @@ def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):
     assert gains.loc["dec3_q100", "change"] == pytest.approx(loss)
     comp = comparison.comparison_table({"dec3_q100": shallow})
     assert comp.loc[("shallow_try", "final epoch"), "AP"] < comp.loc[("shallow_try", "epoch 0"), "AP"]
-    words = f"lost {abs(loss):.1f} points"
+    words_ = f"lost {abs(loss):.1f} points"
     takeaway = run_takeaway(shallow)
-    assert f"fine-tuning {words}" in takeaway and "gained" not in takeaway.split("(best")[0]
+    assert f"fine-tuning {words_}" in takeaway and "gained" not in takeaway.split("(best")[0]
     n_val = int(shallow.metrics["val_num_images"].iloc[-1])
     assert f"AP is computed on {n_val} validation images, fewer than 100" in takeaway  # degenerate, and said so
-    plain = ranking_conclusion(main)  # without intervals the change is given here
-    assert f"dec3_q100 {loss:+.1f} points (dec3_q100 {words})" in plain
-    text = uncertainty_conclusion(comparison.headline_table(bootstrap, main), gains,
-                                  comparison.differences_table(bootstrap, main), pd.DataFrame(), {},
-                                  comparison.seeds_table(records), len(bootstrap.img_ids), bootstrap.n_resamples)
-    line = next(s for s in text.splitlines() if s.startswith("dec3_q100:"))
-    assert f"fine-tuning {words}, change over its own epoch 0 {loss:+.1f}" in line
-    primary = line.split("Secondary")[0]
-    assert "a LOSS larger than sampling explains" in primary and "gain" not in primary
+    found = _findings(analysed)[0]
+    change = by_key(found, "change")["dec3_q100"]
+    assert change.value == pytest.approx(loss) and change.verdict == "beyond sampling" and change.high < 0
+    sentence = f"dec3_q100 {change.interval()} (a loss beyond sampling)"
+    assert sentence in answer(found)
+    ends = f"dec3_q100 from {change.data['epoch 0']:.1f} to {change.data['final']:.1f}, {change.interval()} (a loss"
+    assert ends in changes_paragraph(found)
+    assert f"dec3_q100 {change.interval()} (a gain" not in answer(found)
 
 
 def test_seed_configs_name_each_seed(tmp_path):
@@ -364,12 +418,12 @@ def test_versus_baseline_answers_04_and_05_against_03(run_folders, analysed):
     assert (row["a"], row["b"], row["compared on"]) == ("dec3_q100", "dec6_q100", "AP")
     assert row["a - b"] < 0 and found.verdict == "beyond sampling"  # the shallow run ends on `bad`, the baseline not
     assert found.value == row["a - b"] and found.low == row["a - b low"] and found.high == row["a - b high"]
-    # the same family, the same numbers as 06: 06's row dec6_q100 - dec3_q100, flipped
+    # the same family, the same numbers and the same sign as 06: the smaller model minus the one it was cut from
     _, _, main, bootstrap = analysed
     six = comparison.differences_table(bootstrap, main, comparison.VARIANT_PAIRS).set_index(["a", "b"])
-    ref = six.loc[("dec6_q100", "dec3_q100")]
+    ref = six.loc[("dec3_q100", "dec6_q100")]
     assert (row["a - b"], row["a - b low"], row["a - b high"]) == pytest.approx(
-        (-ref["a - b"], -ref["a - b high"], -ref["a - b low"]))
+        (ref["a - b"], ref["a - b low"], ref["a - b high"]))
     assert row["p Holm"] == pytest.approx(ref["p Holm"]) and "Holm-adjusted over the family of 3 pairs" in found.why
     assert f"{row['a - b']:+.1f} points [{row['a - b low']:+.1f}, {row['a - b high']:+.1f}]" in found.text()
     assert "24 validation images (seeds not resampled: 1 and 2)" in found.text()

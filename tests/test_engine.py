@@ -279,3 +279,12 @@ def test_a_damaged_best_checkpoint_is_named_when_the_run_is_extended_predicted_o
     model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
     with pytest.raises(CheckpointError, match=rf"checkpoint {best} is damaged"):
         load_pretrained(model, best)  # starting a new run from it (the engine's load), as the damaged-run advice says
+
+
+def test_the_epoch_log_line_prints_ap_in_points():
+    from detr_nb_utils.training.engine import epoch_line
+
+    line = epoch_line(2, {"train_loss": 1.23456, "val_loss_total": 4.5, "val_AP": 0.6654, "wall_time_s": 12.4})
+    assert line == "epoch 2: train loss 1.235, val loss total 4.500, val AP 66.5 points (12 s)"
+    assert epoch_line(0, {"val_AP": 0.5, "wall_time_s": 3}).startswith("epoch 0: the checkpoint, before training")
+    assert "val AP" not in epoch_line(1, {"train_loss": 1.0, "wall_time_s": 3})  # not evaluated this epoch

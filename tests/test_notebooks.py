@@ -11,11 +11,20 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import pandas as pd
 import pytest
 
 from detr_nb_utils.data.split import MANIFEST
 from detr_nb_utils.training.config import DEMO_OWN_DATA, RunConfig, make_config
-from detr_nb_utils.training.runs import BEST, CONFIG, DETECTIONS, HISTORY, LAST, METRICS, load_run
+from detr_nb_utils.training.runs import (
+    BEST,
+    CONFIG,
+    DETECTIONS,
+    HISTORY,
+    LAST,
+    METRICS,
+    load_run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -216,17 +225,20 @@ def test_real_sample_run_folder_is_complete(real_sample_run):
 def test_real_sample_exports_and_takeaways(real_sample_run):
     report = real_sample_run / "report"
     for fig in ("01_category_distribution", "01_objects_per_image", "03_dec6_q100_loss_curves",
-                "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_per_layer", "06_ap_intervals"):
+                "03_dec6_q100_ap_curves", "06_loss_curves", "06_ap_curves", "06_ap_per_layer",
+                "06_changes_and_differences"):
         assert (report / "figures" / f"{fig}.png").stat().st_size > 0 and (report / "figures" / f"{fig}.pdf").is_file()
     for table in ("01_split_summary", "03_dec6_q100_epochs", "06_headline", "06_comparison", "06_original_study",
-                  "06_finetuning_gain", "06_seeds", "06_cost_vs_ap"):
+                  "06_losses", "06_finetuning_gain", "06_seeds", "06_cost_vs_ap", "06_findings"):
         assert (report / "tables" / f"{table}.csv").is_file() and (report / "tables" / f"{table}.md").is_file()
+        pd.read_csv(report / "tables" / f"{table}.csv")  # plainly: no stamp line in the data
     assert "2 validation images" in (report / "tables" / "01_takeaway.md").read_text()
-    conclusion = (report / "tables" / "06_conclusion.md").read_text()
-    assert "dec3_q100" in conclusion and "dec3_q50" in conclusion  # says which runs are missing
-    assert "95% percentile bootstrap over the 2 validation images (50 resamples" in conclusion
-    assert "dec6_q100: epoch-0 AP" in conclusion and "change over its own epoch 0" in conclusion
-    assert "dec6_q100 has one training seed" in conclusion and "training noise is not measured" in conclusion
+    answer = (report / "tables" / "06_takeaway.md").read_text()
+    assert answer.startswith("**dec6_q100**") and "has the highest COCO AP at the final epoch" in answer
+    assert "Not compared, no run folders: dec3_q100 and dec3_q50." in answer  # says which runs are missing
+    assert "Fine-tuning from the checkpoint changed AP by dec6_q100" in answer
+    findings = json.loads((report / "tables" / "06_findings.json").read_text())
+    assert findings["meta"]["n_images"] == 2 and findings["meta"]["n_resamples"] == 50
 
 
 def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):

@@ -81,3 +81,31 @@ def test_forest_plot_draws_each_interval_and_names_empty_groups(subgroups):
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert "large (no objects)" in labels and "small" in labels
     assert f"{table.attrs['min_objects']} or more objects" in ax.get_title()
+
+
+def test_only_the_baseline_gives_an_empty_table_a_figure_and_no_finding(subgroups):
+    from detr_nb_utils.analysis.diagnostic_findings import subgroup_findings, subgroup_paragraph
+    from detr_nb_utils.notebook.figures_diagnostics import plot_subgroup_changes
+
+    sub, _, main, _ = subgroups
+    alone = sub.table({"dec6_q100": main["dec6_q100"]})  # 06 before 04 and 05 have run
+    assert alone.empty and {"variant", "group", "objects"} <= set(alone.columns)
+    assert subgroup_findings(alone) == []
+    assert subgroup_paragraph([]).startswith("No variant to set against the baseline")
+    fig = plot_subgroup_changes(alone)
+    assert "nothing to compare yet" in fig.axes[0].texts[0].get_text()
+
+
+def test_subgroup_findings_carry_the_table(subgroups):
+    from detr_nb_utils.analysis.diagnostic_findings import subgroup_findings, subgroup_paragraph
+
+    _, table, _, _ = subgroups
+    found = {f.key: f for f in subgroup_findings(table)}
+    row = table[(table["variant"] == "dec3_q100") & (table["group"] == "all objects")].iloc[0]
+    overall = found["subgroup/dec3_q100/all objects"]
+    assert (overall.value, overall.low, overall.high) == (row["change"], row["change low"], row["change high"])
+    small = table[(table["variant"] == "dec3_q100") & (table["group"] == "small")].iloc[0]
+    if small["objects"] > 0:  # a group is measured against the variant's change on all objects
+        assert found["subgroup/dec3_q100/small"].value == small["beyond overall"]
+    text = subgroup_paragraph(list(found.values()), table.attrs["baseline"], table.attrs["min_objects"])
+    assert f"dec3_q100 - {table.attrs['baseline']}: {overall.interval()} on all objects" in text

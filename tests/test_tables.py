@@ -12,9 +12,22 @@ import pytest
 from test_bootstrap import sample_gt  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis.bootstrap import MatchedDetections
-
-from detr_nb_utils.analysis.comparison import ap_per_layer, comparison_table, original_study_table
-from detr_nb_utils.analysis.conclusions import TINY_NOTE, agreements, ranking_conclusion, ranking_table, rankings
+from detr_nb_utils.analysis.comparison import (
+    ap_per_layer,
+    comparison_table,
+    original_study_table,
+    reported_losses,
+)
+from detr_nb_utils.analysis.conclusions import (
+    TINY_NOTE,
+    agreements,
+    depth_finding,
+    ranking_finding,
+    ranking_table,
+    rankings,
+    runs_note,
+)
+from detr_nb_utils.analysis.findings import Finding
 from detr_nb_utils.notebook.figures import plot_ap_per_layer, plot_loss_curves, save_fig
 from detr_nb_utils.notebook.setup_cell import progress_policy, report_dir_for
 from detr_nb_utils.notebook.tables import markdown_table, parameter_counts, save_table
@@ -63,15 +76,22 @@ def test_rankings_are_data_and_flag_the_disagreement(records):
     assert set(flips[("total", "final_layer")]) == {("dec3_q50", "dec6_q100"), ("dec3_q100", "dec6_q100")}
     assert set(flips[("original", "AP")]) == {("dec3_q50", "dec6_q100"), ("dec3_q100", "dec6_q100"),
                                               ("dec3_q50", "dec3_q100")}
-    assert ranking_table(ranked).loc["dec6_q100"].to_dict() == {"original": 3, "total": 3, "final_layer": 1,
-                                                                 "layer_mean": 1, "AP": 1}
-    text = ranking_conclusion(records)  # rendered from the same data
-    assert ranked["original"].text() in text and ranked["AP"].text() in text
-    assert "The rankings by total loss and by final-layer loss DISAGREE" in text
-    assert "The original study reported dec3_q50 (51.45) < dec3_q100 (52.50) < dec6_q100 (71.30)" in text
-    assert f"dec6_q100's total is {71.3 / 52.5:.2f}x dec3_q100's, its final-layer loss {10.5 / 11.0:.2f}x" in text
-    assert "dec6_q100 +2.0 points (dec6_q100 gained 2.0 points)" in text  # final epoch minus epoch 0
-    assert TINY_NOTE not in text
+    assert ranking_table(ranked).loc["dec6_q100"].to_dict() == {
+        "the original study's criterion": 3, "total loss": 3, "final-layer loss": 1, "per-layer mean loss": 1,
+        "COCO AP": 1}
+    # the original study's reported ranking against AP: a paired difference beyond sampling overturns a pair
+    diffs = [Finding("", -2.0, -3.0, -1.0, verdict="beyond sampling", key="diff/dec3_q100 - dec6_q100"),
+             Finding("", -3.0, -4.0, -2.0, verdict="beyond sampling", key="diff/dec3_q50 - dec6_q100"),
+             Finding("", -1.0, -2.5, 0.5, verdict="within sampling", key="diff/dec3_q50 - dec3_q100")]
+    fate = ranking_finding(ranked, diffs)
+    assert fate.data["loss order"] == "dec3_q50 < dec3_q100 < dec6_q100"  # 51.45 < 52.5 < 71.3, as reported
+    assert fate.data["verdict"] == "overturned" and fate.data["AP order"] == ranked["AP"].order()
+    assert set(fate.data["overturned"]) == {"dec3_q50 < dec6_q100", "dec3_q100 < dec6_q100"}
+    assert fate.data["undecided"] == ["dec3_q50 ~ dec3_q100"]
+    depth = depth_finding(records)
+    assert depth.value == pytest.approx(71.3 / 52.5) and depth.data["shallow"] == "dec3_q100"
+    assert depth.data["final-layer ratio"] == pytest.approx(10.5 / 11.0)
+    assert runs_note(records.values()) == ""
 
 
 def test_conclusion_with_intervals(records):
@@ -80,11 +100,6 @@ def test_conclusion_with_intervals(records):
                          "AP@50det": [41.0, 39.5, 39.0]}, index=["dec6_q100", "dec3_q100", "dec3_q50"])
     ranked = rankings(records, head)
     assert ranked["AP@50det"].tiers == [["dec6_q100"], ["dec3_q100"], ["dec3_q50"]]
-    text = ranking_conclusion(records, headline=head)
-    assert f"{ranked['AP'].text()} (95% intervals: dec6_q100 [41.5, 44.4], dec3_q100 [39.0, 42.9], dec3_q50 " \
-           "[38.2, 41.7])." in text
-    assert ranked["AP@50det"].text() in text
-    assert "AP change from epoch 0" not in text and "AP change from epoch 0" in ranking_conclusion(records)
 
 
 def test_ties_demo_and_missing(records):
@@ -93,18 +108,11 @@ def test_ties_demo_and_missing(records):
     ranked = rankings(flat)
     assert ranked["AP"].tiers == [["dec6_q100", "dec3_q100", "dec3_q50"]]  # ties are ties, not a ranking
     assert set(ranked["AP"].ranks.values()) == {1}
-    text = ranking_conclusion(flat, missing=["dec9_q1"])
-    assert text.startswith(TINY_NOTE) and "Missing run folders (not compared): dec9_q1." in text
-    assert "AP does not separate the variants" in text and "by COCO AP DISAGREE" not in text
-    assert "Ties (equal as printed, so not ranked): " in text and "COCO AP: dec6_q100 = dec3_q100 = dec3_q50" in text
-    assert "(dec6_q100 did not change AP (as printed))" in text  # 0.0 to 0.0
+    assert runs_note(flat.values()) == TINY_NOTE  # the demo world says so
     same = {n: _record(n, 3, 100, [t, t - 1], [9.0, 8.0], [a, a + 0.01]) for n, t, a in
             (("a", 50.0, 0.30), ("b", 51.0, 0.20), ("c", 52.0, 0.20))}
     ranked = rankings(same)
     assert ranked["AP"].tiers == [["a"], ["b", "c"]] and agreements(ranked)[("total", "AP")] == []
-    assert "The rankings by total loss and by COCO AP agree (no pair of variants" in ranking_conclusion(same)
-    one = ranking_conclusion({"dec6_q100": records["dec6_q100"]}, missing=["dec3_q100"])
-    assert "Fewer than two variants" in one and "dec3_q100" in one
 
 
 def test_best_never_counts_epoch_0_and_losses_stay_losses():
@@ -118,13 +126,13 @@ def test_best_never_counts_epoch_0_and_losses_stay_losses():
     comp = comparison_table(worse)
     assert comp.loc[("dec6_q100", "highest AP (secondary)"), "epoch"] == 1
     assert comp.loc[("dec3_q100", "lowest total loss (original study)"), "epoch"] == 2
-    text = ranking_conclusion(worse)
-    assert "dec6_q100 -3.0 points (dec6_q100 lost 3.0 points)" in text and "gained" not in text
 
 
 def test_tables_from_runs(records, tmp_path):
     original = original_study_table(records)
-    assert original.loc["dec3_q50", "original study"] == 51.45
+    reported = reported_losses(list(records))  # the original study's COCO losses: a table of their own
+    assert reported.loc["dec3_q50"].tolist() == [51.45] and reported.shape == (3, 1)
+    assert not any("original study" in c or "reported" in c for c in original.columns)
     assert original.loc["dec6_q100", "final AP"] == pytest.approx(42.0)
     assert original.loc["dec6_q100", "AP change"] == pytest.approx(2.0)
     comp = comparison_table(records)
@@ -139,7 +147,9 @@ def test_tables_from_runs(records, tmp_path):
     save_table(comp, "comparison", tmp_path)
     md = (tmp_path / "tables" / "comparison.md").read_text().splitlines()
     assert md[0].startswith("| run | at | layers |") and len(md) == 2 + len(comp)
-    assert pd.read_csv(tmp_path / "tables" / "comparison.csv", index_col=[0, 1]).shape == comp.shape
+    assert "| 2 |" in md[3]  # the final epoch, an integer
+    back = pd.read_csv(tmp_path / "tables" / "comparison.csv")  # plainly
+    assert back.shape == (len(comp), 2 + comp.shape[1]) and list(back.columns[:2]) == ["run", "at"]
 
 
 def test_markdown_table_escapes_and_blanks():
@@ -184,37 +194,38 @@ def test_report_embeds_only_what_the_notebooks_export():
     source = "\n".join(p.read_text() for p in [*sorted((root / "notebooks").glob("0*.py")),
                                                 root / "detr_nb_utils" / "notebook" / "fine_tune.py"])
     assert "save_fig" in source, "the notebooks' py:percent sources are missing"
-    saved = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, "([^"]+)"', source))
+    saved = set(re.findall(r'save_(?:fig|table|takeaway|findings)\(.*?, "(0\d_[a-z0-9_]+)"', source, re.S))
+    saved |= set(re.findall(r'\(\w+, "(0\d_[a-z0-9_]+)"\)', source))  # names a loop hands to save_fig
     per_run = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, f"\{\{?prefix\}\}?_([a-z_]+)"', source))
     report = (root / "report" / "report.md").read_text()
-    linked = set(re.findall(r"\{\{(?:figure|table):([0-9a-z_]+)", report))
-    assert len(linked) > 40
+    linked = set(re.findall(r"\{\{(?:figure|table|csv):([0-9a-z_]+)", report))
+    assert len(linked) > 30
     for name in linked:
         m = re.fullmatch(r"0[345]_dec\d+_q\d+_([a-z_]+)", name)
         assert name in saved or (m and m[1] in per_run), f"report.md links {name}, which no notebook saves"
-    for new in ("02_decoder_attention", "02_encoder_attention", "05_query_match_counts", "05_query_usage_before",
-                "05_query_usage_after", "06_finetuning_gain", "06_differences", "06_seeds", "06_cost_vs_ap",
-                "06_ap_intervals", "06_query_choices", "06_query_differences", "06_conclusion"):
+    for new in ("02_decoder_attention", "02_encoder_attention", "05_query_match_counts", "06_finetuning_gain",
+                "06_differences", "06_seeds", "06_cost_vs_ap", "06_changes_and_differences", "06_query_choices",
+                "06_query_differences", "06_original_study", "06_losses", "06_class_ap", "06_pr_curves",
+                "06_confusion", "06_errors", "06_layer_errors", "06_sizes", "06_subgroups", "07_takeaway"):
         assert new in saved and new in linked, new
+    assert "06_findings" in source and "{{findings:answer}}" in report and "{{limitations}}" in report
 
 
 def test_a_flip_within_the_noise_is_not_called_a_disagreement():
-    from detr_nb_utils.analysis.conclusions import Ranking, _agreement_sentence, _noise, discordant
+    from detr_nb_utils.analysis.conclusions import Ranking, discordant
 
     first = Ranking("total loss", {"a": 1.0, "b": 2.0}, False, 2)  # a above b
     second = Ranking("COCO AP", {"a": 40.0, "b": 41.0}, True, 1)  # b above a
-    flips = discordant(first, second)
-    assert flips == [("a", "b")]
-    diffs = pd.DataFrame([{"a": "b", "b": "a", "compared on": "AP", "a - b": 1.0, "a - b low": -0.5,
-                           "a - b high": 2.5, "a - b excludes 0": False}])
-    text = _agreement_sentence(first, second, flips, {f: _noise({}, "AP", *f, diffs) for f in flips})
-    assert "DISAGREE" not in text and "b - a, +1.0 points [-0.5, +2.5], is not beyond sampling" in text
-    assert "not a disagreement these runs can show" in text
-    diffs.loc[0, "a - b excludes 0"] = True
-    assert _noise({}, "AP", "a", "b", diffs) is None
-    diffs["p Holm"], diffs["excludes 0 (Holm)"] = 0.07, False  # a family: Holm's adjustment decides
-    assert "p 0.070 after Holm's adjustment, is not beyond sampling" in _noise({}, "AP", "a", "b", diffs)
-    assert "DISAGREE: total loss puts a above b, COCO AP puts b above a" in _agreement_sentence(first, second, flips)
+    assert discordant(first, second) == [("a", "b")]
+    ranked = {"original": first, "AP": second}
+    within = Finding("", 1.0, -0.5, 2.5, verdict="within sampling", key="diff/b - a")
+    fate = ranking_finding(ranked, [within])
+    assert fate.data["verdict"] == "not confirmed" and fate.data["overturned"] == []
+    assert fate.data["undecided"] == ["a ~ b"]
+    beyond = Finding("", 1.0, 0.5, 2.5, verdict="beyond sampling", key="diff/b - a")
+    assert ranking_finding(ranked, [beyond]).data["overturned"] == ["a < b"]
+    agree = Finding("", -1.0, -2.5, -0.5, verdict="beyond sampling", key="diff/b - a")  # AP agrees: a above b
+    assert ranking_finding(ranked, [agree]).data["verdict"] == "survives"
 
 
 def test_epoch0_ap_beside_the_paper_carries_its_interval_and_says_why_the_paper_has_none(sample_gt):  # noqa: F811

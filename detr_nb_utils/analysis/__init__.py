@@ -1,4 +1,4 @@
-"""Reading finished runs: bootstrap intervals, the comparison of the variants and its closing sentences, the object
+"""Reading finished runs: bootstrap intervals, the comparison of the variants and its findings, the object
 queries, attention maps, cost. Never trains. Imports from models, data and training.
 
 ``from detr_nb_utils.analysis import ApBootstrap``: the names below, each loaded from its module on first use."""
@@ -7,20 +7,23 @@ from .. import _lazy_exports
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "bootstrap": ("ApBootstrap", "MatchedDetections", "ap_difference", "ap_interval"),
-    "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "IncomparableRuns", "ap_per_layer",
-                   "by_recipe", "by_variant", "check_comparable",
-                   "comparison_table", "cost_vs_ap", "differences_table", "discover_runs", "finetuning_gain_table",
-                   "first_seed_runs", "headline_table", "layer_equivalence", "load_runs", "missing_variants",
-                   "original_study_table", "seeds_table"),
-    "conclusions": ("agreements", "ranking_conclusion", "ranking_table", "rankings", "runs_note",
-                    "uncertainty_conclusion", "world_note"),
+    "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "ap_per_layer", "comparison_table",
+                   "cost_vs_ap", "differences_table", "finetuning_gain_table", "headline_table", "layer_equivalence",
+                   "original_study_table", "reported_losses", "seeds_table"),
+    "run_sets": ("IncomparableRuns", "by_recipe", "by_variant", "check_comparable", "discover_runs",
+                 "first_seed_runs", "load_runs", "missing_variants", "variant_labels"),
+    "conclusions": ("agreements", "ranking_table", "rankings", "runs_note", "study_findings", "world_note"),
+    "templates": ("TEMPLATES", "answer"),
+    "limitations": ("arms_sentence", "seeds_sentence", "study_limitations"),
+    "diagnostic_findings": ("class_ap_by_variant", "errors_by_kind", "errors_sentence", "sizes_sentence",
+                            "sizes_table", "subgroup_findings", "subgroup_paragraph"),
     "queries": ("analysis_loader", "query_choice_table", "query_match_counts", "query_usage", "select_queries",
                 "usage_summary"),
     "attention": ("detected_objects", "record_attention", "run_with_attention"),
     "cost": ("cost_table", "variant_costs"),
     "baseline": ("best_of", "loss_gap", "versus_baseline"),
     "arms": ("arm_table", "ranking_under_arms"),
-    "findings": ("Finding", "render"),
+    "findings": ("Finding", "findings_table", "render"),
     "own_data": ("class_groups", "group_ap_table", "group_difference", "surgery_takeaway"),
     "matching": ("assignment_table", "cost_terms", "layer_loss_sentence", "layer_loss_table"),
     "ap_breakdown": ("class_ap_table", "evaluate_detections", "pr_curves", "size_table"),

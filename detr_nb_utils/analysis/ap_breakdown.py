@@ -8,7 +8,7 @@ re-scored on resampled images): nothing re-implements COCO's matching or its int
 Sizes are COCO's: an object is small below 32² pixels of area, medium up to 96², large above (the annotation's
 ``area``: in COCO the mask's pixel area, in the demo the shape's); crowd regions are no objects. A size with no
 object in the images has no AP: its row says so (``note``) instead of a blank ``APl``. AP and AR are fractions in
-COCOeval; the tables give percent (x100, as the paper prints them). Used by notebooks 03-05, 07 and 06_analysis
+COCOeval; the tables give points (x100, as the paper prints them). Used by notebooks 03-05, 07 and 06_analysis
 (through :mod:`.diagnostics`).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _mean_recall(r: np.ndarray) -> float:
 def size_table(ev: COCOeval) -> pd.DataFrame:
     """One row per size range (all, small, medium, large): ``objects`` (ground truth of that size), ``AP``,
     ``AP50``, ``AP75`` (100 detections per image) and ``AR1``, ``AR10``, ``AR100`` (recall at that many detections
-    per image), percent; ``note`` says why a row has no AP ("no large objects in these images")."""
+    per image), points; ``note`` says why a row has no AP ("no large objects in these images")."""
     p, precision, recall = ev.params, ev.eval["precision"], ev.eval["recall"]  # [T,R,K,A,M], [T,K,A,M]
     objects = size_objects(ev)
     t50, t75 = (int(np.argmin(np.abs(p.iouThrs - t))) for t in (0.5, 0.75))
@@ -107,7 +107,7 @@ def pr_curves(ev: COCOeval, ious: Sequence[float] = PR_IOUS) -> pd.DataFrame:
     """COCOeval's interpolated precision at its 101 recall thresholds (area all, 100 detections), per class with
     ground truth and ``"all classes"`` (their mean at each recall, as COCO averages AP), at each IoU of ``ious``.
     Long table: ``iou``, ``class``, ``recall``, ``precision`` (fractions); ``attrs["ap"]``: ``(iou, class)`` -> AP
-    (percent), the mean of that curve. Precision is 0 past the highest recall a class reaches."""
+    (points), the mean of that curve. Precision is 0 past the highest recall a class reaches."""
     p, precision = ev.params, ev.eval["precision"]
     parts, ap = [], {}
     for iou in ious:

@@ -2,11 +2,9 @@
 with its 95% interval (the headline), the change from its own epoch 0, the differences between variants (Holm-
 adjusted), the losses beside the original study's numbers, the AP of each decoder layer, and cost against AP.
 
-Runs are found by content, never by folder name: every folder of ``out_dir`` holding a ``config.json`` and a
-``metrics.jsonl`` is a run; its variant is its config's decoder layers, queries and query slots
-(:func:`variant_labels`: ``dec<layers>_q<queries>``, ``_spread`` for the evenly spread slots of notebook 05, else
-the folder's name without its ``_seed<k>``), its seed the config's. :func:`check_comparable` refuses runs made on
-different split manifests, in different effective precisions or with different recipes, naming both folders.
+Runs are found by content, never by folder name (:mod:`.run_sets`: :func:`~.run_sets.load_runs`,
+:func:`~.run_sets.by_variant`, :func:`~.run_sets.by_recipe`), and runs made on different splits, in different
+precisions or with different recipes are refused, naming both folders.
 
 The statistics, fixed before any result is seen:
 
@@ -28,26 +26,35 @@ The statistics, fixed before any result is seen:
 - **The 50-query cap**: ``AP@50det`` keeps each image's 50 highest-scoring detections (all a 50-query model can
   output); a pair of variants with different numbers of queries is compared on it.
 
-AP in percent (COCOeval's fractions x 100, as the paper prints them). Nothing here trains. The closing sentences
-are :mod:`.conclusions`.
+AP in points (COCOeval's fractions x 100, as the paper prints them; each table's ``attrs["units"]`` names its AP
+columns). Nothing here trains. What 06 concludes from these tables is :mod:`.conclusions`.
 """
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..models.loss import LOSS_VIEWS
-from ..training.config import RunConfig, variant_name, variant_of
-from ..training.config_checks import MAX_QUERIES
-from ..training.recipe import RECIPES, recipe_differences
-from ..training.runs import CONFIG, MANIFEST, METRICS, PRECISION_FIELD, RunRecord, load_run
+from ..training.config import variant_name
+from ..training.runs import RunRecord
 from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
-from .queries import select_queries
+
+# the runs found and grouped by content, where 06 and the tests have always imported them from
+from .run_sets import (  # noqa: F401
+    IncomparableRuns,
+    by_recipe,
+    by_variant,
+    check_comparable,
+    discover_runs,
+    first_seed_runs,
+    load_runs,
+    missing_variants,
+    variant_labels,
+)
 
 #: run name (``RunConfig.run_dir``'s default) -> (decoder layers, queries, label): the three variants compared
 VARIANTS = {variant_name(layers, queries): (layers, queries, label)
@@ -55,147 +62,25 @@ VARIANTS = {variant_name(layers, queries): (layers, queries, label)
                                            (3, 50, "shallow + 50 queries"))}
 #: what the original study reported as "best validation loss" (its section 5), to set beside our runs
 ORIGINAL_STUDY_LOSS = {"dec6_q100": 71.3, "dec3_q100": 52.5, "dec3_q50": 51.45}
-#: DETR-R50 on COCO val2017, the paper's Table 1 (500 epochs), in percent (../shared/reference/README.md)
+#: DETR-R50 on COCO val2017, the paper's Table 1 (500 epochs), in points (../shared/reference/README.md)
 PAPER_AP = {"AP": 42.0, "AP50": 62.4, "AP75": 44.2, "APs": 20.5, "APm": 45.8, "APl": 61.1}
 AP_STATS = tuple(PAPER_AP)
 #: the 50-query choices of notebook 05: variant name -> strategy of detr_nb_utils.analysis.queries.select_queries
 QUERY_CHOICES = {"dec3_q50": "first", "dec3_q50_most_matched": "most_matched", "dec3_q50_spread": "spread"}
 #: one Holm family per question, the same wherever it is asked (04, 05 and 06): which decoder (every pair of the
-#: three variants), and which 50 queries (every pair of the three choices); ``(a, b)`` is shown as a - b
-VARIANT_PAIRS = tuple(itertools.combinations(VARIANTS, 2))
-QUERY_PAIRS = tuple(itertools.combinations(QUERY_CHOICES, 2))
+#: three variants), and which 50 queries (every pair of the three choices). One sign convention everywhere: ``(a, b)``
+#: is shown as a - b, the smaller model (or the later choice) minus the one it was cut from, so a negative
+#: difference is what the cut loses: 3 layers - 6 layers, 50 queries - 100, a choice of 50 - the first 50
+VARIANT_PAIRS = (("dec3_q100", "dec6_q100"), ("dec3_q50", "dec6_q100"), ("dec3_q50", "dec3_q100"))
+QUERY_PAIRS = (("dec3_q50_most_matched", "dec3_q50"), ("dec3_q50_spread", "dec3_q50"),
+               ("dec3_q50_spread", "dec3_q50_most_matched"))
+#: the unit of every AP column of 06's tables (COCOeval's fractions x 100)
+POINTS = "points"
 #: detections per image kept for the capped AP: what the 50-query variant can output at most
 CAP = 50
 AP_CAPPED = f"AP@{CAP}det"
 #: the final layer's loss terms, compared with the deep model's auxiliary layer by :func:`layer_equivalence`
 LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")
-
-
-class IncomparableRuns(ValueError):
-    """Run folders that must not be compared (another split, another precision, another recipe, the same variant and
-    seed twice)."""
-
-
-# ---- finding the runs by content ---------------------------------------------------------------------------
-
-
-def _variant_key(cfg: RunConfig) -> tuple:
-    return cfg.dec_layers, cfg.num_queries, cfg.query_indices
-
-
-def _label(key: tuple, name: str, recipe: str = "original") -> str:
-    layers, queries, slots = key
-    base = variant_name(layers, queries)
-    if slots is None:
-        return base
-    if list(slots) == select_queries("spread", queries, MAX_QUERIES):
-        return f"{base}_spread"
-    # e.g. most_matched: its slots depend on match counts the folder does not hold; a recipe arm's suffix apart
-    named = variant_of(name).removesuffix(f"_{recipe}")
-    return named if named.startswith(f"{base}_") else variant_name(layers, queries, slots)
-
-
-def variant_labels(configs: Mapping[str, RunConfig]) -> dict[str, str]:
-    """Run folder name -> its variant, from its config (layers, queries, query slots); one label per variant, taken
-    from its lowest seed's folder when the slots are not recognised, made unique with the slots' hash."""
-    keys = {n: _variant_key(c) for n, c in configs.items()}
-    labels: dict[tuple, str] = {}
-    for key in sorted(set(keys.values()), key=lambda k: (k[0], k[1], k[2] is not None, str(k[2]))):
-        lowest = min((n for n in keys if keys[n] == key), key=lambda n: (configs[n].seed, n))
-        label = _label(key, lowest, configs[lowest].recipe)
-        labels[key] = label if label not in labels.values() else variant_name(*key)
-    return {n: labels[k] for n, k in keys.items()}
-
-
-def discover_runs(out_dir: str | Path) -> list[str]:
-    """Every folder under ``out_dir`` holding a ``config.json`` and finished epochs (whatever its name), ordered by
-    variant and seed; runs on your own dataset (07_your_dataset, :attr:`RunConfig.own_data`) are not the study's
-    variants and are left out."""
-    folders = [p for p in Path(out_dir).iterdir() if (p / CONFIG).is_file() and (p / METRICS).is_file()] \
-        if Path(out_dir).is_dir() else []
-    configs = {p.name: c for p in folders if not (c := RunConfig.from_json(p / CONFIG)).own_data}
-    labels = variant_labels(configs)
-    return sorted(configs, key=lambda n: (labels[n], configs[n].seed, n))
-
-
-def _manifest_difference(a: dict, b: dict) -> str:
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return f"they differ in {', '.join(map(str, keys))}"
-
-
-def check_comparable(records: Mapping[str, RunRecord]) -> None:
-    """Raise :class:`IncomparableRuns`, naming both folders, when two runs were trained on different split manifests,
-    computed in different effective precisions (:attr:`RunRecord.effective_precision`; unknown counts as
-    different), were made with different recipes (:func:`~detr_nb_utils.training.recipe.recipe_differences`, each
-    field named with both values; runs of two declared recipe arms differ only in what the arms set), or are the
-    same variant and recipe with the same seed."""
-    items = list(records.items())
-    fix = "pass run_names to compare only runs made alike, or re-run the odd one out"
-    for (_, a), (_, b) in itertools.combinations(items, 2):
-        if a.split_manifest != b.split_manifest:
-            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} were trained on different splits (their {MANIFEST}: "
-                                   f"{_manifest_difference(a.split_manifest, b.split_manifest)}); AP on different "
-                                   f"validation images does not compare: {fix}.")
-    for (_, a), (_, b) in itertools.combinations(items, 2):
-        pa, pb = a.effective_precision, b.effective_precision
-        if pa is None or pb is None or pa != pb or "+" in pa:
-            say = {r.run_dir: p or f"unknown (precision 'auto', no {PRECISION_FIELD} recorded)"
-                   for r, p in ((a, pa), (b, pb))}
-            raise IncomparableRuns(f"{a.run_dir} computed in {say[a.run_dir]} and {b.run_dir} in {say[b.run_dir]}: "
-                                   f"runs of one comparison must compute in one precision; {fix}.")
-    for (_, a), (_, b) in itertools.combinations(items, 2):
-        diff = recipe_differences(a.config.to_dict(), b.config.to_dict())
-        if diff:
-            fields = "; ".join(f"{k}: {va!r} in {a.run_dir.name}, {vb!r} in {b.run_dir.name}" for k, va, vb in diff)
-            arms = f" (recipe arms {a.config.recipe!r} and {b.config.recipe!r})" if a.config.recipe != \
-                b.config.recipe else ""
-            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} were made with different recipes{arms}, which "
-                                   f"differ in {', '.join(k for k, _, _ in diff)} ({fields}): a difference between "
-                                   f"them would mix the variant with the recipe; {fix}.")
-    labels = variant_labels({n: r.config for n, r in items})
-    for (na, a), (nb, b) in itertools.combinations(items, 2):
-        if labels[na] == labels[nb] and a.config.seed == b.config.seed and a.config.recipe == b.config.recipe:
-            raise IncomparableRuns(f"{a.run_dir} and {b.run_dir} both hold {labels[na]} with seed {a.config.seed}: "
-                                   f"counted twice they would shrink the seeds' spread; {fix}.")
-
-
-def load_runs(out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, RunRecord]:
-    """The run folders ``names`` (default: :func:`discover_runs`) under ``out_dir``, read back and checked by
-    :func:`check_comparable`."""
-    records = {n: load_run(Path(out_dir) / n) for n in (names or discover_runs(out_dir))
-               if (Path(out_dir) / n / METRICS).is_file()}
-    check_comparable(records)
-    return records
-
-
-def by_recipe(records: Mapping[str, RunRecord]) -> dict[str, dict[str, RunRecord]]:
-    """``{recipe arm: {run name: record}}``: each declared recipe arm (``RunConfig.recipe``) is its own family,
-    the original first, then the others as :data:`~detr_nb_utils.training.recipe.RECIPES` lists them."""
-    order = list(RECIPES)
-    out: dict[str, dict[str, RunRecord]] = {}
-    for name in sorted(records, key=lambda n: order.index(records[n].config.recipe)):
-        out.setdefault(records[name].config.recipe, {})[name] = records[name]
-    return out
-
-
-def by_variant(records: Mapping[str, RunRecord]) -> dict[str, dict[str, RunRecord]]:
-    """``{variant: {run name: record}}`` (variants by content, :func:`variant_labels`), seeds in ascending order."""
-    labels = variant_labels({n: r.config for n, r in records.items()})
-    out: dict[str, dict[str, RunRecord]] = {}
-    for name in sorted(records, key=lambda n: (labels[n], records[n].config.seed, n)):
-        out.setdefault(labels[name], {})[name] = records[name]
-    return out
-
-
-def first_seed_runs(records: Mapping[str, RunRecord]) -> dict[str, RunRecord]:
-    """One record per variant (its lowest seed), keyed by variant: what the single-run tables show."""
-    return {v: next(iter(runs.values())) for v, runs in by_variant(records).items()}
-
-
-def missing_variants(records: Mapping[str, RunRecord], wanted: Sequence[str]) -> list[str]:
-    """The ``wanted`` variants without any run folder."""
-    have = set(by_variant(records))
-    return [v for v in wanted if v not in have]
 
 
 def _ap_at(record: RunRecord, epoch: int | None) -> float:
@@ -204,12 +89,16 @@ def _ap_at(record: RunRecord, epoch: int | None) -> float:
 
 
 def seeds_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
-    """Per variant, over its seeds: AP at the final epoch (primary), at epoch 0 and at the best fine-tuned epoch
-    (secondary), percent: seeds, mean, sample std, min, max."""
+    """Per variant and epoch (rows ``(variant, "AP at")``: the final epoch (primary), epoch 0, the best fine-tuned
+    epoch (secondary)), over its seeds: ``seeds``, ``mean``, sample ``std``, ``min``, ``max`` of AP, points."""
     groups = by_variant(records)
-    return pd.concat({what: seed_summary({v: [_ap_at(r, pick(r)) for r in runs.values()] for v, runs in groups.items()})
-                      for what, pick in (("final AP", lambda r: r.final_epoch), ("epoch-0 AP", lambda r: 0),
-                                         ("best AP (secondary)", lambda r: r.best_epoch_ap))}, axis=1)
+    parts = {what: seed_summary({v: [_ap_at(r, pick(r)) for r in runs.values()] for v, runs in groups.items()})
+             for what, pick in (("final epoch", lambda r: r.final_epoch), ("epoch 0", lambda r: 0),
+                                ("best epoch (secondary)", lambda r: r.best_epoch_ap))}
+    table = pd.concat(parts, names=["AP at"]).swaplevel().sort_index(level=0, sort_remaining=False)
+    table = table.reindex(pd.MultiIndex.from_product([list(groups), list(parts)], names=["variant", "AP at"]))
+    table.attrs["units"] = {c: POINTS for c in ("mean", "std", "min", "max")}
+    return table
 
 
 def _pct(d: dict | None, prefix: str, excludes: bool = False) -> dict:
@@ -229,7 +118,7 @@ def _final_epochs(runs: Sequence[RunRecord]) -> int | str:
 def headline_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
     """The primary comparison, one row per variant: AP at the final epoch and ``AP@50det`` (each image's 50
     highest-scoring detections), mean over the seeds, each with its 95% interval (images, and seeds when there are
-    several), the seeds and their sample std of the final AP, percent. ``attrs``: ``n_images``, ``n_resamples``."""
+    several), the seeds and their sample std of the final AP, points. ``attrs``: ``n_images``, ``n_resamples``."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -239,7 +128,8 @@ def headline_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFrame:
                    **_pct(ap, "AP"), **_pct(bootstrap.stat(v, runs, "final", CAP), AP_CAPPED),
                    "seed std": 100 * ap["seed_std"] if ap else math.nan}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples,
+                       units={"AP": POINTS, AP_CAPPED: POINTS, "seed std": POINTS})
     return table
 
 
@@ -247,7 +137,7 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
     """Per variant: AP at epoch 0, at the final epoch and the signed ``change`` between them (primary; negative
     when fine-tuning lost AP), then, secondary, the best fine-tuned epochs and AP there with its change from
     epoch 0, both re-picked inside every resample. Each with its 95% interval and, for changes, whether it
-    excludes 0. Percent; mean over the seeds."""
+    excludes 0. Points; mean over the seeds."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -259,20 +149,22 @@ def finetuning_gain_table(bootstrap: ApBootstrap, groups: Groups) -> pd.DataFram
                    **_pct(bootstrap.stat(v, runs, "best"), "best AP (secondary)"),
                    **_pct(bootstrap.stat(v, runs, "best change"), "best change (secondary)", excludes=True)}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples)
+    table.attrs.update(n_images=len(bootstrap.img_ids), n_resamples=bootstrap.n_resamples, units=dict.fromkeys(
+        ("epoch-0 AP", "AP", "change", "best AP (secondary)", "best change (secondary)"), POINTS))
     return table
 
 
 def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tuple[str, str]] | None = None
                       ) -> pd.DataFrame:
     """Variant ``a`` minus variant ``b`` at the final epoch for each pair of the family ``pairs`` (one question's
-    pairs, e.g. :data:`VARIANT_PAIRS`; default: every pair of ``groups``) whose variants both have runs, in points
+    pairs, e.g. :data:`VARIANT_PAIRS`; default: every pair of ``groups``, a later one minus an earlier one, so with
+    the baseline first the smaller model minus the one it was cut from) whose variants both have runs, in points
     with the 95% paired interval. A pair whose query counts differ is ``compared on`` ``AP@50det``, others on AP
     (both are given). ``p``: two-sided bootstrap p-value; ``p Holm``: Holm-adjusted over the family
     (``attrs["family"]`` pairs). While some of the family's pairs have no runs yet (04 before 05 has run), ``p
     Holm`` is its upper bound, ``family`` x ``p`` capped at 1 (Holm never exceeds it; ``attrs["holm"]`` is
     ``"bound"``, else ``"exact"``). ``excludes 0 (Holm)``: ``p Holm`` below 5%."""
-    pairs = list(itertools.combinations(groups, 2)) if pairs is None else list(pairs)
+    pairs = [(b, a) for a, b in itertools.combinations(groups, 2)] if pairs is None else list(pairs)
     rows = []
     for a, b in [(a, b) for a, b in pairs if a in groups and b in groups]:
         ra, rb = runs_of(groups[a]), runs_of(groups[b])
@@ -289,7 +181,8 @@ def differences_table(bootstrap: ApBootstrap, groups: Groups, pairs: Sequence[tu
     p = table["p"].to_numpy(float)
     table["p Holm"] = holm(p) if complete else np.minimum(1.0, len(pairs) * p)
     table["excludes 0 (Holm)"] = table["p Holm"] < 1 - LEVEL
-    table.attrs.update(family=len(pairs), holm="exact" if complete else "bound", n_images=len(bootstrap.img_ids))
+    table.attrs.update(family=len(pairs), holm="exact" if complete else "bound", n_images=len(bootstrap.img_ids),
+                       units=dict.fromkeys(("a - b", "AP a - b", f"{AP_CAPPED} a - b"), POINTS))
     return table
 
 
@@ -320,9 +213,15 @@ def layer_equivalence(records: Mapping[str, RunRecord], deep: str = "dec6_q100",
 
 def cost_vs_ap(cost: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
     """The cost table (:func:`detr_nb_utils.analysis.cost.cost_table`) joined with each variant's final-epoch AP and
-    ``AP@50det`` and their intervals (:func:`headline_table`)."""
-    keep = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
-    return cost.join(headline[keep], how="left")
+    ``AP@50det`` and their intervals (:func:`headline_table`): parameters, GFLOPs and GMACs, the median latency per
+    image (``latency (ms)``, and ``latency GPU (ms)`` when measured; the device and image size in ``attrs``), AP."""
+    names = {"gflops": "GFLOPs", "gmacs": "GMACs", "latency_ms": "latency (ms)", "latency_ms_gpu": "latency GPU (ms)"}
+    keep = [c for c in ("parameters", *names) if c in cost]
+    ap = [c for c in headline.columns if c.startswith(("AP", "seeds"))]
+    table = cost[keep].rename(columns=names).join(headline[ap], how="left")
+    table.attrs.update(units=headline.attrs.get("units", {}), **{k: str(cost[k].iloc[0]) for k in
+                                                                ("latency_device", "latency_size") if k in cost})
+    return table
 
 
 # ---- the losses and the single runs ------------------------------------------------------------------------
@@ -341,14 +240,16 @@ def _row(record: RunRecord, epoch: int | None, at: str) -> dict:
 def comparison_table(records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Per run, four rows: epoch 0 (the checkpoint, before fine-tuning), the final epoch (the primary comparison),
     the original study's pick (the fine-tuned epoch of lowest total val loss) and the fine-tuned epoch of highest
-    val AP (secondary: picked on the validation images); each with the three val losses and AP..APl (percent)."""
+    val AP (secondary: picked on the validation images); each with the three val losses and AP..APl (points)."""
     rows = []
     for r in records.values():
         rows += [_row(r, 0, "epoch 0"), _row(r, r.final_epoch, "final epoch"),
                  _row(r, r.best_epoch_loss, "lowest total loss (original study)"),
                  _row(r, r.best_epoch_ap, "highest AP (secondary)")]
     columns = ["run", "layers", "queries", "at", "epoch", *LOSS_VIEWS, *AP_STATS]
-    return pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
+    table = pd.DataFrame(rows, columns=columns).set_index(["run", "at"])
+    table.attrs["units"] = dict.fromkeys(AP_STATS, POINTS)
+    return table
 
 
 def _fine_tuned(record: RunRecord, column: str) -> pd.Series:
@@ -356,10 +257,19 @@ def _fine_tuned(record: RunRecord, column: str) -> pd.Series:
     return m.loc[m.index >= 1, column] if column in m else pd.Series(dtype=float)
 
 
+def reported_losses(variants: Sequence[str] = tuple(VARIANTS)) -> pd.DataFrame:
+    """What the original study reported as each variant's best validation loss (its total over the decoder
+    layers, on COCO with DETR-R50), a table of its own: numbers of another model on other data, never to be set in
+    one table with a run's losses."""
+    return pd.DataFrame({"best total validation loss, as reported": {v: ORIGINAL_STUDY_LOSS[v] for v in variants
+                                                                     if v in ORIGINAL_STUDY_LOSS}}).rename_axis("variant")
+
+
 def original_study_table(groups: Groups) -> pd.DataFrame:
-    """The original study's table (best total validation loss per variant) with what our runs measure beside it:
-    the lowest total, final-layer and per-layer mean loss over the fine-tuned epochs (epoch 0 never counts), AP at
-    the final epoch and its signed change from epoch 0 (percent points); means over the seeds."""
+    """The original study's criterion measured on these runs: the lowest total, final-layer and per-layer mean
+    validation loss over the fine-tuned epochs (epoch 0 never counts), beside AP at the final epoch and its signed
+    change from epoch 0 (points); means over the seeds. What the original study itself reported is
+    :func:`reported_losses`, a table of its own."""
     rows = {}
     for v, group in groups.items():
         runs = runs_of(group)
@@ -367,15 +277,15 @@ def original_study_table(groups: Groups) -> pd.DataFrame:
         def mean(f, runs=runs) -> float:
             return float(np.mean([f(r) for r in runs]))
 
-        rows[v] = {"original study": ORIGINAL_STUDY_LOSS.get(v, math.nan),
-                   "best total loss": mean(lambda r: _fine_tuned(r, "val_loss_total").min()),
+        rows[v] = {"best total loss": mean(lambda r: _fine_tuned(r, "val_loss_total").min()),
                    "best final-layer loss": mean(lambda r: _fine_tuned(r, "val_loss_final").min()),
                    "best per-layer mean": mean(lambda r: _fine_tuned(r, "val_loss_layer_mean").min()),
                    "final AP": mean(lambda r: _ap_at(r, r.final_epoch)),
                    "AP change": mean(lambda r: _ap_at(r, r.final_epoch) - _ap_at(r, 0))}
-    columns = ["original study", "best total loss", "best final-layer loss", "best per-layer mean", "final AP",
-               "AP change"]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("variant")
+    columns = ["best total loss", "best final-layer loss", "best per-layer mean", "final AP", "AP change"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("variant")
+    table.attrs["units"] = {"final AP": POINTS, "AP change": POINTS}
+    return table
 
 
 def final_losses(groups: Groups) -> pd.DataFrame:

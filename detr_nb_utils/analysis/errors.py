@@ -73,7 +73,7 @@ class ErrorAnalysis:
         return out
 
     def ap50(self) -> float:
-        """AP50 (percent) of the detections, from their true/false flags."""
+        """AP50 (points) of the detections, from their true/false flags."""
         return 100 * _ap50_of_table(self.detections, self.objects, self.cat_ids)
 
     def delta_ap50(self) -> pd.Series:

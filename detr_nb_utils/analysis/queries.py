@@ -156,7 +156,7 @@ def query_choice_table(counts, choices: Mapping[str, Sequence[int]], epoch0: Map
                        ) -> pd.DataFrame:
     """Per strategy of 05: how many of the train split's matches its 50 slots held in the original model, the
     slots themselves, and (``epoch0``: strategy -> :func:`detr_nb_utils.training.engine.evaluate_checkpoint` metrics)
-    AP and AP50 at epoch 0, percent."""
+    AP and AP50 at epoch 0, points."""
     total = max(int(sum(counts)), 1)
     rows = {}
     for s, slots in choices.items():

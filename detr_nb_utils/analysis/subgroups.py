@@ -88,7 +88,7 @@ class SubgroupAp:
         """Every variant of ``groups`` but ``baseline`` against it, at the final epoch, on each of :data:`GROUPS`:
         ``objects``, ``images``, ``AP`` and ``baseline AP``, ``change`` (variant - baseline) and ``beyond overall``
         (change on the group - change on all objects), each with ``low``/``high`` (95%, paired) and
-        ``excludes 0``; percent. ``compared on``: AP, or ``AP@50det`` when the variant has fewer queries.
+        ``excludes 0``; points. ``compared on``: AP, or ``AP@50det`` when the variant has fewer queries.
         ``attrs``: ``min_objects`` (crowded images), ``n_images``, ``n_resamples``, ``baseline``."""
         if baseline not in groups:
             raise ValueError(f"SubgroupAp.table: no runs of the baseline {baseline!r} (variants: {sorted(groups)})")
@@ -117,9 +117,12 @@ class SubgroupAp:
                     row |= {name: 100 * d["point"], f"{name} low": 100 * d["low"], f"{name} high": 100 * d["high"],
                             f"{name} excludes 0": bool(d["low"] > 0 or d["high"] < 0)}
                 rows.append(row)
-        table = pd.DataFrame(rows)
+        # no variant beside the baseline: no rows, the columns still there
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant", "group", "objects", "images",
+                                                                      "compared on", "AP", "baseline AP"])
         table.attrs.update(min_objects=self.min_objects, n_images=len(self.bootstrap.img_ids),
-                           n_resamples=self.bootstrap.n_resamples, baseline=baseline)
+                           n_resamples=self.bootstrap.n_resamples, baseline=baseline,
+                           units=dict.fromkeys(("AP", "baseline AP", "change", "beyond overall"), "points"))
         return table
 
 

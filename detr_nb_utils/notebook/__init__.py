@@ -10,7 +10,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "setup_cell": ("config_parameters", "progress_policy", "setup_notebook"),
     "fine_tune": ("against_baseline", "arm_configs", "change_findings", "check_data", "choice_run_name", "plan",
                   "recipe_advice", "seeded", "show_runs", "variant_of_config"),
-    "figures": ("gt_panels", "plot_ap_curves", "plot_ap_intervals", "plot_ap_per_layer", "plot_category_distribution",
+    "figures": ("gt_panels", "plot_ap_curves", "plot_ap_per_layer", "plot_category_distribution", "plot_forest",
                 "plot_detections", "plot_loss_curves", "plot_objects_per_image", "plot_parameter_counts",
                 "plot_findings", "plot_query_norms", "plot_query_similarity", "predict_panels", "save_fig"),
     "figures_attention": ("interactive_attention", "plot_decoder_attention", "plot_encoder_attention"),
@@ -19,9 +19,11 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "figures_diagnostics": ("plot_ap_by_size", "plot_class_ap", "plot_confusion", "plot_error_breakdown",
                             "plot_layer_errors", "plot_loss_terms", "plot_pr_curves", "plot_subgroup_changes"),
     "figures_gallery": ("plot_false_positives", "plot_missed"),
+    "figures_variants": ("plot_variant_curves", "plot_variant_layers"),
     "report": ("render_report",),
+    "table_format": ("display_table", "markdown_table", "shown"),
     "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",
-               "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_table", "save_takeaway",
-               "shown", "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
+               "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_findings", "save_table", "save_takeaway",
+               "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
 }
 __all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

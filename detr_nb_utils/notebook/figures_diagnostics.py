@@ -2,7 +2,7 @@
 confusion matrix, the error breakdown (by variant and by decoder layer) and the loss term by term and layer by
 layer. Each takes a table already computed by :mod:`detr_nb_utils.analysis` (:class:`~detr_nb_utils.analysis.
 diagnostics.RunDiagnostics`, :func:`~detr_nb_utils.analysis.loss_terms.loss_terms`) and returns a
-:class:`matplotlib.figure.Figure`; export with :func:`.figures.save_fig`. AP in percent. Used by notebooks 03-07.
+:class:`matplotlib.figure.Figure`; export with :func:`.figures.save_fig`. AP in points. Used by notebooks 03-07.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def plot_class_ap(table: pd.DataFrame, title: str = "") -> Figure:
     ax.set_yticks(y, [f"{name} ({n} objects)" for name, n in zip(t.index, t["objects"])])
     ax.set_xlim(0, 100)
     n = table.attrs.get("n_images", "?")
-    ax.set(xlabel="AP (%), IoU .50:.95", title=title or f"AP per class, 95% interval over the {n} validation images")
+    ax.set(xlabel="AP (points), IoU .50:.95", title=title or f"AP per class, 95% interval over the {n} validation images")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -56,7 +56,7 @@ def plot_ap_by_size(tables: Mapping[str, pd.DataFrame], stat: str = "AP") -> Fig
         if first.loc[size, "objects"] == 0:
             ax.text(x, 2, f"no {size}\nobjects", ha="center", va="bottom", fontsize=8, color="0.3")
     ax.set_xticks(np.arange(len(sizes)), [f"{s}\n({first.loc[s, 'objects']} objects)" for s in sizes])
-    ax.set(ylabel=f"{stat} (%)", ylim=(0, 100), title=f"{stat} by object size (COCO's areas: small < 32², large > 96²)")
+    ax.set(ylabel=f"{stat} (points)", ylim=(0, 100), title=f"{stat} by object size (COCO's areas: small < 32², large > 96²)")
     ax.legend(fontsize=8)
     return fig
 
@@ -205,6 +205,11 @@ def plot_subgroup_changes(table: pd.DataFrame, title: str = "") -> Figure:
     variants = list(dict.fromkeys(table["variant"]))
     fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * len(groups) * max(len(variants), 1) ** 0.5),
                            layout="constrained")
+    if not variants:  # only the baseline has runs
+        ax.text(0.5, 0.5, f"No variant beside {table.attrs.get('baseline', 'the baseline')} has runs: nothing to "
+                "compare yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     step = 0.6 / max(len(variants), 1)
     for k, (variant, colour) in enumerate(zip(variants, plt.cm.tab10.colors)):
         rows = table[table["variant"] == variant].set_index("group").reindex(groups)

@@ -20,6 +20,8 @@ from ..training.config import RunConfig
 from ..training.runtime import describe_device, resolve_device
 from .figures import set_stamp
 
+#: the stamp the demo profile puts on every figure it saves and every table and takeaway it exports
+DEMO_STAMP = "DEMO: tiny DETR, synthetic shapes"
 DEMO_WARNING = ("DEMO PROFILE: the demo world, a tiny DETR pre-trained on synthetic shapes and fine-tuned on a "
                 "synthetic mini-COCO. The numbers below are real measurements of that small detector, not of "
                 "DETR-R50 on COCO.")
@@ -66,7 +68,7 @@ def setup_notebook(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
     device = resolve_device(cfg.device)
     print(f"profile {cfg.profile!r}, device {describe_device(device)}, working in {Path.cwd()}")
-    set_stamp("DEMO: tiny DETR, synthetic shapes" if cfg.profile == "demo" else None)
+    set_stamp(DEMO_STAMP if cfg.profile == "demo" else None)
     if cfg.profile == "demo":
         print(DEMO_WARNING)
     return device, report_dir_for(cfg, report_dir)

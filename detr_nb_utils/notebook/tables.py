@@ -2,7 +2,7 @@
 ``report/tables``, and the closing sentences of 01-05, every number computed from the files they read.
 
 Nothing here trains: tables are built from a split manifest, a checkpoint's state dict, or run folders read with
-:func:`detr_nb_utils.training.runs.load_run`. AP is reported in percent (COCOeval's fractions x 100, as the paper
+:func:`detr_nb_utils.training.runs.load_run`. AP is reported in points (COCOeval's fractions x 100, as the paper
 prints them); losses are the weighted sums of :mod:`detr_nb_utils.models.loss` in three views (total, final
 layer, per-layer mean). 06_analysis's tables are :mod:`detr_nb_utils.analysis.comparison`.
 """
@@ -11,59 +11,53 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
 from pycocotools.coco import COCO
 
-from ..analysis.bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
+from ..analysis.bootstrap import (
+    MatchedDetections,
+    ap_difference,
+    ap_interval,
+    common_images,
+)
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
 from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
+from ..analysis.findings import Finding, findings_json, findings_table
+from ..data import atomic
 from ..data.split import CROWDED_THRESHOLD, SIDES
 from ..models.checkpoint import LoadReport
 from ..models.detr import DETR, build_detr, parameter_table
 from ..models.loss import LOSS_VIEWS, loss_views, weight_dict
 from ..training.runs import PRECISION_FIELD, RunRecord
 from .figures import current_stamp
+from .table_format import display_table, flat, markdown_table, shown  # noqa: F401 (the notebooks' names)
 
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """``df`` (index included) as a GitHub-flavoured Markdown table; NaN printed as an empty cell."""
-    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
-
-    rows = [[cell(str(c)) for c in df.columns], ["---"] * df.shape[1], *([cell(v) for v in r] for r in df.to_numpy())]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
-
-
-def shown(df: pd.DataFrame, floatfmt: str = ".3f") -> pd.DataFrame:
-    """``df`` as :func:`save_table` writes it, for display: floats rounded to ``floatfmt``'s decimals (``".2f"``),
-    and an empty cell where a value does not exist (epoch 0 has no training loss) instead of ``NaN``."""
-    decimals = re.fullmatch(r"\.(\d+)f", floatfmt)
-    out = df.round(int(decimals[1])) if decimals else df.copy()
-    return out.astype(object).where(df.notna(), "")
+#: the sidecar of a CSV holding the stamp of the world it was made in (the demo's), beside the data
+STAMP_SUFFIX = ".stamp"
 
 
 def save_table(df: pd.DataFrame, name: str, report_dir: str | Path = "report", floatfmt: str = ".3f"
                ) -> pd.DataFrame:
-    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` and ``.md`` and return it as written (:func:`shown`), for
-    the cell to display. With a stamp set (:func:`.figures.set_stamp`: the demo), the Markdown file opens with it
-    and the CSV with a ``#`` comment line holding it (``pandas.read_csv(..., comment="#")``). Used by notebooks
-    01-06."""
+    """Write ``df`` to ``<report_dir>/tables/<name>.csv`` (the data only, one header row, so ``pandas.read_csv``
+    reads it plainly) and ``.md`` (as a reader sees it: :func:`.table_format.markdown_table`), and return it as
+    shown (:func:`.table_format.display_table`), for the cell to display. With a stamp set
+    (:func:`.figures.set_stamp`: the demo), the Markdown opens with it and the CSV gets a sidecar
+    ``<name>.csv.stamp`` holding it. Used by notebooks 01-07."""
     folder = Path(report_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = current_stamp()
-    (folder / f"{name}.csv").write_text((f"# {stamp}\n" if stamp else "") + df.to_csv())
-    (folder / f"{name}.md").write_text((f"*{stamp}*\n\n" if stamp else "") + markdown_table(df, floatfmt))
-    return shown(df, floatfmt)
+    atomic.write_text(folder / f"{name}.csv", flat(df).to_csv(index=False))
+    sidecar = folder / f"{name}.csv{STAMP_SUFFIX}"
+    if stamp:
+        atomic.write_text(sidecar, stamp + "\n")
+    else:
+        sidecar.unlink(missing_ok=True)
+    atomic.write_text(folder / f"{name}.md", (f"*{stamp}*\n\n" if stamp else "") + markdown_table(df, floatfmt))
+    return display_table(df, floatfmt)
 
 
 def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> None:
@@ -72,7 +66,16 @@ def save_takeaway(text: str, name: str, report_dir: str | Path = "report") -> No
     path = Path(report_dir) / "tables" / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = current_stamp()
-    path.write_text((f"*{stamp}*\n\n" if stamp else "") + text.strip() + "\n")
+    atomic.write_text(path, (f"*{stamp}*\n\n" if stamp else "") + text.strip() + "\n")
+
+
+def save_findings(findings: Sequence[Finding], name: str, report_dir: str | Path = "report", **meta) -> Path:
+    """Write ``findings`` to ``<report_dir>/tables/<name>.json`` (:func:`~detr_nb_utils.analysis.findings
+    .findings_json`, with ``meta`` and the stamp: what the report's ``{{findings:...}}`` renders) and as a table
+    (:func:`~detr_nb_utils.analysis.findings.findings_table`, ``<name>.csv`` and ``.md``). Used by 06_analysis."""
+    save_table(findings_table(findings), name, report_dir, floatfmt=".2f")
+    return atomic.write_text(Path(report_dir) / "tables" / f"{name}.json",
+                             findings_json(findings, stamp=current_stamp(), **meta))
 
 
 # ---- 01: the split -----------------------------------------------------------------------------------------
@@ -84,7 +87,8 @@ def split_summary(manifest: dict) -> pd.DataFrame:
     keys = {"n_images": "images", "n_boxes": "boxes", "n_crowd": "crowd", "n_images_without_boxes": "no boxes",
             "max_boxes_per_image": "max boxes/image",
             f"n_images_over_{CROWDED_THRESHOLD}_boxes": f"images > {CROWDED_THRESHOLD} boxes"}
-    return pd.DataFrame({side: {v: manifest[side][k] for k, v in keys.items()} for side in ("source", *SIDES)}).T
+    return pd.DataFrame({side: {v: manifest[side][k] for k, v in keys.items()}
+                         for side in ("source", *SIDES)}).T.rename_axis("side")
 
 
 def objects_per_image(split_dir: str | Path) -> pd.DataFrame:
@@ -127,16 +131,16 @@ def parameter_counts(variants: Mapping[str, tuple] = VARIANTS, arch: Mapping | N
     """Parameters per component (rows) of each variant (columns), with a ``total`` row. ``variants``: name ->
     ``(dec_layers, num_queries, ...)``, e.g. :data:`VARIANTS`; ``arch`` as in :func:`skeleton`."""
     return pd.DataFrame({name: parameter_table(skeleton(*v[:2], arch=arch))["parameters"]
-                         for name, v in variants.items()})
+                         for name, v in variants.items()}).rename_axis("component")
 
 
 def surgery_table(reports: Mapping[str, LoadReport]) -> pd.DataFrame:
     """State-dict entries per action (loaded, sliced, dropped, re-initialised) for each variant's surgery."""
-    return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T
+    return pd.DataFrame({v: r.summary() for v, r in reports.items()}).fillna(0).astype(int).T.rename_axis("variant")
 
 
 def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dict[str, float]]:
-    """What a checkpoint's epoch-0 AP is compared with (a column name and AP stats in percent): the paper's
+    """What a checkpoint's epoch-0 AP is compared with (a column name and AP stats in points): the paper's
     DETR-R50 on val2017 for the published model; for the demo world's tiny DETR, its pre-training's AP on the
     held-out set of the shape world, read from the record ``<stem>.json`` beside ``checkpoint``."""
     if backbone != "tiny":
@@ -152,13 +156,13 @@ def reference_ap(checkpoint: str | Path | None, backbone: str) -> tuple[str, dic
 def ap_vs_paper(metrics: Mapping[str, float], reference: tuple[str, Mapping[str, float]] | None = None,
                 val_file: str | Path | COCO | None = None, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Epoch-0 AP stats (``metrics`` from ``evaluate_checkpoint``, fractions) beside ``reference`` (a column name
-    and stats in percent, :func:`reference_ap`; default the paper's), in percent. With ``val_file`` (the val split's
+    and stats in points, :func:`reference_ap`; default the paper's), in points. With ``val_file`` (the val split's
     annotations) AP and AP50 also get their 95% interval over ``n_resamples`` bootstrap resamples of the validation
     images (``low``, ``high``); the reference is another set of images, published without an interval, so there
     is no paired difference: ``attrs["n_images"]``, ``attrs["n_resamples"]``."""
     label, values = reference or ("paper", PAPER_AP)
     table = pd.DataFrame({"this split, epoch 0": {k: 100 * metrics[k] for k in AP_STATS},
-                          label: {k: values.get(k, float("nan")) for k in AP_STATS}})
+                          label: {k: values.get(k, float("nan")) for k in AP_STATS}}).rename_axis("metric")
     if val_file is not None:
         if not isinstance(val_file, COCO):
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -201,7 +205,7 @@ def precision_ap_table(fp32: Mapping, bf16: Mapping, val_file: str | Path | COCO
     """The same checkpoint evaluated in fp32 and in bf16 (two
     :func:`~detr_nb_utils.training.engine.evaluate_checkpoint` results, each with its ``detections`` and
     ``effective_precision``), scored on the images both evaluated: rows ``AP``, ``AP50``; columns ``fp32``, ``bf16``,
-    ``bf16 - fp32`` (percent points), ``low`` and ``high`` (its 95% interval over ``n_resamples`` paired bootstrap
+    ``bf16 - fp32`` (points), ``low`` and ``high`` (its 95% interval over ``n_resamples`` paired bootstrap
     resamples of the images, :func:`~detr_nb_utils.analysis.bootstrap.ap_difference`, ``seed``) and ``excludes 0``.
     ``attrs``: ``n_images``, ``n_resamples``. ``val_file``: the val split's annotation file (or its ``COCO``). The
     evidence to read before a study switches to the fast mode (02_checkpoint_inspection)."""
@@ -264,7 +268,7 @@ def layer_ap_table(groups: Mapping[str, Mapping[str, RunRecord]]) -> pd.DataFram
 
 
 def run_table(record: RunRecord) -> pd.DataFrame:
-    """Per epoch: the three validation losses and the AP stats (percent) of one run."""
+    """Per epoch: the three validation losses and the AP stats (points) of one run."""
     df = record.metrics[[f"val_{k}" for k in LOSS_VIEWS]].copy()
     for k in AP_STATS:
         df[k] = 100 * record.metrics[f"val_{k}"]

@@ -364,11 +364,18 @@ class TrainingRun:
         runs.save_last(run_dir, self.model, self.optimizer, self.scheduler, epoch, self.history, cfg)
         runs.write_logs(run_dir, self.history)
         self.tensorboard.epoch_end(epoch, self.history[-1], detections)
-        h = self.history[-1]  # one line per epoch, also in headless logs
-        parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
-        parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")
-                  if k in h]  # epochs between evaluations have none
-        tqdm.write(f"epoch {epoch}: {', '.join(parts)} ({h['wall_time_s']:.0f} s)")
+        tqdm.write(epoch_line(epoch, self.history[-1]))  # one line per epoch, also in headless logs
+
+
+def epoch_line(epoch: int, h: dict) -> str:
+    """The log line of one epoch's history row ``h``: its training loss (or that it is the checkpoint), the total
+    validation loss and AP in points (COCOeval's fraction x 100, as every table prints it), and its wall time."""
+    parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
+    if "val_loss_total" in h:  # epochs between evaluations have none
+        parts.append(f"val loss total {h['val_loss_total']:.3f}")
+    if "val_AP" in h:
+        parts.append(f"val AP {100 * h['val_AP']:.1f} points")
+    return f"epoch {epoch}: {', '.join(parts)} ({h['wall_time_s']:.0f} s)"
 
 
 def run_experiment(cfg: RunConfig) -> runs.RunRecord:
