@@ -16,10 +16,10 @@ STUDY_NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow
 NOTEBOOKS := $(STUDY_NOTEBOOKS) 07_your_dataset
 PAPERMILL := $(VENV)/bin/papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup kernel test demo study own report pretrain notebooks clean-demo
+.PHONY: setup kernel notebook-filter test demo study own report pretrain notebooks clean-demo
 PROFILE ?= demo
 
-setup: $(STAMP)
+setup: $(STAMP) notebook-filter
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +27,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name)
+# the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name), under
+# the display name ipykernel gives it, which the notebooks' metadata holds (JupyterLab marks a notebook modified otherwise)
 kernel: $(KERNEL)
 
 $(KERNEL): $(STAMP)
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (detr-mini-coco)"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
 	touch $(KERNEL)
+
+# the git filter of notebooks/*.ipynb (.gitattributes, tools/notebook_filter.py): outputs never reach a commit, and
+# the working copies carry this kernel's language_info, so that JupyterLab opens them unmodified
+notebook-filter: $(STAMP)
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git config filter.notebook.clean "python3 tools/notebook_filter.py clean" && \
+	  git config filter.notebook.smudge "python3 tools/notebook_filter.py smudge" && \
+	  python3 tools/notebook_filter.py smudge --files notebooks/*.ipynb; \
+	fi
 
 test: setup kernel
 	$(PY) -m pytest -q tests
