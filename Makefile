@@ -38,11 +38,7 @@ $(KERNEL): $(STAMP)
 # the git filter of notebooks/*.ipynb (.gitattributes, tools/notebook_filter.py): outputs never reach a commit, and
 # the working copies carry this kernel's language_info, so that JupyterLab opens them unmodified
 notebook-filter: $(STAMP)
-	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	  git config filter.notebook.clean "python3 tools/notebook_filter.py clean" && \
-	  git config filter.notebook.smudge "python3 tools/notebook_filter.py smudge" && \
-	  python3 tools/notebook_filter.py smudge --files notebooks/*.ipynb; \
-	fi
+	python3 tools/notebook_filter.py install
 
 test: setup kernel
 	$(PY) -m pytest -q tests

@@ -12,7 +12,7 @@ input that is not a notebook passes through untouched. Standard library only: gi
 ``python3``, before or without the project's environment.
 
     python3 tools/notebook_filter.py clean < notebooks/03_baseline.ipynb
-    python3 tools/notebook_filter.py smudge --files notebooks/*.ipynb   # in place (make setup, once)
+    python3 tools/notebook_filter.py install   # make setup: the git config, and the working copies smudged
 """
 from __future__ import annotations
 
@@ -82,25 +82,47 @@ def _filter(text: str, how: str, language_info: dict | None) -> str:
     return dumps(clean(nb) if how == "clean" else smudge(nb, language_info))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="the notebooks' git filter (clean: strip outputs; smudge: add the "
-                                             "kernel's language_info)")
-    ap.add_argument("how", choices=("clean", "smudge"))
-    ap.add_argument("--files", nargs="+", type=Path, help="filter these files in place instead of stdin")
-    args = ap.parse_args(argv)
-    info = kernel_language_info() if args.how == "smudge" else None
-    if not args.files:
-        sys.stdout.buffer.write(_filter(sys.stdin.buffer.read().decode("utf-8"), args.how, info).encode("utf-8"))
+def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=check)
+
+
+def install() -> int:
+    """Configures the filter in this clone's git config and smudges the working notebooks git sees unchanged (a
+    clone's checkout ran before the filter existed), refreshing their index entries so ``git status`` stays clean;
+    each file keeps its modification time, so jupytext still sees the ``.py`` of its pair as the newer one. A
+    notebook with changes of yours is left as it is. Outside a git work tree it does nothing."""
+    if _git("rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
+        print("notebook_filter: not a git work tree; no filter installed")
         return 0
-    for path in args.files:
+    command = f"python3 {Path(__file__).relative_to(ROOT).as_posix()}"
+    _git("config", "filter.notebook.clean", f"{command} clean")
+    _git("config", "filter.notebook.smudge", f"{command} smudge")
+    info = kernel_language_info()
+    for name in _git("ls-files", "--", "notebooks/*.ipynb").stdout.split():
+        path = ROOT / name
+        if not path.is_file() or _git("diff", "--quiet", "--", name, check=False).returncode != 0:
+            continue
         text = path.read_text(encoding="utf-8")
-        new = _filter(text, args.how, info)
-        if new != text:  # written under a temporary name, then renamed; its modification time kept, so that
-            stat = path.stat()  # jupytext still sees the .py of the pair as the newer file
+        new = _filter(text, "smudge", info)
+        if new != text:  # written under a temporary name, then renamed, with the file's modification time
+            stat = path.stat()
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(new, encoding="utf-8")
             os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             tmp.replace(path)
+            _git("add", "--", name)  # the same content through the filter: only the index's file size changes
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="the notebooks' git filter: clean (strip outputs) and smudge (add the "
+                                             "kernel's language_info) from stdin to stdout; install (make setup)")
+    ap.add_argument("how", choices=("clean", "smudge", "install"))
+    args = ap.parse_args(argv)
+    if args.how == "install":
+        return install()
+    info = kernel_language_info() if args.how == "smudge" else None
+    sys.stdout.buffer.write(_filter(sys.stdin.buffer.read().decode("utf-8"), args.how, info).encode("utf-8"))
     return 0
 
 
