@@ -1,8 +1,9 @@
 """Open every notebook in a real JupyterLab, in headless Chromium, and check that the committed files survive it:
-each notebook opens without being marked modified, and after running its parameters cell and saving (Ctrl+S),
-``git status`` shows no change to any file of ``notebooks/`` (no kernel name rewritten, no jupytext version written
-into the ``.py``, no outputs or execution counts reaching the ``.ipynb``: the git filter ``make setup`` installs
-strips them).
+each notebook opens without being marked modified (the kernel's name and ``language_info`` are what the file holds),
+saved as it is ``git status`` shows no change to it (no jupytext version written into the ``.py``), and after its
+parameters cell is run and it is saved again, ``git diff`` shows none (no execution count or output reaches a commit:
+the git filter ``make setup`` installs strips them; ``git status`` may still list the ``.ipynb``, whose size
+changed, until it is added).
 
 It needs the project's ``.venv`` (``make setup``), Debian's Chromium (``apt-get install chromium``) and Playwright
 in any Python (``python3 -m venv /tmp/pw && /tmp/pw/bin/pip install playwright``; its own browsers are not used, so
@@ -105,19 +106,35 @@ def wait_for(page, predicate: str, timeout_s: float, what: str):
     raise TimeoutError(f"{what}: not reached in {timeout_s:.0f} s (last state {page.evaluate(STATE_JS)})")
 
 
+def git_diff(paths: list[str]) -> str:
+    """What a commit would take of ``paths`` (the content through the git filter, not the files' sizes)."""
+    return subprocess.run(["git", "diff", "--stat", "--", *paths], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def save(page, name: str) -> None:
+    """Saves the open notebook as Ctrl+S does (jupytext writes both files of the pair) and waits until it is."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    wait_for(page, "!s.dirty", 60, f"{name}: saved")
+    time.sleep(1)
+
+
 def check_notebook(page, url: str, token: str, name: str, settle_s: float) -> list[str]:
-    """Opens ``notebooks/<name>.ipynb``, waits for its kernel, checks it is not modified, runs its parameters cell,
-    saves, and returns the problems found (empty: none)."""
-    problems = []
+    """Opens ``notebooks/<name>.ipynb`` and waits for its kernel: it must not be marked modified; saved as it is,
+    ``git status`` must show no change; its parameters cell run and saved again, ``git diff`` must show none (the
+    filter strips the execution count; ``git status`` may list the file, whose size changed). Returns the
+    problems found (empty: none)."""
+    problems, files = [], [f"notebooks/{name}.ipynb", f"notebooks/{name}.py"]
     page.goto(f"{url}/lab/tree/notebooks/{name}.ipynb?token={token}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=120_000)
-    state = wait_for(page, f"s.path === 'notebooks/{name}.ipynb' && s.ready && s.status === 'idle'", 180,
-                     f"{name}: kernel idle")
+    wait_for(page, f"s.path === 'notebooks/{name}.ipynb' && s.ready && s.status === 'idle'", 180,
+             f"{name}: kernel idle")
     time.sleep(settle_s)  # let late metadata updates (kernel info, widgets) land before judging
     state = page.evaluate(STATE_JS)
     if state["dirty"] or state["tabDirty"]:
-        problems.append(f"{name}: marked modified right after opening (kernel {state['kernel']})")
-    # run the parameters cell (an execution count to strip), then save as Ctrl+S does
+        problems.append(f"opened, it is marked modified (kernel {state['kernel']})")
+    save(page, name)
+    problems += [f"opened and saved, git status shows {line.strip()}" for line in git_changes(files)]
     page.evaluate("""() => {
       const nb = window.jupyterapp.shell.currentWidget.content;
       nb.activeCellIndex = nb.widgets.findIndex(c => c.model.type === 'code');
@@ -126,9 +143,9 @@ def check_notebook(page, url: str, token: str, name: str, settle_s: float) -> li
     wait_for(page, "s.status === 'idle'", 120, f"{name}: parameters cell run")
     if os.environ.get("CHECK_JUPYTERLAB_SHOTS"):
         page.screenshot(path=f"{os.environ['CHECK_JUPYTERLAB_SHOTS']}/{name}.png")
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    wait_for(page, "!s.dirty", 60, f"{name}: saved")
-    time.sleep(1)
+    save(page, name)
+    if diff := git_diff(files):
+        problems.append(f"run and saved, git diff shows {diff}")
     page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:shutdown')")
     page.evaluate("() => window.jupyterapp.commands.execute('application:close-all')")
     return problems
@@ -149,9 +166,7 @@ def run_checks(names: list[str], args: argparse.Namespace, workdir: Path) -> lis
                 try:
                     found = check_notebook(page, url, token, name, args.settle)
                 except Exception as e:  # one notebook's failure is reported with the others'
-                    found = [f"{name}: {type(e).__name__}: {e}"]
-                changed = git_changes([f"notebooks/{name}.ipynb", f"notebooks/{name}.py"])
-                found += [f"{name}: git status after saving: {line}" for line in changed]
+                    found = [f"{type(e).__name__}: {e}"]
                 print(f"{name}: " + ("ok" if not found else "; ".join(found)), flush=True)
                 problems += found
         finally:
