@@ -19,6 +19,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "figures_diagnostics": ("plot_ap_by_size", "plot_class_ap", "plot_confusion", "plot_error_breakdown",
                             "plot_layer_errors", "plot_loss_terms", "plot_pr_curves", "plot_subgroup_changes"),
     "figures_gallery": ("plot_false_positives", "plot_missed"),
+    "diagnostics_cells": ("diagnostics_sentence", "show_diagnostics"),
     "report": ("render_report",),
     "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",
                "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_table", "save_takeaway",
