@@ -14,7 +14,7 @@ from test_diagnostics import diagnosed  # noqa: F401 (fixture)
 
 from detr_nb_utils.analysis.diagnostics import SCORE_THRESHOLD
 from detr_nb_utils.analysis.errors import ERROR_KINDS
-from detr_nb_utils.notebook.diagnostics_cells import diagnostics_sentence, kinds_table, show_diagnostics
+from detr_nb_utils.notebook.diagnostics_cells import diagnostics_sentence, kinds_table, layer_sentence, show_diagnostics
 
 matplotlib.use("Agg")
 
@@ -64,6 +64,14 @@ def test_sentence_names_the_costliest_error_and_the_weakest_class(shown_diagnost
     weak = classes.sort_values("AP").iloc[0]
     assert f"weakest class {weak.name} AP {weak['AP']:.1f} [{weak['low']:.1f}, {weak['high']:.1f}]" in text
     assert not re.search(r"\bnan\b", text)
+
+
+def test_layer_sentence_reads_the_first_and_last_layer(shown_diagnostics):
+    _, out, _ = shown_diagnostics
+    layers = out.tables["layer_errors"]
+    text = layer_sentence(out)
+    assert text.startswith(f"{out.run}: From decoder layer 1 to layer 3")
+    assert any(f"go from {layers.loc[1, k]:.0f} to {layers.loc[3, k]:.0f}" in text for k in ERROR_KINDS)
 
 
 def test_an_empty_size_is_explained_in_the_sentence(shown_diagnostics):

@@ -12,8 +12,8 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 from test_comparison import _write_run
 
 from detr_nb_utils.analysis.findings import Finding
-from detr_nb_utils.notebook.takeaways import WIDTH, finetune_lines, sign_line, split_lines, takeaway_markdown, \
-    untrained_choice, untrained_line
+from detr_nb_utils.notebook.takeaways import WIDTH, finetune_lines, run_change, sign_line, split_lines, \
+    takeaway_markdown, untrained_choice, untrained_line
 from detr_nb_utils.training import runs
 
 
@@ -97,13 +97,28 @@ def choice_runs(sample_gt, coco_sample, tmp_path_factory):  # noqa: F811
 
 
 def test_untrained_choice_against_fine_tuning(choice_runs):
-    untrained = choice_runs.pop("dec3_q50_most_matched_seed42")
-    f = untrained_choice(untrained, choice_runs, n_resamples=200)
+    untrained = choice_runs["dec3_q50_most_matched_seed42"]
+    trained = {k: r for k, r in choice_runs.items() if r is not untrained}
+    f = untrained_choice(untrained, trained, n_resamples=200)
     assert f.value == pytest.approx(f.data["untrained"] - f.data["trained"])
     assert f.data["untrained"] == pytest.approx(100 * untrained.metrics.loc[0, "val_AP"])
-    trained = np.mean([100 * r.metrics.loc[r.final_epoch, "val_AP"] for r in choice_runs.values()])
-    assert f.data["trained"] == pytest.approx(trained)
+    mean = np.mean([100 * r.metrics.loc[r.final_epoch, "val_AP"] for r in trained.values()])
+    assert f.data["trained"] == pytest.approx(mean)
     assert f.verdict == "beyond sampling" and f.low > 0 and "3 training seeds" in f.covers
     line = untrained_line(f, "most_matched")
     assert "untrained beat fine-tuning beyond sampling" in line and f"AP {f.data['untrained']:.1f}" in line
     assert not math.isnan(f.value)
+
+
+def test_run_change_on_a_validation_set_of_its_own(choice_runs, sample_gt):  # noqa: F811
+    """07's change: one run, its own validation annotations, paired over the images; a loss gets the hint."""
+    record = choice_runs["dec3_q50_most_matched_seed42"]
+    table, findings = run_change(record, sample_gt, n_resamples=200)
+    expected = 100 * (record.metrics.loc[1, "val_AP"] - record.metrics.loc[0, "val_AP"])
+    assert table.loc["original", "final change"] == pytest.approx(expected)
+    assert table.loc["original", "final change high"] < 0 and findings[0].covers == "the 24 validation images (one run)"
+    lines = finetune_lines(record.run_dir.name, table, findings, "original", 1e-4, 1e-5, hint="HINT")
+    assert "a loss beyond sampling" in lines[0] and "not a broken setup" in lines[1] and lines[2] == "HINT"
+    same = choice_runs["dec3_q50_seed42"]  # the same detections at both epochs
+    table, _ = run_change(same, sample_gt, n_resamples=50)
+    assert table.loc["original", ["final change", "final change low", "final change high"]].tolist() == [0, 0, 0]

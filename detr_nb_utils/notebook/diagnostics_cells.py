@@ -1,7 +1,7 @@
 """One call that shows what a variant's detector gets wrong, for the training notebooks: :func:`show_diagnostics`
 computes every diagnostic from the runs' saved detections (nothing retrains, nothing re-runs the model), draws it,
 saves each figure and table under the notebook's prefix, and returns the tables and one computed sentence for the
-takeaway (:func:`diagnostics_sentence`).
+takeaway (:func:`diagnostics_sentence`, :func:`layer_sentence`).
 
 What it shows, for the first seed's final epoch (named in every title; the loss terms show every seed): AP per class
 with its 95% interval over the validation images (``<prefix>_class_ap``), AP and AR@1/10/100 by object size with the
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.diagnostics import SCORE_THRESHOLD, RunDiagnostics
-from ..analysis.errors import ERROR_KINDS, error_table
+from ..analysis.errors import ERROR_KINDS, error_table, layer_change_sentence, layer_changes
 from ..analysis.loss_terms import runs_loss_terms
 from ..training.runs import RunRecord
 from .figures import save_fig
@@ -147,3 +147,12 @@ def diagnostics_sentence(diagnosed: Diagnosed) -> str:
     return (f"Diagnostics of {diagnosed.run} (epoch {diagnosed.epoch}): {costly} errors cost most, "
             f"{kinds.loc[costly, 'delta AP50 (points)']:.1f} AP50 points ({count[costly]:.0f} at score >= "
             f"{kinds.attrs['min_score']:g}); {classes_text} (95% intervals){tail}.")
+
+
+def layer_sentence(diagnosed: Diagnosed) -> str:
+    """Which kinds of error the decoder layers after the first remove most, in the diagnosed run (the paper's
+    Fig. 4, measured: :func:`~detr_nb_utils.analysis.errors.layer_change_sentence`)."""
+    layers = diagnosed.tables["layer_errors"]
+    if len(layers) < 2:
+        return f"{diagnosed.run} has one decoder layer: no layer to compare."
+    return f"{diagnosed.run}: " + layer_change_sentence(layer_changes(layers))

@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis.bootstrap import ApBootstrap, covers, percentile_interval
+from pycocotools.coco import COCO
+
+from ..analysis.bootstrap import ApBootstrap, MatchedDetections, ap_difference, common_images, covers, \
+    percentile_interval
 from ..analysis.findings import Finding, interval_verdict
 from ..data.split import CROWDED_THRESHOLD, largest_share_gap
 from ..training.recipe import ORIGINAL, RECIPES
-from ..training.runs import RunRecord
+from ..training.runs import RunRecord, load_detections
 from .tables import save_takeaway
 
 #: the width the takeaway's Markdown source is wrapped at
@@ -95,13 +98,18 @@ def restart_words(lr: float, lr_backbone: float) -> str:
             "AdamW state, so every weight moves at every step")
 
 
+#: how to measure the recipe's part in a loss, when no arm ran beside it
+ARMS_HINT = ("The recipe arms test it: run 03 with `-p recipe_arms '[\"checkpoint_rates\", \"warmup\"]'` (the "
+             "checkpoint's own rates; the original rates reached by a warm-up).")
+
+
 def finetune_lines(variant: str, table: pd.DataFrame, findings: Sequence[Finding], recipe: str, lr: float,
-                   lr_backbone: float, where: str = "03_recipe_arms") -> list[str]:
+                   lr_backbone: float, where: str = "03_recipe_arms", hint: str = ARMS_HINT) -> list[str]:
     """03's (and 07's) takeaway on fine-tuning, from :func:`~detr_nb_utils.notebook.fine_tune.change_findings`
     (``table``, ``findings``): the change of AP from epoch 0 to the final epoch under ``recipe`` with its 95%
     interval and verdict; when it is a loss, why this recipe loses AP (:func:`restart_words`, the run's rates
     ``lr``, ``lr_backbone``), and what the other recipe arms of ``table`` measured (saved as ``where``), or how to
-    measure it when none ran."""
+    measure it when none ran (``hint``)."""
     change = _final_change(table, recipe)
     if change is None:
         return [f"{variant}: no fine-tuned epoch with saved detections under recipe {recipe!r}, so no change to "
@@ -129,9 +137,29 @@ def finetune_lines(variant: str, table: pd.DataFrame, findings: Sequence[Finding
         lines.append(f"The recipe arms measure it ({where}), change from epoch 0 to the final epoch: "
                      + "; ".join(parts) + ".")
     elif value < 0:
-        lines.append("The recipe arms test it: run 03 with `-p recipe_arms '[\"checkpoint_rates\", \"warmup\"]'` "
-                     "(the checkpoint's own rates; the original rates reached by a warm-up).")
+        lines.append(hint)
     return lines
+
+
+def run_change(record: RunRecord, gt: COCO, n_resamples: int = 1000) -> tuple[pd.DataFrame, list[Finding]]:
+    """One run's AP change from epoch 0 to its final epoch on the validation set ``gt`` (07: your data, which is not
+    the split's), paired over ``n_resamples`` resamples of the images: a table and findings shaped as
+    :func:`~detr_nb_utils.notebook.fine_tune.change_findings`' (one recipe, one seed), for :func:`finetune_lines`."""
+    recipe, final = record.config.recipe, record.final_epoch
+    if not final:
+        return pd.DataFrame(columns=["seeds", "epoch-0 AP", "final change"]), []
+    zero, last = load_detections(record.run_dir, 0), load_detections(record.run_dir, final)
+    img_ids = common_images(zero, last)
+    before, after = MatchedDetections(gt, zero, img_ids), MatchedDetections(gt, last, img_ids)
+    d = ap_difference(after, before, n_resamples)["AP"]
+    table = pd.DataFrame({"seeds": 1, "epoch-0 AP": 100 * before.point[0], "final change": 100 * d["point"],
+                          "final change low": 100 * d["low"], "final change high": 100 * d["high"]},
+                         index=pd.Index([recipe], name="recipe"))
+    finding = Finding(f"{record.run_dir.name}, recipe {recipe} (1 seed): AP change from epoch 0 to the final epoch",
+                      100 * d["point"], 100 * d["low"], 100 * d["high"],
+                      f"the {len(img_ids)} validation images (one run)",
+                      interval_verdict(d["low"], d["high"]), data={"label": f"{recipe}: epoch {final} - epoch 0"})
+    return table, [finding]
 
 
 # ---- 04 -------------------------------------------------------------------------------------------------------
