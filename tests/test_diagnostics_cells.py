@@ -52,7 +52,9 @@ def test_tables_are_the_analysis_tables(shown_diagnostics):
     assert kinds.attrs["AP50"] == pytest.approx(d.errors().ap50())
     saved = pd.read_csv(report / "tables" / "03_layer_errors.csv", comment="#", index_col=0)
     assert list(saved.columns) == ["1", "2", "3"]  # one column per decoder layer
-    assert saved.loc["AP50"].tolist() == pytest.approx(d.layer_errors()["AP50"].tolist())
+    layers = d.layer_errors()
+    assert saved.loc["AP50 (points)"].tolist() == pytest.approx(layers["AP50"].tolist())
+    assert saved.loc["missed (count)"].tolist() == layers["missed"].tolist()
 
 
 def test_sentence_names_the_costliest_error_and_the_weakest_class(shown_diagnostics):

@@ -56,15 +56,20 @@ def kinds_table(errors: pd.DataFrame) -> pd.DataFrame:
     so it fits a page. ``attrs``: ``AP50``, ``min_score``."""
     row = errors.iloc[0]
     table = pd.DataFrame({"delta AP50 (points)": [row[f"dAP50 {k}"] for k in ERROR_KINDS],
-                          f"count (score >= {errors.attrs['min_score']:g})": [row[k] for k in ERROR_KINDS]},
+                          f"count (score >= {errors.attrs['min_score']:g})": [int(row[k]) for k in ERROR_KINDS]},
                          index=pd.Index(ERROR_KINDS, name="kind"))
     table.attrs.update(AP50=float(row["AP50"]), min_score=errors.attrs["min_score"])
     return table
 
 
 def _layers_long(layers: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer errors with the layers as columns (a 6-layer decoder fits a page; the kinds run down)."""
-    return layers.T.rename_axis(index="measure", columns="decoder layer")
+    """Per-layer errors with the layers as columns (a 6-layer decoder fits a page; the kinds run down), AP50 and
+    delta AP50 in points, the counts as whole numbers."""
+    table = layers.T.astype(object).rename_axis(index="measure", columns="decoder layer")
+    for kind in ERROR_KINDS:
+        if kind in layers:
+            table.loc[kind] = layers[kind].astype(int).tolist()
+    return table.rename(index=lambda m: f"{m} (points)" if m.startswith(("AP50", "dAP50")) else f"{m} (count)")
 
 
 def _save(fig, name: str, report_dir: str | Path) -> None:
@@ -86,7 +91,8 @@ def show_diagnostics(records: Mapping[str, RunRecord], prefix: str, report_dir: 
 
     classes = d.classes(n_resamples)
     out.tables["class_ap"] = classes
-    save_table(classes, f"{prefix}_class_ap", report_dir, floatfmt=".1f")
+    save_table(classes.rename(columns={"AP": "AP (points)", "low": "95% low", "high": "95% high"}),
+               f"{prefix}_class_ap", report_dir, floatfmt=".1f")
     _save(plot_class_ap(classes, f"AP per class ({run}), 95% interval over the {classes.attrs['n_images']} "
                                   "validation images"), f"{prefix}_class_ap", report_dir)
 

@@ -41,13 +41,13 @@ def takeaway_markdown(lines: Sequence[str], note: str = "") -> str:
 
 
 def show_takeaway(lines: Sequence[str], name: str, report_dir: str | Path, note: str = ""):
-    """Save the takeaway (:func:`takeaway_markdown`) as ``<report_dir>/tables/<name>.md`` and return it for the
-    notebook to display as Markdown."""
+    """Save the takeaway's lines (:func:`takeaway_markdown`) as ``<report_dir>/tables/<name>.md``, where
+    :func:`.tables.save_takeaway` opens them with the demo's stamp, and return them after ``note`` for the notebook
+    to display as Markdown: the demo is said once in each place."""
     from IPython.display import Markdown
 
-    text = takeaway_markdown(lines, note)
-    save_takeaway(text, name, report_dir)
-    return Markdown(text)
+    save_takeaway(takeaway_markdown(lines), name, report_dir)
+    return Markdown(takeaway_markdown(lines, note))
 
 
 def _interval(value: float, low: float, high: float) -> str:
@@ -93,9 +93,10 @@ def _final_change(table: pd.DataFrame, arm: str) -> tuple[float, float, float] |
 def restart_words(lr: float, lr_backbone: float) -> str:
     """Why fine-tuning a converged checkpoint with the original recipe can lose AP, with the rates computed."""
     done = RECIPES["checkpoint_rates"]
-    return (f"the checkpoint had converged at learning rate {done['lr']:g} (backbone {done['lr_backbone']:g}), and "
-            f"the recipe restarts it at {lr / done['lr']:.0f}x that ({lr:g}, backbone {lr_backbone:g}) with a fresh "
-            "AdamW state, so every weight moves at every step")
+    rate = lambda x: f"{x:.0e}".replace("e-0", "e-")  # noqa: E731 (1e-4, as the recipe is written)
+    return (f"the checkpoint had converged at learning rate {rate(done['lr'])} (backbone {rate(done['lr_backbone'])}),"
+            f" and the recipe restarts it at {lr / done['lr']:.0f}x that ({rate(lr)}, backbone {rate(lr_backbone)}) "
+            "with a fresh AdamW state, so every weight moves at every step")
 
 
 #: how to measure the recipe's part in a loss, when no arm ran beside it
