@@ -205,7 +205,7 @@ diagnosed = show_diagnostics(first, "05", report_dir, n_resamples=n_resamples)
 # %%
 strongest = "most_matched" if "most_matched" in untrained else max(untrained, key=lambda s: untrained[s].value,
                                                                       default=None)
-lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone)[:1]
+lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone)[:2]
 lines += [f.text() for f in versus_findings[:1]] + [best.text()]
 lines += [untrained_line(untrained[strongest], strongest)] if strongest else []
 show_takeaway([*lines, diagnostics_sentence(diagnosed)], f"{prefix}_takeaway", report_dir,
