@@ -160,4 +160,5 @@ save_fig(fig, "01_crowded_val_images", report_dir)
 # ## Takeaway
 
 # %%
-show_takeaway(split_lines(summary, diversity, gaps), "01_takeaway", report_dir)
+lines = split_lines(summary, diversity, gaps)
+show_takeaway(lines, "01_takeaway", report_dir)

@@ -207,4 +207,5 @@ diagnosed = show_diagnostics(main, "03", report_dir, gallery=True, n_resamples=n
 
 # %%
 lines = finetune_lines(variant_of_config(cfg), arms_table, arm_findings, cfg.recipe, cfg.lr, cfg.lr_backbone)
-show_takeaway([*lines, diagnostics_sentence(diagnosed)], f"{prefix}_takeaway", report_dir, runs_note(main.values()))
+lines.append(diagnostics_sentence(diagnosed))
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(main.values()))

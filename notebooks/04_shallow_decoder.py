@@ -151,5 +151,5 @@ lines = finetune_lines(variant_of_config(cfg), changes, change, cfg.recipe, cfg.
 sign = sign_line(variant_of_config(cfg), "dec6_q100",
                  f"the {cfg.dec_layers}-layer model minus the 6-layer one it was cut from")
 versus_text = [f.text() for f in versus_findings[:1]]
-show_takeaway([sign, *versus_text, *lines[:2], diagnostics_sentence(diagnosed), layer_sentence(diagnosed)],
-              f"{prefix}_takeaway", report_dir, runs_note(records.values()))
+lines = [sign, *versus_text, *lines[:2], diagnostics_sentence(diagnosed), layer_sentence(diagnosed)]
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(records.values()))

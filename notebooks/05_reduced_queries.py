@@ -208,5 +208,5 @@ strongest = "most_matched" if "most_matched" in untrained else max(untrained, ke
 lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone)[:2]
 lines += [f.text() for f in versus_findings[:1]] + [best.text()]
 lines += [untrained_line(untrained[strongest], strongest)] if strongest else []
-show_takeaway([*lines, diagnostics_sentence(diagnosed)], f"{prefix}_takeaway", report_dir,
-              runs_note(first.values()))
+lines.append(diagnostics_sentence(diagnosed))
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(first.values()))
