@@ -279,3 +279,13 @@ def test_a_damaged_best_checkpoint_is_named_when_the_run_is_extended_predicted_o
     model = build_detr(**cfg.arch, num_queries=cfg.num_queries, dec_layers=cfg.dec_layers)
     with pytest.raises(CheckpointError, match=rf"checkpoint {best} is damaged"):
         load_pretrained(model, best)  # starting a new run from it (the engine's load), as the damaged-run advice says
+
+
+def test_each_epoch_prints_one_line_with_ap_in_points(tiny_cfg, capsys):
+    """The line a headless log shows per epoch gives AP in points, as every table does."""
+    record = engine.run_experiment(dataclasses.replace(tiny_cfg, run_name="log_line", epochs=1))
+    out = capsys.readouterr().out
+    for epoch in (0, 1):
+        ap = 100 * record.metrics.loc[epoch, "val_AP"]
+        assert f"epoch {epoch}: " in out and f"val AP {ap:.1f} points" in out
+    assert "the checkpoint, before training" in out and "train loss" in out

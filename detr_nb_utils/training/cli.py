@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         best = record.best_epoch_ap
-        ap = f"{record.metrics.loc[best, 'val_AP']:.4f} at epoch {best}" if best is not None else "n/a"
+        ap = f"{100 * record.metrics.loc[best, 'val_AP']:.2f} points at epoch {best}" if best is not None else "n/a"
         print(f"{record.run_dir}: {int(record.metrics.index[-1])} epochs finished; best val AP {ap}; "
               f"best total val loss at epoch {record.best_epoch_loss}")
     return 0

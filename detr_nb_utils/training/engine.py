@@ -361,8 +361,9 @@ class TrainingRun:
         self.tensorboard.epoch_end(epoch, self.history[-1], detections)
         h = self.history[-1]  # one line per epoch, also in headless logs
         parts = ["the checkpoint, before training" if epoch == 0 else f"train loss {h['train_loss']:.3f}"]
-        parts += [f"val {k.removeprefix('val_').replace('_', ' ')} {h[k]:.3f}" for k in ("val_loss_total", "val_AP")
-                  if k in h]  # epochs between evaluations have none
+        # epochs between evaluations have neither; AP in points, as every table shows it
+        parts += [f"val loss total {h['val_loss_total']:.3f}"] if "val_loss_total" in h else []
+        parts += [f"val AP {100 * h['val_AP']:.1f} points"] if "val_AP" in h else []
         tqdm.write(f"epoch {epoch}: {', '.join(parts)} ({h['wall_time_s']:.0f} s)")
 
 
