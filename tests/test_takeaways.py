@@ -12,7 +12,7 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 from test_comparison import _write_run
 
 from detr_nb_utils.analysis.findings import Finding
-from detr_nb_utils.notebook.takeaways import WIDTH, finetune_lines, run_change, sign_line, split_lines, \
+from detr_nb_utils.notebook.takeaways import WIDTH, best_line, finetune_lines, run_change, sign_line, split_lines, \
     takeaway_markdown, untrained_choice, untrained_line
 from detr_nb_utils.training import runs
 
@@ -122,3 +122,14 @@ def test_run_change_on_a_validation_set_of_its_own(choice_runs, sample_gt):  # n
     same = choice_runs["dec3_q50_seed42"]  # the same detections at both epochs
     table, _ = run_change(same, sample_gt, n_resamples=50)
     assert table.loc["original", ["final change", "final change low", "final change high"]].tolist() == [0, 0, 0]
+
+
+def test_best_line_names_the_leader_and_whether_it_is_told_apart():
+    best = Finding("the highest final AP of a, b, c: a", 60.1, signed=False, unit="AP",
+                   data={"leader": "a", "tied": ["c"], "final AP": {"a": 60.1, "b": 54.7, "c": 59.0}})
+    line = best_line(best)
+    assert line.startswith("Fine-tuned, a ends highest with AP 60.1") and "b 54.7, c 59.0" in line
+    assert "tied with c" in line
+    alone = Finding(best.claim, 60.1, data={"leader": "a", "tied": [], "final AP": {"a": 60.1, "b": 50.0}})
+    assert "ahead of every other choice beyond sampling" in best_line(alone)
+    assert best_line(Finding("the best of a, b", math.nan, why="nothing to rank")) == "the best of a, b: nothing to rank."

@@ -20,7 +20,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
                             "plot_layer_errors", "plot_loss_terms", "plot_pr_curves", "plot_subgroup_changes"),
     "figures_gallery": ("plot_false_positives", "plot_missed"),
     "diagnostics_cells": ("diagnostics_sentence", "layer_sentence", "show_diagnostics"),
-    "takeaways": ("finetune_lines", "run_change", "show_takeaway", "sign_line", "split_lines", "takeaway_markdown",
+    "takeaways": ("best_line", "finetune_lines", "run_change", "show_takeaway", "sign_line", "split_lines", "takeaway_markdown",
                   "untrained_choice", "untrained_line"),
     "report": ("render_report",),
     "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",

@@ -6,7 +6,8 @@ Markdown, the demo's note once (:func:`show_takeaway`), every number from the da
 - 03 and 07: how much fine-tuning gained or lost with its paired interval, and why a loss is what this recipe does
   to a converged checkpoint, with what the recipe arms measured (:func:`finetune_lines`);
 - 04: the sign of a difference said in words (:func:`sign_line`);
-- 05: the best choice of 50 queries with no training against the fine-tuned first 50 (:func:`untrained_choice`).
+- 05: the best choice of 50 queries after fine-tuning, in one line (:func:`best_line`), and the most-matched choice
+  with no training against the fine-tuned first 50 (:func:`untrained_choice`).
 """
 from __future__ import annotations
 
@@ -198,3 +199,16 @@ def untrained_line(f: Finding, choice: str) -> str:
     return (f"Picking the {choice} queries with no training gives AP {f.data['untrained']:.1f}; fine-tuning the "
             f"first 50 gives {f.data['trained']:.1f}: a difference of {_interval(f.value, f.low, f.high)} (95% "
             f"interval over {f.covers}): the {choice} queries untrained {words}.")
+
+
+def best_line(best: Finding) -> str:
+    """05's sentence on :func:`~detr_nb_utils.analysis.baseline.best_of`: which choice ends highest, and whether the
+    paired differences (Holm-adjusted, in the table) tell it from the others."""
+    if math.isnan(best.value):
+        return f"{best.claim}: {best.why}."
+    tied = best.data.get("tied", [])
+    words = (f"tied with {', '.join(tied)} (the Holm-adjusted paired differences cannot tell them apart)" if tied
+             else "ahead of every other choice beyond sampling (Holm-adjusted paired differences)")
+    others = ", ".join(f"{v} {ap:.1f}" for v, ap in best.data["final AP"].items() if v != best.data["leader"])
+    return (f"Fine-tuned, {best.data['leader']} ends highest with AP {best.value:.1f} (mean over its seeds; "
+            f"{others}): {words}.")
