@@ -74,7 +74,7 @@ from detr_nb_utils.analysis import VARIANTS, detected_objects, run_with_attentio
 from detr_nb_utils.notebook import ap_vs_paper, checkpoint_takeaway, interactive_attention, parameter_counts
 from detr_nb_utils.notebook import plot_decoder_attention, plot_detections, plot_encoder_attention
 from detr_nb_utils.notebook import plot_parameter_counts, plot_query_norms, plot_query_similarity, precision_ap_table
-from detr_nb_utils.notebook import precision_takeaway, predict_panels, reference_ap, save_fig, save_table, save_takeaway
+from detr_nb_utils.notebook import precision_takeaway, predict_panels, reference_ap, save_fig, save_table, show_takeaway
 from detr_nb_utils.notebook import setup_notebook, skeleton, surgery_table
 
 device, report_dir = setup_notebook(cfg, report_dir)
@@ -240,7 +240,5 @@ save_table(gap, "02_precision_ap", report_dir, floatfmt=".2f")
 # ## Takeaway
 
 # %%
-note = world_note(cfg.backbone)
-takeaway = checkpoint_takeaway(params, surgery, ap, note) + " " + precision_takeaway(gap)
-save_takeaway(takeaway, "02_takeaway", report_dir)
-print(takeaway)
+lines = [checkpoint_takeaway(params, surgery, ap), precision_takeaway(gap)]
+show_takeaway(lines, "02_takeaway", report_dir, world_note(cfg.backbone))

@@ -22,6 +22,8 @@ def test_markdown_has_the_note_once_and_wrapped_bullets():
     assert text.count("DEMO note") == 1 and text.startswith("*DEMO note*")
     assert text.count("\n- ") == 2  # the empty line is left out
     assert max(len(line) for line in text.splitlines()) <= WIDTH
+    hyphens = takeaway_markdown(["fine-tuning " * 30])
+    assert all(line.rstrip().endswith("fine-tuning") for line in hyphens.splitlines())  # never "fine-" / "tuning"
 
 
 def _split(val_shares: dict[str, float]):

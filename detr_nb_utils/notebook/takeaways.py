@@ -36,8 +36,9 @@ WIDTH = 110
 def takeaway_markdown(lines: Sequence[str], note: str = "") -> str:
     """``lines`` as a Markdown bullet list, each wrapped at :data:`WIDTH`, after ``note`` (the demo's, once) in
     italics; empty lines are left out."""
-    head = [textwrap.fill(f"*{note}*", WIDTH), ""] if note else []
-    bullets = [textwrap.fill(line, WIDTH, initial_indent="- ", subsequent_indent="  ") for line in lines if line]
+    wrap = {"width": WIDTH, "break_on_hyphens": False, "break_long_words": False}  # "fine-tuning" stays whole
+    head = [textwrap.fill(f"*{note}*", **wrap), ""] if note else []
+    bullets = [textwrap.fill(line, initial_indent="- ", subsequent_indent="  ", **wrap) for line in lines if line]
     return "\n".join(head + bullets) + "\n"
 
 
