@@ -180,9 +180,10 @@ print(best.text(), render(change), sep="\n")
 
 # %% [markdown]
 # ## 5. Picking queries against fine-tuning them
-# The best choice of 50 by the matches on the training images, with no training at all (its run's epoch 0), against
-# the first 50 fine-tuned (their final epoch, every seed): paired on the same resampled validation images (and the
-# seeds, from three). If picking beats training, the slots the checkpoint already uses matter more than the recipe.
+# Each other choice of 50 (the most matched on the training images, the spread ones) with no training at all (its
+# run's epoch 0), against the first 50 fine-tuned (their final epoch, every seed): paired on the same resampled
+# validation images (and the seeds, from three). If picking beats training, which slots are kept matters more than
+# what the recipe does with them.
 
 # %%
 picked = {s: next(r for r in records.values() if tuple(r.config.query_indices or ()) == tuple(choices[s]))
