@@ -39,6 +39,18 @@ def test_every_figure_and_table_saved_under_the_prefix(shown_diagnostics):
         assert (report / "tables" / f"03_{name}.csv").is_file(), name
 
 
+def test_every_figure_names_the_run_it_shows(shown_diagnostics):
+    _, out, _ = shown_diagnostics
+    def words(f) -> str:
+        legends = [t.get_text() for ax in f.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        return " ".join([f._suptitle.get_text() if f._suptitle else "", *legends, *(ax.get_title() for ax in f.axes)])
+
+    titles = {f: words(f) for f in map(plt.figure, plt.get_fignums())}
+    named = re.compile(rf"\b{re.escape(out.run)}\b")
+    shown = [t for t in titles.values() if named.search(t) or "mean of" in t]  # the loss terms show every seed
+    assert len(shown) == len(titles) >= 9
+
+
 def test_tables_are_the_analysis_tables(shown_diagnostics):
     d, out, report = shown_diagnostics
     assert out.run == d.record.run_dir.name and out.epoch == d.epoch

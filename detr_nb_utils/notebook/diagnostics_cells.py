@@ -72,6 +72,12 @@ def _layers_long(layers: pd.DataFrame) -> pd.DataFrame:
     return table.rename(index=lambda m: f"{m} (points)" if m.startswith(("AP50", "dAP50")) else f"{m} (count)")
 
 
+def _named(fig, run: str) -> None:
+    """Put the run the figure shows at the head of its title (the galleries' titles say what, not whose)."""
+    title = getattr(fig, "_suptitle", None)  # Figure.get_suptitle is matplotlib 3.8+
+    fig.suptitle(f"{run}. {title.get_text() if title is not None else ''}", fontsize=9)
+
+
 def _save(fig, name: str, report_dir: str | Path) -> None:
     save_fig(fig, name, report_dir)  # left open: a notebook shows it when the cell ends
 
@@ -107,7 +113,11 @@ def show_diagnostics(records: Mapping[str, RunRecord], prefix: str, report_dir: 
     confusion = d.confusion()
     out.tables["confusion"] = confusion
     save_table(confusion, f"{prefix}_confusion", report_dir, floatfmt=".0f")
-    _save(plot_confusion(confusion), f"{prefix}_confusion", report_dir)
+    a = confusion.attrs
+    _save(plot_confusion(confusion, f"Confusion matrix of {run}: IoU >= {a['iou_threshold']:g}, score >= "
+                                    f"{a['score_threshold']:g}, {a['n_images']} images\n(background row: detections "
+                                    "of no object; background column: objects not detected)"),
+          f"{prefix}_confusion", report_dir)
 
     every, above = d.errors(), d.errors(SCORE_THRESHOLD)
     errors = error_table({first.run_dir.name: every}, {first.run_dir.name: above})
@@ -129,10 +139,10 @@ def show_diagnostics(records: Mapping[str, RunRecord], prefix: str, report_dir: 
             print(f"No galleries: the validation images of {first.run_dir.name} are not found here.")
         else:
             dataset = d.dataset()
-            _save(plot_false_positives(above, dataset, d.names, GALLERY_CASES, min_score=SCORE_THRESHOLD),
-                   f"{prefix}_false_positives", report_dir)
-            _save(plot_missed(above, dataset, d.names, GALLERY_CASES, min_score=SCORE_THRESHOLD),
-                   f"{prefix}_missed", report_dir)
+            for plot, name in ((plot_false_positives, "false_positives"), (plot_missed, "missed")):
+                fig = plot(above, dataset, d.names, GALLERY_CASES, min_score=SCORE_THRESHOLD)
+                _named(fig, run)
+                _save(fig, f"{prefix}_{name}", report_dir)
     return out
 
 
