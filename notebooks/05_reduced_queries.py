@@ -75,7 +75,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from detr_nb_utils.analysis import best_of
+from detr_nb_utils.analysis import best_of, untrained_choice
 from detr_nb_utils.analysis import render, runs_note
 from detr_nb_utils.analysis import analysis_loader, query_choice_table, query_match_counts, query_usage
 from detr_nb_utils.analysis import select_queries, usage_summary
@@ -86,7 +86,7 @@ from detr_nb_utils.notebook import seeded, show_runs, variant_of_config
 from detr_nb_utils.notebook import setup_notebook
 from detr_nb_utils.notebook import save_table
 from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics
-from detr_nb_utils.notebook import best_line, show_takeaway, untrained_choice, untrained_line
+from detr_nb_utils.notebook import best_line, show_takeaway, untrained_line
 from detr_nb_utils.training import QUERY_CHOICE_SEEDS
 from detr_nb_utils.training import build_model, evaluate_checkpoint
 from detr_nb_utils.training import run_all

@@ -95,10 +95,11 @@ import pandas as pd
 from detr_nb_utils.data import CocoDetection, make_own_dataset, read_image
 from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_all
 from detr_nb_utils.training import write_outputs
-from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, runs_note, surgery_takeaway
+from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, run_change, runs_note
+from detr_nb_utils.analysis import surgery_takeaway
 from detr_nb_utils.notebook import plot_ap_curves, plot_detections, run_table, save_fig, save_table
 from detr_nb_utils.notebook import plan, recipe_advice, setup_notebook, shown, with_train_views
-from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, run_change, show_diagnostics, show_takeaway
+from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics, show_takeaway
 
 device, report_dir = setup_notebook(cfg, report_dir)
 if demo_data:

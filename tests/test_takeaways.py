@@ -12,8 +12,10 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 from test_comparison import _write_run
 
 from detr_nb_utils.analysis.findings import Finding
-from detr_nb_utils.notebook.takeaways import WIDTH, best_line, finetune_lines, run_change, sign_line, split_lines, \
-    takeaway_markdown, untrained_choice, untrained_line
+from detr_nb_utils.analysis.baseline import untrained_choice
+from detr_nb_utils.analysis.own_data import run_change
+from detr_nb_utils.notebook.takeaways import WIDTH, best_line, finetune_lines, sign_line, split_lines, \
+    takeaway_markdown, untrained_line
 from detr_nb_utils.training import runs
 
 

@@ -7,26 +7,25 @@ Markdown, the demo's note once (:func:`show_takeaway`), every number from the da
   to a converged checkpoint, with what the recipe arms measured (:func:`finetune_lines`);
 - 04: the sign of a difference said in words (:func:`sign_line`);
 - 05: the best choice of 50 queries after fine-tuning, in one line (:func:`best_line`), and the most-matched choice
-  with no training against the fine-tuned first 50 (:func:`untrained_choice`).
+  with no training against the fine-tuned first 50 (:func:`untrained_line`, on
+  :func:`~detr_nb_utils.analysis.baseline.untrained_choice`).
+
+The findings come from :mod:`detr_nb_utils.analysis`; 07's change on your own validation images from
+:func:`~detr_nb_utils.analysis.own_data.run_change`.
 """
 from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pycocotools.coco import COCO
-
-from ..analysis.bootstrap import ApBootstrap, MatchedDetections, ap_difference, common_images, covers, \
-    percentile_interval
 from ..analysis.findings import Finding, interval_verdict
 from ..data.split import CROWDED_THRESHOLD, largest_share_gap
 from ..training.recipe import ORIGINAL, RECIPES
-from ..training.runs import RunRecord, load_detections
 from .tables import save_takeaway
 
 #: the width the takeaway's Markdown source is wrapped at
@@ -144,27 +143,6 @@ def finetune_lines(variant: str, table: pd.DataFrame, findings: Sequence[Finding
     return lines
 
 
-def run_change(record: RunRecord, gt: COCO, n_resamples: int = 1000) -> tuple[pd.DataFrame, list[Finding]]:
-    """One run's AP change from epoch 0 to its final epoch on the validation set ``gt`` (07: your data, which is not
-    the split's), paired over ``n_resamples`` resamples of the images: a table and findings shaped as
-    :func:`~detr_nb_utils.notebook.fine_tune.change_findings`' (one recipe, one seed), for :func:`finetune_lines`."""
-    recipe, final = record.config.recipe, record.final_epoch
-    if not final:
-        return pd.DataFrame(columns=["seeds", "epoch-0 AP", "final change"]), []
-    zero, last = load_detections(record.run_dir, 0), load_detections(record.run_dir, final)
-    img_ids = common_images(zero, last)
-    before, after = MatchedDetections(gt, zero, img_ids), MatchedDetections(gt, last, img_ids)
-    d = ap_difference(after, before, n_resamples)["AP"]
-    table = pd.DataFrame({"seeds": 1, "epoch-0 AP": 100 * before.point[0], "final change": 100 * d["point"],
-                          "final change low": 100 * d["low"], "final change high": 100 * d["high"]},
-                         index=pd.Index([recipe], name="recipe"))
-    finding = Finding(f"{record.run_dir.name}, recipe {recipe} (1 seed): AP change from epoch 0 to the final epoch",
-                      100 * d["point"], 100 * d["low"], 100 * d["high"],
-                      f"the {len(img_ids)} validation images (one run)",
-                      interval_verdict(d["low"], d["high"]), data={"label": f"{recipe}: epoch {final} - epoch 0"})
-    return table, [finding]
-
-
 # ---- 04 -------------------------------------------------------------------------------------------------------
 
 
@@ -176,23 +154,8 @@ def sign_line(smaller: str, larger: str, how: str) -> str:
 # ---- 05 -------------------------------------------------------------------------------------------------------
 
 
-def untrained_choice(untrained: RunRecord, trained: Mapping[str, RunRecord], n_resamples: int = 1000) -> Finding:
-    """AP of ``untrained``'s epoch 0 (a choice of queries, nothing trained) minus the final AP of the ``trained``
-    runs (e.g. the first 50 queries fine-tuned, mean over their seeds), paired on the same resampled validation
-    images (and the seeds, from three): does picking the queries beat fine-tuning them?"""
-    boot = ApBootstrap({untrained.run_dir.name: untrained, **trained}, n_resamples)
-    a = boot.quantity(untrained, "epoch 0")
-    b = boot.combine_seeds("trained", [boot.quantity(r, "final") for r in trained.values()])
-    claim = f"{untrained.run_dir.name} at epoch 0 (no training) minus the fine-tuned {len(trained)} runs' final AP"
-    if a is None or b is None:
-        return Finding(claim, math.nan, why="a run lacks its saved detections")
-    d = percentile_interval(a[0] - b[0], a[1] - b[1])
-    return Finding(claim, 100 * d["point"], 100 * d["low"], 100 * d["high"], covers(len(boot.img_ids), len(trained)),
-                   interval_verdict(d["low"], d["high"]), data={"untrained": 100 * a[0], "trained": 100 * b[0]})
-
-
 def untrained_line(f: Finding, choice: str) -> str:
-    """05's sentence on :func:`untrained_choice`."""
+    """05's sentence on :func:`~detr_nb_utils.analysis.baseline.untrained_choice`."""
     if math.isnan(f.value):
         return f"{f.claim}: {f.why}."
     words = {"beyond sampling": ("beat" if f.value > 0 else "lose to") + " fine-tuning beyond sampling",
