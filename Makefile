@@ -27,10 +27,10 @@ STUDY_NOTEBOOKS := 01_data_split 02_checkpoint_inspection 03_baseline 04_shallow
 NOTEBOOKS := $(STUDY_NOTEBOOKS) 07_your_dataset
 PAPERMILL := $(PY) -m papermill --kernel python3 --no-progress-bar
 
-.PHONY: setup lock kernel test test-oldest demo study own report pretrain notebooks clean-demo
+.PHONY: setup lock kernel notebook-filter test test-oldest demo study own report pretrain notebooks clean-demo
 PROFILE ?= demo
 
-setup: $(STAMP)
+setup: $(STAMP) notebook-filter
 
 # the lock's exact versions (what the demo's numbers were made with), then the package without resolving anything;
 # pip check and lock.py --check fail when the lock no longer covers pyproject.toml (then: make lock)
@@ -50,12 +50,18 @@ lock:
 	$(PY) tools/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade $(UPGRADE))) \
 	  $(if $(FROM_ENV),--prefer-installed)
 
-# the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name)
+# the notebooks' kernel "python3", pointing at this venv's interpreter (papermill and nbval start it by name), under
+# the display name ipykernel gives it, which the notebooks' metadata holds (JupyterLab marks a notebook modified otherwise)
 kernel: $(KERNEL)
 
 $(KERNEL): $(STAMP)
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (detr-mini-coco)"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
 	touch $(KERNEL)
+
+# the git filter of notebooks/*.ipynb (.gitattributes, tools/notebook_filter.py): outputs never reach a commit, and
+# the working copies carry this kernel's language_info, so that JupyterLab opens them unmodified
+notebook-filter:
+	python3 tools/notebook_filter.py install
 
 test: $(SETUP_KERNEL)
 	$(PY) -m pytest -q tests

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -50,11 +50,15 @@ cfg = make_config(**config_parameters(globals()))  # the cell above, handed over
 # and weights are the demo's.
 
 # %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
 from detr_nb_utils.data import COCO_NAMES, CROWDED_THRESHOLD, CocoDetection, make_split, split_diversity, verify_split
+from detr_nb_utils.data import largest_share_gap, random_split_gaps
 from detr_nb_utils.training import prepare_data
 from detr_nb_utils.notebook import gt_panels, objects_per_image, plot_category_distribution, plot_detections
-from detr_nb_utils.notebook import plot_objects_per_image, save_fig, save_table, save_takeaway, setup_notebook
-from detr_nb_utils.notebook import split_summary, split_takeaway
+from detr_nb_utils.notebook import plot_objects_per_image, save_fig, save_table, setup_notebook
+from detr_nb_utils.notebook import show_takeaway, split_lines, split_summary
 
 device, report_dir = setup_notebook(cfg, report_dir)
 
@@ -98,12 +102,35 @@ save_table(summary, "01_split_summary", report_dir)
 
 # %%
 diversity = split_diversity(manifest)
-save_table(diversity, "01_category_distribution", report_dir)
-diversity.nlargest(10, "source")[["name", "source", "train", "val", "train_ratio", "val_ratio"]]
+present = diversity[diversity["source"] > 0]  # the categories the source holds (COCO has 80; the demo a few)
+save_table(present, "01_category_distribution", report_dir)
+present.nlargest(10, "source")[["name", "source", "train", "val", "train_ratio", "val_ratio"]]
 
 # %%
 fig = plot_category_distribution(diversity)
 save_fig(fig, "01_category_distribution", report_dir)
+
+# %% [markdown]
+# Is that mix kept well? One number sums it up: the largest gap, in points, between a category's share of the val
+# boxes and its share of the source's. Its yardstick is what chance gives: the same gap for 200 random splits of the
+# same images with the same sizes. A seeded split is one such draw, so its gap should sit inside their spread.
+
+# %%
+gaps = random_split_gaps(data.annotation_file, cfg.n_train, cfg.n_val, n_splits=200, seed=0)
+gap, widest = largest_share_gap(diversity)
+yardstick = pd.Series({"this split": gap, f"{len(gaps)} random splits: median": pd.Series(gaps).median(),
+                       "95th percentile": pd.Series(gaps).quantile(0.95), "largest": gaps.max()})
+save_table(yardstick.rename_axis("split").to_frame("largest share gap (points)"), "01_split_yardstick", report_dir,
+           floatfmt=".2f")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+ax.hist(gaps, bins=30, color="0.7")
+ax.axvline(gap, color="crimson", label=f"this split: {gap:.2f} ({widest})")
+ax.set(xlabel="largest category-share gap, val vs source (points)", ylabel="random splits",
+       title=f"The split's gap among {len(gaps)} random {cfg.n_train}/{cfg.n_val} splits of the same images")
+ax.legend()
+save_fig(fig, "01_split_yardstick", report_dir)
 
 # %% [markdown]
 # ## 4. Objects per image
@@ -133,6 +160,5 @@ save_fig(fig, "01_crowded_val_images", report_dir)
 # ## Takeaway
 
 # %%
-takeaway = split_takeaway(summary, diversity)
-save_takeaway(takeaway, "01_takeaway", report_dir)
-print(takeaway)
+lines = split_lines(summary, diversity, gaps)
+show_takeaway(lines, "01_takeaway", report_dir)

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -43,7 +43,7 @@ max_size = None  # longer side at most (1333 in the study)
 num_workers = None
 n_draw = 6  # val images drawn with their predictions
 score_threshold = 0.7  # detections drawn: class probability at least this (the paper's demo uses 0.7)
-predict_path = None  # an image (or folder) of your own to run the checkpoint on in section 6; None: a val image
+predict_path = None  # an image (or folder) of yours for section 6; None: a bundled COCO photo and a val image
 attention_image = 0  # the val image (index) whose attention maps are drawn
 interactive = None  # attention maps as ipywidgets (slider); None: only in a kernel a Jupyter server started
 report_dir = None  # figures and tables; None: report/ (study) or <out_dir>/report (demo)
@@ -74,7 +74,7 @@ from detr_nb_utils.analysis import VARIANTS, detected_objects, run_with_attentio
 from detr_nb_utils.notebook import ap_vs_paper, checkpoint_takeaway, interactive_attention, parameter_counts
 from detr_nb_utils.notebook import plot_decoder_attention, plot_detections, plot_encoder_attention
 from detr_nb_utils.notebook import plot_parameter_counts, plot_query_norms, plot_query_similarity, precision_ap_table
-from detr_nb_utils.notebook import precision_takeaway, predict_panels, reference_ap, save_fig, save_table, save_takeaway
+from detr_nb_utils.notebook import precision_takeaway, predict_panels, reference_ap, save_fig, save_table, show_takeaway
 from detr_nb_utils.notebook import setup_notebook, skeleton, surgery_table
 
 device, report_dir = setup_notebook(cfg, report_dir)
@@ -157,18 +157,22 @@ save_fig(fig, "02_predictions", report_dir)
 # ### Your own image
 # The checkpoint on any image of yours (`-p predict_path PATH`, a file or a folder), as the command line does it:
 # `python -m detr_nb_utils.predict --checkpoint CHECKPOINT IMAGES... --threshold 0.7 --out DIR` writes each image
-# with its boxes drawn and one COCO results file. An unreadable file is named and skipped.
+# with its boxes drawn and one COCO results file. An unreadable file is named and skipped. Without a path: a COCO
+# photo that comes with the repository (`tests/data/coco_sample`) and the first validation image. The demo's tiny
+# DETR has only seen synthetic shapes, so on the photo it may find nothing: that is the demo world, not a fault.
 
 # %%
 own_model, own_labels, sizes = model_from_checkpoint(cfg.checkpoint)
-own_paths = [predict_path] if predict_path else [val_set.image_path(0)]
+own_paths = [predict_path] if predict_path else ["tests/data/coco_sample/images/000000000139.jpg",
+                                                 val_set.image_path(0)]
 own = predict_images(own_model, own_labels, own_paths, **sizes, threshold=score_threshold, device=str(device),
                      progress=False)
 print(own.summary(), *(f"{path}: {reason}" for path, reason in own.failed), sep="\n")
 if own.images:
     fig = plot_detections([read_image(p.path) for p in own.images],
                           [{"title": f"{p.path.name}: {len(p)} detections >= {score_threshold}", "boxes": p.boxes,
-                            "labels": p.indices, "scores": p.scores} for p in own.images], own_labels.index_names)
+                            "labels": p.indices, "scores": p.scores} for p in own.images], own_labels.index_names,
+                          cols=min(3, len(own.images)))  # no empty panels beside one image
 
 # %% [markdown]
 # ## 7. Where the model looks
@@ -236,7 +240,5 @@ save_table(gap, "02_precision_ap", report_dir, floatfmt=".2f")
 # ## Takeaway
 
 # %%
-note = world_note(cfg.backbone)
-takeaway = checkpoint_takeaway(params, surgery, ap, note) + " " + precision_takeaway(gap)
-save_takeaway(takeaway, "02_takeaway", report_dir)
-print(takeaway)
+lines = [checkpoint_takeaway(params, surgery, ap), precision_takeaway(gap)]
+show_takeaway(lines, "02_takeaway", report_dir, world_note(cfg.backbone))

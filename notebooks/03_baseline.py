@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -75,12 +75,13 @@ cfg = make_config(**params)
 # and weights are the demo's.
 
 # %%
-from detr_nb_utils.analysis import render
+from detr_nb_utils.analysis import render, runs_note
 from detr_nb_utils.notebook import plot_findings, save_fig
 from detr_nb_utils.notebook import arm_configs, change_findings, check_data, plan, seeded, show_runs
 from detr_nb_utils.notebook import variant_of_config
 from detr_nb_utils.notebook import setup_notebook
-from detr_nb_utils.notebook import run_takeaway, save_table, save_takeaway, shown
+from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics, show_takeaway
+from detr_nb_utils.notebook import save_table, shown
 from detr_nb_utils.training import DEFAULT_ARMS
 from detr_nb_utils.training import run_all
 
@@ -188,9 +189,23 @@ save_fig(fig, "03_recipe_arms", report_dir)
 print(render(arm_findings))
 
 # %% [markdown]
+# ## 6. What the detector gets wrong
+# All from the saved detections of the baseline's first seed at its final epoch (nothing is re-run): AP per class
+# with its 95% interval over the validation images; AP by object size for every seed, with the objects of each size;
+# COCOeval's precision-recall curves at IoU 0.5 and 0.75; the confusion matrix at IoU >= 0.5 (its score threshold in
+# the title; the background row holds detections of no object, the background column objects nobody found); the
+# errors sorted into the kinds of the TIDE analysis, with the AP50 each would give back if fixed alone; the same for
+# every decoder layer's predictions (what each extra layer removes; the paper's Fig. 4 and its remark on
+# duplicates); the loss term by term and layer by layer, every seed; and galleries of the highest-scoring false
+# positives and the largest missed objects, ground truth beside the prediction.
+
+# %%
+diagnosed = show_diagnostics(main, "03", report_dir, gallery=True, n_resamples=n_resamples)
+
+# %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = "\n".join([run_takeaway(next(iter(main.values()))), render(arm_findings)])
-save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
-print(takeaway)
+lines = finetune_lines(variant_of_config(cfg), arms_table, arm_findings, cfg.recipe, cfg.lr, cfg.lr_backbone)
+lines.append(diagnostics_sentence(diagnosed))
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(main.values()))

@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -71,12 +71,14 @@ cfg = make_config(**config_parameters(globals()))  # the cell above, handed over
 
 # %%
 from detr_nb_utils.analysis import by_recipe, by_variant, load_runs
-from detr_nb_utils.analysis import render
+from detr_nb_utils.analysis import render, runs_note
 from detr_nb_utils.notebook import plot_ap_per_layer, save_fig
 from detr_nb_utils.notebook import against_baseline, change_findings, check_data, plan, seeded, show_runs
 from detr_nb_utils.notebook import variant_of_config
 from detr_nb_utils.notebook import setup_notebook
-from detr_nb_utils.notebook import layer_ap_table, run_takeaway, save_table, save_takeaway
+from detr_nb_utils.notebook import layer_ap_table, save_table
+from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, layer_sentence, show_diagnostics
+from detr_nb_utils.notebook import show_takeaway, sign_line
 from detr_nb_utils.training import run_all
 
 device, report_dir = setup_notebook(cfg, report_dir)
@@ -120,7 +122,8 @@ save_fig(fig, "04_ap_per_layer", report_dir)
 # %% [markdown]
 # ## 4. Against the baseline
 # The question is answered against 03's baseline (6 layers, 100 queries, the same recipe; its runs are in the same
-# `out_dir`): the difference of the final AP with its paired 95% interval over the validation images (and the
+# `out_dir`): the difference of the final AP, signed 3-layer - 6-layer (the smaller model minus the one it was cut
+# from: negative when the cut loses AP), with its paired 95% interval over the validation images (and the
 # seeds, from three), Holm-adjusted over the family of the three decoder pairs as 06 does, and each model's
 # validation minus training loss gap (positive: worse on images it did not train on). Then what fine-tuning changed
 # for this variant, from its own epoch 0.
@@ -131,9 +134,22 @@ changes, change = change_findings(records, variant_of_config(cfg), n_resamples)
 print(render(change))
 
 # %% [markdown]
+# ## 5. What the cut model gets wrong
+# As in 03, from the saved detections of the first seed at its final epoch: AP per class and by size, the
+# precision-recall curves, the confusion matrix, the kinds of error, the errors of each of its 3 decoder layers
+# (compare with 03's six: which errors did the layers it lost remove?), and the loss term by term, every seed.
+
+# %%
+diagnosed = show_diagnostics(records, "04", report_dir, n_resamples=n_resamples)
+
+# %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = "\n".join([run_takeaway(next(iter(records.values()))), render(change + versus_findings)])
-save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
-print(takeaway)
+lines = finetune_lines(variant_of_config(cfg), changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone,
+                       where="03_recipe_arms")
+sign = sign_line(variant_of_config(cfg), "dec6_q100",
+                 f"the {cfg.dec_layers}-layer model minus the 6-layer one it was cut from")
+versus_text = [f.text() for f in versus_findings[:1]]
+lines = [sign, *versus_text, *lines[:2], diagnostics_sentence(diagnosed), layer_sentence(diagnosed)]
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(records.values()))

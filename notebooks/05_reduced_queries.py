@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -75,8 +75,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from detr_nb_utils.analysis import best_of
-from detr_nb_utils.analysis import render
+from detr_nb_utils.analysis import best_of, untrained_choice
+from detr_nb_utils.analysis import render, runs_note
 from detr_nb_utils.analysis import analysis_loader, query_choice_table, query_match_counts, query_usage
 from detr_nb_utils.analysis import select_queries, usage_summary
 from detr_nb_utils.notebook import save_fig
@@ -84,7 +84,9 @@ from detr_nb_utils.notebook import plot_match_counts, plot_query_usage
 from detr_nb_utils.notebook import against_baseline, change_findings, check_data, choice_run_name, plan
 from detr_nb_utils.notebook import seeded, show_runs, variant_of_config
 from detr_nb_utils.notebook import setup_notebook
-from detr_nb_utils.notebook import run_takeaway, save_table, save_takeaway
+from detr_nb_utils.notebook import save_table
+from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics
+from detr_nb_utils.notebook import best_line, show_takeaway, untrained_line
 from detr_nb_utils.training import QUERY_CHOICE_SEEDS
 from detr_nb_utils.training import build_model, evaluate_checkpoint
 from detr_nb_utils.training import run_all
@@ -177,9 +179,35 @@ changes, change = change_findings(first, variant, n_resamples)
 print(best.text(), render(change), sep="\n")
 
 # %% [markdown]
+# ## 5. Picking queries against fine-tuning them
+# Each other choice of 50 (the most matched on the training images, the spread ones) with no training at all (its
+# run's epoch 0), against the first 50 fine-tuned (their final epoch, every seed): paired on the same resampled
+# validation images (and the seeds, from three). If picking beats training, which slots are kept matters more than
+# what the recipe does with them.
+
+# %%
+picked = {s: next(r for r in records.values() if tuple(r.config.query_indices or ()) == tuple(choices[s]))
+          for s in strategies}  # each choice's first seed: its epoch 0 is the same for every seed
+untrained = {s: untrained_choice(r, first, n_resamples) for s, r in picked.items()}
+print(*(untrained_line(f, s) for s, f in untrained.items()), sep="\n")
+
+# %% [markdown]
+# ## 6. What the 50-query model gets wrong
+# As in 03, from the saved detections of the first 50's first seed at its final epoch: AP per class and by size
+# (crowded images hold many small objects), the precision-recall curves, the confusion matrix, the kinds of error
+# (with 50 slots, more objects can go missed), the errors of each decoder layer and the loss term by term.
+
+# %%
+diagnosed = show_diagnostics(first, "05", report_dir, n_resamples=n_resamples)
+
+# %% [markdown]
 # ## Takeaway
 
 # %%
-takeaway = "\n".join([run_takeaway(record), render(change + versus_findings), best.text()])
-save_takeaway(takeaway, f"{prefix}_takeaway", report_dir)
-print(takeaway)
+strongest = "most_matched" if "most_matched" in untrained else max(untrained, key=lambda s: untrained[s].value,
+                                                                      default=None)
+lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone)[:2]
+lines += [f.text() for f in versus_findings[:1]] + [best_line(best)]
+lines += [untrained_line(untrained[strongest], strongest)] if strongest else []
+lines.append(diagnostics_sentence(diagnosed))
+show_takeaway(lines, f"{prefix}_takeaway", report_dir, runs_note(first.values()))

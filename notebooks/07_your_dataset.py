@@ -2,11 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -95,9 +95,11 @@ import pandas as pd
 from detr_nb_utils.data import CocoDetection, make_own_dataset, read_image
 from detr_nb_utils.training import build_model, model_from_run, predict_images, prepare_data, run_all
 from detr_nb_utils.training import write_outputs
-from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, surgery_takeaway
-from detr_nb_utils.notebook import plot_ap_curves, plot_detections, run_table, run_takeaway, save_fig, save_table
-from detr_nb_utils.notebook import plan, recipe_advice, save_takeaway, setup_notebook, shown, with_train_views
+from detr_nb_utils.analysis import class_groups, group_ap_table, group_difference, run_change, runs_note
+from detr_nb_utils.analysis import surgery_takeaway
+from detr_nb_utils.notebook import plot_ap_curves, plot_detections, run_table, save_fig, save_table
+from detr_nb_utils.notebook import plan, recipe_advice, setup_notebook, shown, with_train_views
+from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics, show_takeaway
 
 device, report_dir = setup_notebook(cfg, report_dir)
 if demo_data:
@@ -180,7 +182,17 @@ else:
     surgery_text = "The comparison with the re-initialised head was not run (compare_reinit=False)."
 
 # %% [markdown]
-# ## 6. Predict
+# ## 6. What the detector gets wrong on your data
+# From the saved detections of the run at its final epoch (nothing is re-run): AP per class with its 95% interval
+# over your validation images, AP and recall by object size with the objects of each size, the precision-recall
+# curves, the confusion matrix between your classes, the kinds of error, the errors of each decoder layer, the loss
+# term by term, and galleries of the highest-scoring false positives and the largest missed objects.
+
+# %%
+diagnosed = show_diagnostics({record.run_dir.name: record}, "07", report_dir, gallery=True, n_resamples=n_resamples)
+
+# %% [markdown]
+# ## 7. Predict
 # The fine-tuned model (its best epoch) on images of your choice (`predict_paths`, files or folders), detections
 # scoring at least `threshold`; the same as `python -m detr_nb_utils.predict --run RUN_DIR IMAGES... --out DIR`,
 # which writes the drawn images and a COCO results file.
@@ -202,6 +214,9 @@ save_fig(fig, "07_predictions", report_dir)
 # ## Takeaway
 
 # %%
-takeaway = "\n".join([recipe_advice(cfg.recipe, given=recipe is not None), run_takeaway(record), surgery_text])
-save_takeaway(takeaway, "07_takeaway", report_dir)
-print(takeaway)
+change_table, change = run_change(record, val_gt, n_resamples)
+hint = ("To measure the recipe's part on your data, run this notebook again with `-p recipe checkpoint_rates` or "
+        "`-p recipe warmup` and another `run_name`; 03 measures both arms on the demo's baseline (03_recipe_arms).")
+lines = finetune_lines(record.run_dir.name, change_table, change, cfg.recipe, cfg.lr, cfg.lr_backbone, hint=hint)
+lines += [surgery_text, diagnostics_sentence(diagnosed)]
+show_takeaway(lines, "07_takeaway", report_dir, runs_note([record]))

@@ -248,3 +248,19 @@ def test_real_sample_notebooks_hold_no_widget_state(real_sample_run):
         outputs = [o for c in json.loads(text)["cells"] for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.get("output_type") == "error"]
         assert not [o for o in outputs if o.get("name") == "stderr" and "IProgress" in o.get("text", "")]
+
+
+def test_real_sample_baseline_diagnostics_and_takeaways(real_sample_run):
+    """03 in the study profile draws its diagnostics from the run's saved detections, and 01 and 03 end on their
+    computed takeaways: the split's yardstick, the fine-tuning change with its interval, the diagnostics' line."""
+    report = real_sample_run / "report"
+    for fig in ("03_class_ap", "03_sizes", "03_pr_curves", "03_confusion", "03_errors", "03_layer_errors",
+                "03_loss_terms", "03_false_positives", "03_missed", "01_split_yardstick"):
+        assert (report / "figures" / f"{fig}.png").stat().st_size > 0, fig
+    for table in ("03_class_ap", "03_sizes", "03_confusion", "03_errors", "03_layer_errors", "01_split_yardstick"):
+        assert (report / "tables" / f"{table}.csv").is_file(), table
+    split = (report / "tables" / "01_takeaway.md").read_text()
+    assert "random 4/2 splits of the same images" in split
+    baseline = (report / "tables" / "03_dec6_q100_takeaway.md").read_text()
+    assert "Fine-tuning dec6_q100 with recipe 'original' changed AP by" in baseline
+    assert "Diagnostics of dec6_q100_seed42 (epoch 1)" in baseline

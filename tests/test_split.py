@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from detr_nb_utils.data.split import make_split, split_diversity, verify_split
+from detr_nb_utils.data.split import largest_share_gap, make_split, random_split_gaps, split_diversity, verify_split
 
 N_TRAIN = 16  # the full split: 16 train images, the rest of the sample val
 SMALL = {"n_train": 14, "n_val": 6}  # a split leaving images out
@@ -169,3 +169,31 @@ def test_split_diversity_table(full_split, source):
     person = sum(1 for a in source["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
     assert df.loc[1, "name"] == "person" and df.loc[1, "source"] == person
     assert df.attrs["val_images_over_50_boxes"] == manifest["val"]["n_images_over_50_boxes"]
+
+
+def test_random_split_gaps_measure_the_split_as_make_split_draws_it(ann_file, tmp_path):
+    """The yardstick's first draw is the split make_split makes with the same seed, so its gap is the split's."""
+    manifest = make_split(ann_file, tmp_path, seed=7, **SMALL)
+    gaps = random_split_gaps(ann_file, n_splits=50, seed=7, **SMALL)
+    gap, name = largest_share_gap(split_diversity(manifest))
+    assert gaps.shape == (50,) and gaps[0] == pytest.approx(gap)
+    assert name in {c["name"] for c in manifest["categories"]}
+    assert len(set(gaps.round(6))) > 1  # the splits differ
+    assert (random_split_gaps(ann_file, n_splits=50, seed=7, **SMALL) == gaps).all()
+
+
+def test_random_split_gaps_on_a_hand_built_source(tmp_path):
+    """Ten images of one box each, half of category 1: a val side of two images holds one of each (gap 0) or two
+    of one (gap 50 points)."""
+    coco = {"images": [{"id": i, "width": 10, "height": 10, "file_name": f"{i}.jpg"} for i in range(10)],
+            "annotations": [{"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": [0, 0, 2, 2], "area": 4,
+                             "iscrowd": 0} for i in range(10)],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    path = tmp_path / "source.json"
+    path.write_text(json.dumps(coco))
+    gaps = random_split_gaps(path, n_train=8, n_val=2, n_splits=200, seed=0)
+    assert set(gaps.round(6)) == {0.0, 50.0}
+    with pytest.raises(ValueError, match="only 10"):
+        random_split_gaps(path, n_train=8, n_val=3)
+    with pytest.raises(ValueError, match="n_splits"):
+        random_split_gaps(path, 8, 2, n_splits=0)

@@ -194,9 +194,9 @@ def test_report_embeds_only_what_the_notebooks_export():
     source = "\n".join(p.read_text() for p in [*sorted((root / "notebooks").glob("0*.py")),
                                                 root / "detr_nb_utils" / "notebook" / "fine_tune.py"])
     assert "save_fig" in source, "the notebooks' py:percent sources are missing"
-    saved = set(re.findall(r'save_(?:fig|table|takeaway|findings)\(.*?, "(0\d_[a-z0-9_]+)"', source, re.S))
+    saved = set(re.findall(r'(?:save|show)_(?:fig|table|takeaway|findings)\(.*?, "(0\d_[a-z0-9_]+)"', source, re.S))
     saved |= set(re.findall(r'\(\w+, "(0\d_[a-z0-9_]+)"\)', source))  # names a loop hands to save_fig
-    per_run = set(re.findall(r'save_(?:fig|table|takeaway)\([^,]+, f"\{\{?prefix\}\}?_([a-z_]+)"', source))
+    per_run = set(re.findall(r'(?:save|show)_(?:fig|table|takeaway)\([^,]+, f"\{\{?prefix\}\}?_([a-z_]+)"', source))
     report = (root / "report" / "report.md").read_text()
     linked = set(re.findall(r"\{\{(?:figure|table|csv):([0-9a-z_]+)", report))
     assert len(linked) > 30

@@ -1,4 +1,5 @@
-"""A variant against the baseline, and the best of several choices, for the takeaways of 04 and 05: the final AP
+"""A variant against the baseline, the best of several choices, and a choice of queries untrained against the
+fine-tuned first 50 (:func:`untrained_choice`), for the takeaways of 04 and 05: the final AP
 difference with its paired 95% interval, read from the question's Holm family (:data:`.comparison.VARIANT_PAIRS`,
 :data:`.comparison.QUERY_PAIRS`) exactly as 06 computes it, and each model's gap between validation and training loss.
 Runs of the notebook's recipe only (:func:`.comparison.by_recipe`). Returns :class:`~.findings.Finding`s; reads the
@@ -7,7 +8,7 @@ run folders, never trains. 06 makes the full comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import pandas as pd
 from ..models.loss import loss_views, weight_dict
 from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord
-from .bootstrap import ApBootstrap, covers, runs_of
+from .bootstrap import ApBootstrap, covers, percentile_interval, runs_of
 from .comparison import AP_CAPPED, QUERY_PAIRS, VARIANT_PAIRS, VARIANTS, by_recipe, by_variant, differences_table, \
     load_runs
 from .findings import Finding, interval_verdict
@@ -133,3 +134,18 @@ def best_of(out_dir: str | Path, variants: Sequence[str], n_resamples: int = 100
     return Finding(f"the highest final AP of {', '.join(final)}: {leader}", final[leader], signed=False, unit="AP",
                    verdict="no interval", why=verdict + "; " + "; ".join(f.text().rstrip(".") for f in against),
                    data={"leader": leader, "tied": tied, "pairs": against, "final AP": final})
+
+
+def untrained_choice(untrained: RunRecord, trained: Mapping[str, RunRecord], n_resamples: int = 1000) -> Finding:
+    """AP of ``untrained``'s epoch 0 (a choice of queries, nothing trained) minus the final AP of the ``trained``
+    runs (e.g. the first 50 queries fine-tuned, mean over their seeds), paired on the same resampled validation
+    images (and the seeds, from three): does picking the queries beat fine-tuning them?"""
+    boot = ApBootstrap({untrained.run_dir.name: untrained, **trained}, n_resamples)
+    a = boot.quantity(untrained, "epoch 0")
+    b = boot.combine_seeds("trained", [boot.quantity(r, "final") for r in trained.values()])
+    claim = f"{untrained.run_dir.name} at epoch 0 (no training) minus the fine-tuned {len(trained)} runs' final AP"
+    if a is None or b is None:
+        return Finding(claim, math.nan, why="a run lacks its saved detections")
+    d = percentile_interval(a[0] - b[0], a[1] - b[1])
+    return Finding(claim, 100 * d["point"], 100 * d["low"], 100 * d["high"], covers(len(boot.img_ids), len(trained)),
+                   interval_verdict(d["low"], d["high"]), data={"untrained": 100 * a[0], "trained": 100 * b[0]})

@@ -185,23 +185,27 @@ def analyse_errors(coco_gt: COCO, detections: Mapping[str, np.ndarray], img_ids:
     gt_box = np.array([coco_gt.anns[g]["bbox"] for g in o["gt_id"]], np.float64).reshape(-1, 4)
     o[["x", "y", "w", "h"]] = gt_box
     o["area"] = [coco_gt.anns[g]["area"] for g in o["gt_id"]]
-    d["iou"], d["gt_category"], d["fixes"] = np.nan, -1, False
     gt_cat = dict(zip(o["gt_id"], o["category_id"]))
+    # the verdicts are gathered in arrays and written once (row by row assignment into the frame is slow); a match
+    # keeps no IoU: COCOeval keeps none, the verdict is all that counts
+    kind, gt_id, iou_of = d["kind"].to_numpy(object).copy(), d["gt_id"].to_numpy(np.int64).copy(), np.full(len(d),
+                                                                                                      np.nan)
+    by_image = {i: (g[["x", "y", "w", "h"]].to_numpy().tolist(), g["category_id"].to_numpy(), g["used"].to_numpy(),
+                    g["gt_id"].to_numpy()) for i, g in o.groupby("image_id")}
     for image_id, fp in d[d["kind"] == "false"].groupby("image_id"):
-        here = o[o["image_id"] == image_id]
-        if not len(here):  # an image without objects: every false positive is background
-            d.loc[fp.index, ["kind", "gt_id", "iou"]] = ["background", -1, 0.0]
+        rows = fp.index.to_numpy()
+        if image_id not in by_image:  # an image without objects: every false positive is background
+            kind[rows], gt_id[rows], iou_of[rows] = "background", -1, 0.0
             continue
-        iou = np.asarray(mask_utils.iou(bbox[fp.index].tolist(), here[["x", "y", "w", "h"]].to_numpy().tolist(),
-                                        [0] * len(here))).reshape(len(fp), len(here))
-        same = fp["category_id"].to_numpy()[:, None] == here["category_id"].to_numpy()[None, :]
-        kinds, target = _classify(iou, same, here["used"].to_numpy()[None, :])
+        boxes, cats, used, ids = by_image[image_id]
+        iou = np.asarray(mask_utils.iou(bbox[rows].tolist(), boxes, [0] * len(boxes))).reshape(len(rows), len(boxes))
+        same = fp["category_id"].to_numpy()[:, None] == cats[None, :]
+        kinds, target = _classify(iou, same, used[None, :])
         on = np.where(target >= 0, target, iou.argmax(1))  # the object concerned, else the nearest
-        d.loc[fp.index, "kind"] = kinds
-        d.loc[fp.index, "gt_id"] = np.where(target >= 0, here["gt_id"].to_numpy()[on], -1)
-        d.loc[fp.index, "iou"] = iou[np.arange(len(fp)), on]
-    matched = d["kind"] == "true positive"
-    d.loc[matched, "iou"] = np.nan  # COCOeval keeps no IoU of a match; the verdict is all that counts
+        kind[rows] = kinds
+        gt_id[rows] = np.where(target >= 0, ids[on], -1)
+        iou_of[rows] = iou[np.arange(len(rows)), on]
+    d["kind"], d["gt_id"], d["iou"], d["fixes"] = kind, gt_id, iou_of, False
     d["gt_category"] = [gt_cat.get(g, -1) for g in d["gt_id"]]
     # the oracle's choice: per object nobody found, its highest-scoring classification or localisation error
     used = dict(zip(o["gt_id"], o["used"]))

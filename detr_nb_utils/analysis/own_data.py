@@ -1,6 +1,7 @@
 """Does class-head surgery by name help? AP of the classes that start from a matching COCO row against those that
 start fresh, before and after fine-tuning, and against the whole head re-initialised
-(notebook 07_your_dataset).
+(notebook 07_your_dataset). And what fine-tuning did to one run on your validation images (:func:`run_change`), which
+are not the split's.
 
 A class group's AP is COCO AP on the ground truth and detections of those categories only (:func:`subset_coco`), so
 it is the mean of the group's per-category APs with COCO's own matching; its interval comes from the bootstrap of
@@ -20,6 +21,7 @@ from pycocotools.coco import COCO
 from ..data.label_map import LabelMap
 from ..training.runs import CATEGORIES, CLASS_HEAD, RunRecord, load_detections
 from .bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
+from .findings import Finding, interval_verdict
 
 #: the groups of classes by where their class-head row started (``class_head.csv``'s ``from``)
 GROUPS = ("matched", "fresh")
@@ -105,3 +107,25 @@ def surgery_takeaway(table: pd.DataFrame, diffs: Mapping[str, Mapping], n_images
         "One training seed per run: the intervals cover the validation images, not the training seed.",
     ]
     return " ".join(lines)
+
+
+def run_change(record: RunRecord, gt: COCO, n_resamples: int = 1000) -> tuple[pd.DataFrame, list[Finding]]:
+    """One run's AP change from epoch 0 to its final epoch on the validation set ``gt`` (07: your data, which is not
+    the split's), paired over ``n_resamples`` resamples of the images: a table and findings shaped as
+    :func:`~detr_nb_utils.notebook.fine_tune.change_findings`' (one recipe, one seed), for
+    :func:`~detr_nb_utils.notebook.takeaways.finetune_lines`."""
+    recipe, final = record.config.recipe, record.final_epoch
+    if not final:
+        return pd.DataFrame(columns=["seeds", "epoch-0 AP", "final change"]), []
+    zero, last = load_detections(record.run_dir, 0), load_detections(record.run_dir, final)
+    img_ids = common_images(zero, last)
+    before, after = MatchedDetections(gt, zero, img_ids), MatchedDetections(gt, last, img_ids)
+    d = ap_difference(after, before, n_resamples)["AP"]
+    table = pd.DataFrame({"seeds": 1, "epoch-0 AP": 100 * before.point[0], "final change": 100 * d["point"],
+                          "final change low": 100 * d["low"], "final change high": 100 * d["high"]},
+                         index=pd.Index([recipe], name="recipe"))
+    finding = Finding(f"{record.run_dir.name}, recipe {recipe} (1 seed): AP change from epoch 0 to the final epoch",
+                      100 * d["point"], 100 * d["low"], 100 * d["high"],
+                      f"the {len(img_ids)} validation images (one run)",
+                      interval_verdict(d["low"], d["high"]), data={"label": f"{recipe}: epoch {final} - epoch 0"})
+    return table, [finding]

@@ -4,7 +4,9 @@
 images' annotations with their original ids, all 80 categories, ``info``/``licenses`` kept) and
 ``split_manifest.json`` (seed, sorted image ids of each side, sha256 of the source and output files, counts).
 The same seed and source give byte-identical files. ``verify_split`` re-checks a split from its manifest;
-``split_diversity`` tabulates how each side preserves COCO's category mix. Used by ``notebooks/01_data_split.ipynb``.
+``split_diversity`` tabulates how each side preserves COCO's category mix,
+``largest_share_gap`` sums it up in one number and ``random_split_gaps`` gives that number's spread over random
+splits of the same images (the yardstick). Used by ``notebooks/01_data_split.ipynb``.
 """
 
 from __future__ import annotations
@@ -158,6 +160,40 @@ def split_diversity(manifest_or_dir: dict[str, Any] | Path | str) -> pd.DataFram
     key = f"n_images_over_{CROWDED_THRESHOLD}_boxes"
     df.attrs = {f"{side}_images_over_{CROWDED_THRESHOLD}_boxes": m[side][key] for side in SIDES}
     return df
+
+
+def largest_share_gap(diversity: pd.DataFrame, side: str = "val") -> tuple[float, str]:
+    """The largest gap, in points, between a category's share of ``side``'s boxes and its share of the source's, over
+    the categories the source holds, and that category's name. ``diversity``: :func:`split_diversity`."""
+    present = diversity[diversity["source"] > 0]
+    gaps = 100 * (present[f"{side}_share"] - present["source_share"]).abs()
+    return float(gaps.max()), str(present.loc[gaps.idxmax(), "name"])
+
+
+def random_split_gaps(annotation_file: Path | str, n_train: int, n_val: int, n_splits: int = 200,
+                      seed: int = 0) -> np.ndarray:
+    """The yardstick of :func:`largest_share_gap`: its value for the val side of ``n_splits`` random splits of the
+    same source images with the same sizes (each a permutation as :func:`select_ids` draws it, from
+    ``numpy.random.default_rng(seed)``), ``[n_splits]`` points. A split whose gap sits inside this spread keeps the
+    category mix as well as chance does. Used by notebook 01."""
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be at least 1, got {n_splits!r}")
+    coco = load_coco_json(annotation_file)
+    ids = sorted(im["id"] for im in coco["images"])
+    row = {i: k for k, i in enumerate(ids)}
+    cats = sorted({a["category_id"] for a in coco["annotations"] if not a.get("iscrowd", 0)})
+    col = {c: k for k, c in enumerate(cats)}
+    boxes = np.zeros((len(ids), len(cats)))  # [images, categories]: non-crowd boxes
+    for a in coco["annotations"]:
+        if not a.get("iscrowd", 0):
+            boxes[row[a["image_id"]], col[a["category_id"]]] += 1
+    if n_train + n_val > len(ids):
+        raise ValueError(f"n_train + n_val = {n_train + n_val} images, but {annotation_file} has only {len(ids)}")
+    source = boxes.sum(0) / max(boxes.sum(), 1)
+    rng = np.random.default_rng(seed)
+    val = np.stack([boxes[rng.permutation(len(ids))[n_train:n_train + n_val]].sum(0) for _ in range(n_splits)])
+    shares = val / np.maximum(val.sum(1, keepdims=True), 1)
+    return 100 * np.abs(shares - source).max(1)
 
 
 def verify_split(out_dir: Path | str, annotation_file: Path | str) -> dict[str, Any]:
