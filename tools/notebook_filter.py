@@ -94,9 +94,10 @@ def install() -> int:
     if _git("rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         print("notebook_filter: not a git work tree; no filter installed")
         return 0
-    command = f"python3 {Path(__file__).relative_to(ROOT).as_posix()}"
-    _git("config", "filter.notebook.clean", f"{command} clean")
-    _git("config", "filter.notebook.smudge", f"{command} smudge")
+    script = Path(__file__).relative_to(ROOT).as_posix()
+    for mode in ("clean", "smudge"):  # a checkout of a commit older than this script passes the notebook as it is
+        _git("config", f"filter.notebook.{mode}",
+             f"sh -c 'if test -f {script}; then exec python3 {script} {mode}; else exec cat; fi'")
     info = kernel_language_info()
     for name in _git("ls-files", "--", "notebooks/*.ipynb").stdout.split():
         path = ROOT / name
