@@ -12,21 +12,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_nb_utils.analysis.bootstrap import (
-    MatchedDetections,
-    _Accumulator,
-    ap_difference,
-    ap_interval,
-    bootstrap_p,
-    common_images,
-    evaluate_images,
-    holm,
-    per_image_max,
-    resample_counts,
-    resampled_ap,
-    seed_summary,
-    top_per_image,
-)
+from detr_nb_utils.analysis.bootstrap import (MatchedDetections, _Accumulator, ap_difference, ap_interval, bootstrap_p,
+                                              common_images, evaluate_images, holm, per_image_max, resample_counts,
+                                              resampled_ap, seed_summary, top_per_image)
 from detr_nb_utils.training.coco_eval import results_array
 
 

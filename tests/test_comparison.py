@@ -15,12 +15,8 @@ from test_bootstrap import perturbed_detections, sample_gt  # noqa: F401 (fixtur
 
 from detr_nb_utils.analysis import comparison
 from detr_nb_utils.analysis.baseline import best_of, versus_baseline
-from detr_nb_utils.analysis.bootstrap import (
-    ApBootstrap,
-    MatchedDetections,
-    holm,
-    top_per_image,
-)
+from detr_nb_utils.analysis.bootstrap import MatchedDetections, holm, top_per_image
+from detr_nb_utils.analysis.run_bootstrap import ApBootstrap
 from detr_nb_utils.analysis.conclusions import (
     ANSWER_WORDS,
     agreements,

@@ -6,7 +6,8 @@ from .. import _lazy_exports
 
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
-    "bootstrap": ("ApBootstrap", "MatchedDetections", "ap_difference", "ap_interval"),
+    "bootstrap": ("MatchedDetections", "ap_difference", "ap_interval"),
+    "run_bootstrap": ("ApBootstrap",),
     "comparison": ("QUERY_CHOICES", "QUERY_PAIRS", "VARIANTS", "VARIANT_PAIRS", "ap_per_layer", "comparison_table",
                    "cost_vs_ap", "differences_table", "finetuning_gain_table", "headline_table", "layer_equivalence",
                    "original_study_table", "reported_losses", "seeds_table"),

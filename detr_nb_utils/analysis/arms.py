@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord
-from .bootstrap import ApBootstrap, covers, runs_of
+from .run_bootstrap import ApBootstrap, covers, runs_of
 from .comparison import VARIANT_PAIRS, by_variant, differences_table
 from .findings import Finding, interval_verdict
 

@@ -16,7 +16,8 @@ import pandas as pd
 from ..models.loss import loss_views, weight_dict
 from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord
-from .bootstrap import ApBootstrap, covers, percentile_interval, runs_of
+from .bootstrap import percentile_interval
+from .run_bootstrap import ApBootstrap, covers, runs_of
 from .comparison import AP_CAPPED, QUERY_PAIRS, VARIANT_PAIRS, VARIANTS, by_recipe, by_variant, differences_table, \
     load_runs
 from .findings import Finding, interval_verdict
@@ -130,7 +131,7 @@ def best_of(out_dir: str | Path, variants: Sequence[str], n_resamples: int = 100
     tied = [f.claim.split(" - ")[1].split(",")[0] for f in against if f.data["p Holm"] >= 0.05]
     verdict = (f"tied with {', '.join(tied)}: the paired differences after Holm's adjustment cannot tell "
                f"{'them' if len(tied) > 1 else 'it'} from {leader}" if tied else
-               f"ahead of every other choice beyond sampling after Holm's adjustment")
+               "ahead of every other choice beyond sampling after Holm's adjustment")
     return Finding(f"the highest final AP of {', '.join(final)}: {leader}", final[leader], signed=False, unit="AP",
                    verdict="no interval", why=verdict + "; " + "; ".join(f.text().rstrip(".") for f in against),
                    data={"leader": leader, "tied": tied, "pairs": against, "final AP": final})

@@ -17,7 +17,7 @@ The statistics, fixed before any result is seen:
 - **Seeds**: a variant's value is the mean over its training seeds; with three seeds or more each bootstrap resample
   also redraws the seeds with replacement, so the interval covers both the choice of images and the seed. With
   fewer, redrawing would shrink the seeds' variance: the interval covers the images only and the seeds' spread is
-  given beside it (:data:`.bootstrap.MIN_SEEDS_RESAMPLED`).
+  given beside it (:data:`.run_bootstrap.MIN_SEEDS_RESAMPLED`).
 - **Recipes**: runs compare only within one recipe (:mod:`detr_nb_utils.training.recipe`); a run of another recipe
   is refused naming the field and both folders, unless it is a declared recipe arm, which is its own family
   (:func:`by_recipe`).
@@ -41,7 +41,8 @@ import pandas as pd
 from ..models.loss import LOSS_VIEWS
 from ..training.config import variant_name
 from ..training.runs import RunRecord
-from .bootstrap import LEVEL, ApBootstrap, Groups, holm, runs_of, seed_summary
+from .bootstrap import LEVEL, holm, seed_summary
+from .run_bootstrap import ApBootstrap, Groups, runs_of
 
 # the runs found and grouped by content, where 06 and the tests have always imported them from
 from .run_sets import (  # noqa: F401

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .bootstrap import Groups, covers, runs_of
+from .run_bootstrap import Groups, covers, runs_of
 from .comparison import (
     AP_CAPPED,
     CAP,

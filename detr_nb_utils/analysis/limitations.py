@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from ..training.recipe import ORIGINAL, RECIPES
 from ..training.runs import RunRecord
-from .bootstrap import MIN_SEEDS_RESAMPLED
+from .run_bootstrap import MIN_SEEDS_RESAMPLED
 from .conclusions import MIN_IMAGES
 from .run_sets import by_variant
 

@@ -3,7 +3,7 @@ crowded images, with paired intervals (06_analysis).
 
 A group's AP is COCO AP on part of the validation data: a size range (COCOeval's area ranges, other sizes
 ignored) or a set of images (crowded: at least ``min_objects`` objects; the others). Every group is scored on the
-same bootstrap resamples of all the validation images as :class:`~.bootstrap.ApBootstrap` (an image group counts
+same bootstrap resamples of all the validation images as :class:`~.run_bootstrap.ApBootstrap` (an image group counts
 only its images of each resample), so differences are paired: between variants, and between a group and all
 objects. For each variant and group the table gives ``change`` = AP(variant) - AP(baseline) on that group, and
 ``beyond overall`` = that change minus the change on all objects: negative when the variant loses more on that
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..training.runs import RunRecord, load_detections
-from .bootstrap import ApBootstrap, Groups, MatchedDetections, per_image_max, percentile_interval, resampled_ap, runs_of
+from .bootstrap import MatchedDetections, per_image_max, percentile_interval, resampled_ap
+from .run_bootstrap import ApBootstrap, Groups, runs_of
 from .comparison import CAP
 
 #: the groups, in the table's order: COCO's size ranges, then images by how many objects they hold

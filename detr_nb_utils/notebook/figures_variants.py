@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis.bootstrap import Groups, runs_of
+from ..analysis.run_bootstrap import Groups, runs_of
 from .figures import AP_VIEWS, LOSS_VIEW_TITLES, MARKERS
 
 #: what :func:`plot_variant_curves` draws: the panels (metrics column, title), the y label and the scale

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..analysis.arms import arm_table
 from ..analysis.baseline import BASELINE, versus_baseline
-from ..analysis.bootstrap import ApBootstrap
+from ..analysis.run_bootstrap import ApBootstrap
 from ..analysis.comparison import by_recipe, check_comparable
 from ..analysis.findings import Finding, render
 from ..data.coco import CocoDetection

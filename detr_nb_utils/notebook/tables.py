@@ -18,12 +18,7 @@ import pandas as pd
 import torch
 from pycocotools.coco import COCO
 
-from ..analysis.bootstrap import (
-    MatchedDetections,
-    ap_difference,
-    ap_interval,
-    common_images,
-)
+from ..analysis.bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
 from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
 from ..analysis.findings import Finding, findings_json, findings_table

@@ -299,7 +299,7 @@ def make_config(profile: str | None = None, **params) -> RunConfig:
 
 
 #: training seeds per variant when a notebook's ``n_seeds`` is None: three in both profiles, the fewest whose spread
-#: the analysis resamples (:data:`detr_nb_utils.analysis.bootstrap.MIN_SEEDS_RESAMPLED`), so that a difference
+#: the analysis resamples (:data:`detr_nb_utils.analysis.run_bootstrap.MIN_SEEDS_RESAMPLED`), so that a difference
 #: between decoders can be told from training noise; the original study's single run is ``n_seeds=1``
 DEFAULT_SEEDS = {"study": 3, "demo": 3}
 #: seeds of each of 05's other choices of 50 queries when its ``strategy_seeds`` is None: as many as the first 50's

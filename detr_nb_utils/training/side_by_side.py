@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from . import runs
