@@ -94,6 +94,7 @@ endef
 
 demo: $(SETUP_KERNEL)
 	$(call run-notebooks,demo,$(NOTEBOOKS))
+	$(PY) -m detr_nb_utils.notebook.report --profile demo
 
 study: $(SETUP_KERNEL)
 	$(PY) -m detr_nb_utils.data.download coco --root data/coco

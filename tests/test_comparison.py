@@ -460,7 +460,7 @@ def test_best_of_names_the_leader_and_its_ties(run_folders):
 def test_scores_are_kept_for_the_next_notebook(run_folders, monkeypatch):
     """What one notebook scored (a run's epoch matched and resampled) the next reads back from <out_dir>/.bootstrap
     instead of matching again, and gets the same numbers."""
-    from detr_nb_utils.analysis import bootstrap as boot
+    from detr_nb_utils.analysis import run_bootstrap as boot
 
     records = comparison.load_runs(run_folders)
     first = comparison.ApBootstrap(records, n_resamples=120, seed=7)
