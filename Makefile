@@ -54,7 +54,7 @@ lock:
 # the display name ipykernel gives it, which the notebooks' metadata holds (JupyterLab marks a notebook modified otherwise)
 kernel: $(KERNEL)
 
-$(KERNEL): $(STAMP)
+$(KERNEL): $(STAMP) Makefile  # re-installed when the display name here changes
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
 	touch $(KERNEL)
 
