@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..data.transforms import MAX_SIZE, TRAIN_SCALES, VAL_SIZE
 from .config_checks import CHECKPOINT_SHAPES, CHECKS, fail
-from .recipe import ORIGINAL, RECIPES, recipe_values
+from .recipe import ORIGINAL, recipe_values
 
 PROFILE_ENV = "DETR_NB_PROFILE"
 #: the demo world's pre-trained tiny DETR, committed with the project (its SHA-256 in ``<stem>.json``)
