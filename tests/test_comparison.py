@@ -32,7 +32,6 @@ from detr_nb_utils.analysis.templates import (
     differences_paragraph,
     words,
 )
-from detr_nb_utils.notebook.tables import run_takeaway
 from detr_nb_utils.training import runs
 from detr_nb_utils.training.config import make_config, seed_configs, variant_of
 
@@ -378,11 +377,6 @@ def test_a_fine_tuning_loss_is_reported_as_a_loss_everywhere(analysed):
     assert gains.loc["dec3_q100", "change"] == pytest.approx(loss)
     comp = comparison.comparison_table({"dec3_q100": shallow})
     assert comp.loc[("shallow_try", "final epoch"), "AP"] < comp.loc[("shallow_try", "epoch 0"), "AP"]
-    words_ = f"lost {abs(loss):.1f} points"
-    takeaway = run_takeaway(shallow)
-    assert f"fine-tuning {words_}" in takeaway and "gained" not in takeaway.split("(best")[0]
-    n_val = int(shallow.metrics["val_num_images"].iloc[-1])
-    assert f"AP is computed on {n_val} validation images, fewer than 100" in takeaway  # degenerate, and said so
     found = _findings(analysed)[0]
     change = by_key(found, "change")["dec3_q100"]
     assert change.value == pytest.approx(loss) and change.verdict == "beyond sampling" and change.high < 0

@@ -143,16 +143,6 @@ def agreements(ranked: Mapping[str, Ranking]) -> dict[tuple[str, str], list[tupl
     return {(a, b): discordant(ranked[a], ranked[b]) for a, b in AGREEMENTS if a in ranked and b in ranked}
 
 
-def change_words(points: float, decimals: int = 1) -> str:
-    """A signed AP change in words: "gained 1.2 points", "lost 0.8 points", "did not change AP"."""
-    v = round(float(points), decimals)
-    if math.isnan(v):
-        return "has no AP to compare"
-    if v == 0:
-        return "did not change AP (as printed)"
-    return f"{'gained' if v > 0 else 'lost'} {abs(v):.{decimals}f} points"
-
-
 # ---- 06's tables as findings ---------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "report": ("render_report",),
     "table_format": ("display_table", "markdown_table", "shown"),
     "tables": ("ap_vs_paper", "checkpoint_takeaway", "layer_ap_table", "objects_per_image", "parameter_counts", "precision_ap_table",
-               "precision_takeaway", "reference_ap", "run_table", "run_takeaway", "save_findings", "save_table", "save_takeaway",
-               "skeleton", "split_summary", "split_takeaway", "surgery_table", "with_train_views"),
+               "precision_takeaway", "reference_ap", "run_table", "save_findings", "save_table", "save_takeaway",
+               "skeleton", "split_summary", "surgery_table", "with_train_views"),
 }
 __all__, __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)

@@ -20,7 +20,6 @@ from pycocotools.coco import COCO
 
 from ..analysis.bootstrap import MatchedDetections, ap_difference, ap_interval, common_images
 from ..analysis.comparison import AP_STATS, PAPER_AP, VARIANTS
-from ..analysis.conclusions import MIN_IMAGES, change_words, runs_note
 from ..analysis.findings import Finding, findings_json, findings_table
 from ..data import atomic
 from ..data.split import CROWDED_THRESHOLD, SIDES
@@ -96,20 +95,6 @@ def objects_per_image(split_dir: str | Path) -> pd.DataFrame:
             counts[a["image_id"]] += not a.get("iscrowd", 0)
         rows += [(side, i, n) for i, n in counts.items()]
     return pd.DataFrame(rows, columns=["side", "image_id", "boxes"])
-
-
-def split_takeaway(summary: pd.DataFrame, diversity: pd.DataFrame) -> str:
-    """Closing sentences of 01 from :func:`split_summary` and :func:`~detr_nb_utils.data.split.split_diversity`."""
-    over = f"images > {CROWDED_THRESHOLD} boxes"
-    present = diversity[diversity["source"] > 0]
-    worst = (present["val_share"] - present["source_share"]).abs().idxmax()
-    return (f"The split holds {summary.loc['train', 'images']} training and {summary.loc['val', 'images']} "
-            f"validation images with {summary.loc['train', 'boxes']} and {summary.loc['val', 'boxes']} boxes; "
-            f"{int((present['val'] > 0).sum())} of the source's {len(present)} categories appear in val. The "
-            f"largest gap between a category's val share and its source share is "
-            f"{100 * abs(present.loc[worst, 'val_share'] - present.loc[worst, 'source_share']):.2f} points "
-            f"({present.loc[worst, 'name']}). {summary.loc['val', over]} val images hold more than "
-            f"{CROWDED_THRESHOLD} objects, which a {CROWDED_THRESHOLD}-query model cannot all detect.")
 
 
 # ---- 02: the checkpoint and the variants -------------------------------------------------------------------
@@ -268,27 +253,3 @@ def run_table(record: RunRecord) -> pd.DataFrame:
     for k in AP_STATS:
         df[k] = 100 * record.metrics[f"val_{k}"]
     return df.rename(columns=lambda c: c.removeprefix("val_"))
-
-
-def run_takeaway(record: RunRecord) -> str:
-    """Closing sentences of 03-05: what fine-tuning did to AP (signed: a loss is called a loss) from epoch 0 to the
-    final epoch, the best fine-tuned epoch (secondary), and to the losses, from the run folder. Says when AP is
-    degenerate: fewer than 100 validation images, or no change at all."""
-    m, name = record.metrics, record.run_dir.name
-    last, final, best = int(m.index.max()), record.final_epoch, record.best_epoch_ap
-    head = note + " " if (note := runs_note([record])) else ""
-    status = "" if record.complete else f" The run is incomplete ({last} of {record.config.epochs} epochs)."
-    if final is None or final == 0:
-        ap = "no fine-tuned epoch was evaluated"
-    else:
-        a0, af = 100 * m.loc[0, "val_AP"], 100 * m.loc[final, "val_AP"]
-        ap = (f"val AP went from {a0:.1f} at epoch 0 to {af:.1f} at the final epoch {final}: fine-tuning "
-              f"{change_words(af - a0)} (best fine-tuned epoch {best}: {100 * m.loc[best, 'val_AP']:.1f}, "
-              f"{change_words(100 * m.loc[best, 'val_AP'] - a0)} over epoch 0; one run, so these "
-              "values have no interval of their own: the bootstraps give the intervals)")
-    n_val = m["val_num_images"].dropna() if "val_num_images" in m else []
-    few = (f" AP is computed on {int(n_val.iloc[-1])} validation images, fewer than {MIN_IMAGES}: it moves in coarse "
-           "steps, so small changes say little." if len(n_val) and n_val.iloc[-1] < MIN_IMAGES else "")
-    return (f"{head}{name}: {ap}; the total val loss went from {m.loc[0, 'val_loss_total']:.3f} to "
-            f"{m.loc[last, 'val_loss_total']:.3f} and the final-layer loss from {m.loc[0, 'val_loss_final']:.3f} "
-            f"to {m.loc[last, 'val_loss_final']:.3f}.{few}{status}")
