@@ -78,7 +78,7 @@ from detr_nb_utils.notebook import variant_of_config
 from detr_nb_utils.notebook import setup_notebook
 from detr_nb_utils.notebook import layer_ap_table, save_table
 from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, layer_sentence, show_diagnostics
-from detr_nb_utils.notebook import show_takeaway, sign_line
+from detr_nb_utils.notebook import WHY_IN_03, show_takeaway, sign_line
 from detr_nb_utils.training import run_all
 
 device, report_dir = setup_notebook(cfg, report_dir)
@@ -147,7 +147,7 @@ diagnosed = show_diagnostics(records, "04", report_dir, n_resamples=n_resamples)
 
 # %%
 lines = finetune_lines(variant_of_config(cfg), changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone,
-                       where="03_recipe_arms")
+                       where="03_recipe_arms", why=WHY_IN_03)
 sign = sign_line(variant_of_config(cfg), "dec6_q100",
                  f"the {cfg.dec_layers}-layer model minus the 6-layer one it was cut from")
 versus_text = [f.text() for f in versus_findings[:1]]

@@ -86,7 +86,7 @@ from detr_nb_utils.notebook import seeded, show_runs, variant_of_config
 from detr_nb_utils.notebook import setup_notebook
 from detr_nb_utils.notebook import save_table
 from detr_nb_utils.notebook import diagnostics_sentence, finetune_lines, show_diagnostics
-from detr_nb_utils.notebook import best_line, show_takeaway, untrained_line
+from detr_nb_utils.notebook import WHY_IN_03, best_line, show_takeaway, untrained_line
 from detr_nb_utils.training import QUERY_CHOICE_SEEDS
 from detr_nb_utils.training import build_model, evaluate_checkpoint
 from detr_nb_utils.training import run_all
@@ -206,7 +206,7 @@ diagnosed = show_diagnostics(first, "05", report_dir, n_resamples=n_resamples)
 # %%
 strongest = "most_matched" if "most_matched" in untrained else max(untrained, key=lambda s: untrained[s].value,
                                                                       default=None)
-lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone)[:2]
+lines = finetune_lines(variant, changes, change, cfg.recipe, cfg.lr, cfg.lr_backbone, why=WHY_IN_03)[:2]
 lines += [f.text() for f in versus_findings[:1]] + [best_line(best)]
 lines += [untrained_line(untrained[strongest], strongest)] if strongest else []
 lines.append(diagnostics_sentence(diagnosed))

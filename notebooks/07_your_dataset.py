@@ -215,8 +215,8 @@ save_fig(fig, "07_predictions", report_dir)
 
 # %%
 change_table, change = run_change(record, val_gt, n_resamples)
-hint = ("To measure the recipe's part on your data, run this notebook again with `-p recipe checkpoint_rates` or "
-        "`-p recipe warmup` and another `run_name`; 03 measures both arms on the demo's baseline (03_recipe_arms).")
+hint = ("To measure the recipe's part on your data: run again with `-p recipe checkpoint_rates` (or `warmup`) and "
+        "another `run_name`.")
 lines = finetune_lines(record.run_dir.name, change_table, change, cfg.recipe, cfg.lr, cfg.lr_backbone, hint=hint)
 lines += [surgery_text, diagnostics_sentence(diagnosed)]
 show_takeaway(lines, "07_takeaway", report_dir, runs_note([record]))

@@ -23,6 +23,7 @@ def test_markdown_has_the_note_once_and_wrapped_bullets():
     text = takeaway_markdown(["a " * 100, "", "b"], note="DEMO note")
     assert text.count("DEMO note") == 1 and text.startswith("*DEMO note*")
     assert text.count("\n- ") == 2  # the empty line is left out
+    assert "\n\n- b" in text  # each bullet its own paragraph
     assert max(len(line) for line in text.splitlines()) <= WIDTH
     hyphens = takeaway_markdown(["fine-tuning " * 30])
     assert all(line.rstrip().endswith("fine-tuning") for line in hyphens.splitlines())  # never "fine-" / "tuning"
@@ -68,6 +69,8 @@ def test_a_loss_is_interpreted_with_the_recipe_and_the_arms():
     assert "100 validation images and 3 seeds" in lines[0] and "(AP 60.0)" in lines[0]
     assert "not a broken setup" in lines[1] and "10x" in lines[1]
     assert "checkpoint_rates -0.5 points [-1.5, +0.5] (minus the original +5.0 points [+4.0, +6.0])" in lines[2]
+    pointed = finetune_lines("dec3_q100", table, findings, "original", 1e-4, 1e-5, why="WHY")  # 04, 05: see 03
+    assert pointed[0] == lines[0].replace("dec6_q100", "dec3_q100", 1) and pointed[1] == "WHY"
 
 
 def test_a_gain_or_no_change_is_said_so_and_without_arms_the_way_to_measure():

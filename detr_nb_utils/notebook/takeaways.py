@@ -33,12 +33,12 @@ WIDTH = 110
 
 
 def takeaway_markdown(lines: Sequence[str], note: str = "") -> str:
-    """``lines`` as a Markdown bullet list, each wrapped at :data:`WIDTH`, after ``note`` (the demo's, once) in
-    italics; empty lines are left out."""
+    """``lines`` as a Markdown bullet list, each wrapped at :data:`WIDTH` and set apart by a blank line (each bullet
+    reads as its own short paragraph), after ``note`` (the demo's, once) in italics; empty lines are left out."""
     wrap = {"width": WIDTH, "break_on_hyphens": False, "break_long_words": False}  # "fine-tuning" stays whole
-    head = [textwrap.fill(f"*{note}*", **wrap), ""] if note else []
+    head = textwrap.fill(f"*{note}*", **wrap) + "\n\n" if note else ""
     bullets = [textwrap.fill(line, initial_indent="- ", subsequent_indent="  ", **wrap) for line in lines if line]
-    return "\n".join(head + bullets) + "\n"
+    return head + "\n\n".join(bullets) + "\n"
 
 
 def show_takeaway(lines: Sequence[str], name: str, report_dir: str | Path, note: str = ""):
@@ -100,18 +100,23 @@ def restart_words(lr: float, lr_backbone: float) -> str:
             "with a fresh AdamW state, so every weight moves at every step")
 
 
+#: 04's and 05's line on a loss of AP: 03 says why and measures it, so they point there instead of saying it again
+WHY_IN_03 = "A loss is the recipe's, not a broken setup: 03's takeaway says why, and 03_recipe_arms measures it."
+
 #: how to measure the recipe's part in a loss, when no arm ran beside it
 ARMS_HINT = ("The recipe arms test it: run 03 with `-p recipe_arms '[\"checkpoint_rates\", \"warmup\"]'` (the "
              "checkpoint's own rates; the original rates reached by a warm-up).")
 
 
 def finetune_lines(variant: str, table: pd.DataFrame, findings: Sequence[Finding], recipe: str, lr: float,
-                   lr_backbone: float, where: str = "03_recipe_arms", hint: str = ARMS_HINT) -> list[str]:
+                   lr_backbone: float, where: str = "03_recipe_arms", hint: str = ARMS_HINT,
+                   why: str | None = None) -> list[str]:
     """03's (and 07's) takeaway on fine-tuning, from :func:`~detr_nb_utils.notebook.fine_tune.change_findings`
     (``table``, ``findings``): the change of AP from epoch 0 to the final epoch under ``recipe`` with its 95%
     interval and verdict; when it is a loss, why this recipe loses AP (:func:`restart_words`, the run's rates
     ``lr``, ``lr_backbone``), and what the other recipe arms of ``table`` measured (saved as ``where``), or how to
-    measure it when none ran (``hint``)."""
+    measure it when none ran (``hint``). ``why``: the line on a loss instead of :func:`restart_words`' (04 and 05
+    point to 03's)."""
     change = _final_change(table, recipe)
     if change is None:
         return [f"{variant}: no fine-tuned epoch with saved detections under recipe {recipe!r}, so no change to "
@@ -125,7 +130,7 @@ def finetune_lines(variant: str, table: pd.DataFrame, findings: Sequence[Finding
     lines = [f"Fine-tuning {variant} with recipe {recipe!r} changed AP by {_interval(value, low, high)} from epoch 0 "
              f"(AP {table.loc[recipe, 'epoch-0 AP']:.1f}) to the final epoch (95% interval over {cover}): {what}."]
     if value < 0:
-        lines.append(f"A loss is not a broken setup: {restart_words(lr, lr_backbone)}.")
+        lines.append(why or f"A loss is not a broken setup: {restart_words(lr, lr_backbone)}.")
     others = [a for a in table.index if a != recipe and _final_change(table, a) is not None]
     if others:
         versus = {f.data.get("label", "").split(",")[0]: f for f in findings if " - " in f.data.get("label", "")}
