@@ -73,11 +73,17 @@ test: $(SETUP_KERNEL)
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m pytest -q tests
 
+# needs about $(OLDEST_GB) GB free on the disk: the wheels (2.7 GB, downloaded without pip's cache) and what they unpack
+# to (6 GB); with less it stops before downloading and says so, rather than failing half-way through pip
+OLDEST_GB := 10
 $(OLDEST)/.installed: pyproject.toml $(LOCK)
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); $(OLDEST)/bin/python -c "import torch" 2>/dev/null || test "$$free" -ge $(OLDEST_GB) || { \
+	  echo "make test-oldest: $(OLDEST)/ needs about $(OLDEST_GB) GB free on the disk of $$PWD; $$free GB are free." \
+	       "Free some space (an old clone's .venv/, pip's cache: pip cache purge) and run it again."; exit 1; }
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
 	$(OLDEST)/bin/python tools/lock.py --oldest > $(OLDEST)/constraints.txt
-	$(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST)/constraints.txt -e '.[dev]' setuptools
+	$(OLDEST)/bin/python -m pip install --quiet --no-cache-dir -c $(OLDEST)/constraints.txt -e '.[dev]' setuptools
 	$(OLDEST)/bin/python -c "import torch, torchvision; print('oldest:', torch.__version__, torchvision.__version__)"
 	touch $@
 
