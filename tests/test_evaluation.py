@@ -197,3 +197,45 @@ def test_worker_pool_only_for_evaluations_worth_it():
     assert pool_workers(2, 1000, cores=2) == 1
     assert pool_workers(5, POOL_MIN_IMAGES - 1, cores=16) == 0  # small: in this process
     assert pool_workers(0, 1000, cores=16) == 0  # a one-layer model has no auxiliary layers
+
+
+def test_visiting_only_scored_categories_changes_no_number(sample_gt, monkeypatch):
+    """COCOeval visits only the categories with ground truth or a detection: every statistic, per-category AP,
+    bootstrap resample, class table and error analysis equals the one over all 80 categories, to the bit."""
+    import numpy as np
+
+    from detr_nb_utils.analysis.ap_breakdown import class_ap_table
+    from detr_nb_utils.analysis.bootstrap import MatchedDetections, resample_counts
+    from detr_nb_utils.analysis.errors import analyse_errors
+    from detr_nb_utils.training import coco_eval
+
+    cat_ids = sorted(sample_gt.getCatIds())
+    present = {a["category_id"] for a in sample_gt.anns.values()}
+    absent = next(c for c in cat_ids if c not in present)
+    # half the objects found, half called a category no image holds: false positives of an unvisited class
+    dets = detections_for(sample_gt, label_map=lambda c: c if c % 2 else absent)
+    arrays = detection_arrays(dets)
+    ids = sorted(sample_gt.getImgIds())
+    visited = coco_eval.scored_categories(sample_gt, results_array(arrays, ids), ids)
+    assert absent in visited and len(visited) < len(cat_ids) and set(visited) >= present
+
+    def numbers():
+        m = coco_evaluate(sample_gt, dets)
+        matched = MatchedDetections(sample_gt, arrays, ids)
+        errors = analyse_errors(sample_gt, arrays, ids)
+        return (m, matched.accumulator.ap(resample_counts(len(ids), 50, 0)), class_ap_table(matched, sample_gt, 50),
+                errors.counts(), errors.delta_ap50())
+
+    fast = numbers()
+    monkeypatch.setattr(coco_eval, "scored_categories", lambda gt, results, img_ids: sorted(gt.getCatIds()))
+    full = numbers()
+    assert list(fast[0]["per_category_AP"]) == list(full[0]["per_category_AP"])  # every category, in order
+    for a, b in zip(fast, full):
+        if isinstance(a, dict):
+            a, b = {**a, **a["per_category_AP"]}, {**b, **b["per_category_AP"]}
+            del a["per_category_AP"], b["per_category_AP"]
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+        elif isinstance(a, tuple):
+            assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+        else:
+            assert a.equals(b) and a.attrs == getattr(b, "attrs", a.attrs)

@@ -88,10 +88,9 @@ def class_ap_table(matched: MatchedDetections, coco_gt: COCO, n_resamples: int =
     point = acc.category_ap(np.ones((n, 1)))[:, 0]
     samples = np.concatenate([acc.category_ap(c) for c in np.array_split(resample_counts(n, n_resamples, seed),
                                                                          max(1, n_resamples // 100), axis=1)], 1)
-    rows, empty = {}, 0
+    rows = {}
     for k, cat in enumerate(matched.cat_ids):
         if acc.gt_counts[k].sum() == 0:
-            empty += 1
             continue
         lo, hi = np.nanpercentile(samples[k], [50 * (1 - level), 50 * (1 + level)])
         rows[coco_gt.cats[cat]["name"]] = {"category_id": cat, "objects": int(acc.gt_counts[k].sum()),
@@ -99,7 +98,7 @@ def class_ap_table(matched: MatchedDetections, coco_gt: COCO, n_resamples: int =
                                            "AP": 100 * point[k], "low": 100 * lo, "high": 100 * hi}
     columns = ["category_id", "objects", "images", "AP", "low", "high"]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("class")
-    table.attrs.update(n_images=n, n_resamples=n_resamples, classes_without_objects=empty)
+    table.attrs.update(n_images=n, n_resamples=n_resamples, classes_without_objects=len(coco_gt.getCatIds()) - len(rows))
     return table
 
 

@@ -63,6 +63,12 @@ class _Accumulator:
         p = ev.params
         self.rec_thrs, n_img, max_det = p.recThrs, len(p.imgIds), p.maxDets[-1]
         self.n_cat, self.n_iou = len(p.catIds), len(p.iouThrs)
+        # each category's place among all of the annotation file's (COCOeval may visit only some of them,
+        # :func:`~detr_nb_utils.training.coco_eval.scored_categories`): rows are grouped by it, so that the sums
+        # below come out the same to the last bit whichever categories were visited
+        every = sorted(ev.cocoGt.getCatIds())
+        self.slot = np.array([every.index(c) for c in p.catIds], dtype=np.int64)
+        self.n_slots = len(every)
         gt_counts = np.zeros((self.n_cat, n_img))
         fp_rows, fp_cols, tp_img, group = [], [], [], []
         row = 0
@@ -87,7 +93,7 @@ class _Accumulator:
                 fp_rows.append(row + seg)
                 fp_cols.append(img[fp])
                 tp_img.append(img[tp])
-                group.append(np.full(len(tp), k * self.n_iou + t))
+                group.append(np.full(len(tp), self.slot[k] * self.n_iou + t))
                 row += len(tp)
         cat = (lambda parts, dtype=np.int64: np.concatenate(parts) if parts else np.zeros(0, dtype))
         self.n_rows, self.gt_counts = row, gt_counts
@@ -106,7 +112,7 @@ class _Accumulator:
         ground-truth count ``[categories, B]`` for image counts ``[images, B]``."""
         counts = np.asarray(counts, np.float64)
         npig = self.gt_counts @ counts  # [categories, B]
-        sums = np.zeros((self.n_cat * self.n_iou, counts.shape[1]))
+        sums = np.zeros((self.n_slots * self.n_iou, counts.shape[1]))
         if self.n_rows:
             tp = self._group_cumsum(counts[self.tp_img])
             fp = self._group_cumsum(np.asarray(self.fp @ counts))
@@ -115,13 +121,13 @@ class _Accumulator:
             offset = 2.0 * (self.group.max() - self.group)[:, None]
             envelope = np.maximum.accumulate((precision + offset)[::-1], axis=0)[::-1] - offset
             with np.errstate(divide="ignore", invalid="ignore"):
-                recall = tp / npig[self.group // self.n_iou]
+                recall = tp / npig[np.searchsorted(self.slot, self.group // self.n_iou)]
             reached = np.searchsorted(self.rec_thrs, recall, side="right").astype(np.float64)
             new = reached.copy()
             new[1:] -= reached[:-1]
             new[self.starts] = reached[self.starts]  # recall thresholds first reached at each row
             sums[np.unique(self.group)] = np.add.reduceat(envelope * new, self.starts, axis=0)
-        return sums.reshape(self.n_cat, self.n_iou, -1) / len(self.rec_thrs), npig
+        return sums.reshape(self.n_slots, self.n_iou, -1)[self.slot] / len(self.rec_thrs), npig
 
     def category_ap(self, counts: np.ndarray) -> np.ndarray:
         """AP of each category (fractions, IoU .50:.95) ``[categories, B]``, NaN where a resample holds none of its

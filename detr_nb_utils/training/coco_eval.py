@@ -49,16 +49,28 @@ def load_results(coco_gt: COCO, results: np.ndarray) -> COCO:
     return coco_dt
 
 
+def scored_categories(coco_gt: COCO, results: np.ndarray, img_ids: Sequence[int]) -> list[int]:
+    """The categories of ``coco_gt`` that have ground truth on ``img_ids`` or a detection in ``results``: the only
+    ones COCOeval's statistics, its per-image matching and its per-category precision can differ from "none" (-1)
+    on. A category with neither is skipped by every average, so leaving it out changes no number; it saves COCOeval
+    a Python call per image and size range (the demo world: 5 of COCO's 80 categories, 16 times fewer)."""
+    present = {int(a["category_id"]) for i in img_ids for a in coco_gt.imgToAnns.get(int(i), [])}
+    present |= {int(c) for c in np.unique(results[:, 6])} if len(results) else set()
+    return [c for c in sorted(coco_gt.getCatIds()) if c in present]
+
+
 def run_cocoeval(coco_gt: COCO, results: np.ndarray, img_ids: list[int], all_areas: bool = True,
                  verbose: bool = False, accumulate: bool = True, area: str = "all") -> COCOeval:
     """A ``COCOeval`` (bbox) of ``results`` over ``img_ids``, evaluated (the per-image matching), then accumulated
     unless ``accumulate=False``. ``all_areas=False`` scores only the area range ``area`` ("all", enough for AP and
-    AP50, and faster; or "small", "medium", "large"), without ``summarize``. Silent unless ``verbose``."""
+    AP50, and faster; or "small", "medium", "large"), without ``summarize``. Silent unless ``verbose``. Only the
+    :func:`scored_categories` are visited (``params.catIds``): every statistic is the same as over all of them."""
     if not img_ids:
         raise ValueError("COCO evaluation: no images to evaluate (empty detections and img_ids)")
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(coco_gt, load_results(coco_gt, results), iouType="bbox")
         ev.params.imgIds = img_ids
+        ev.params.catIds = scored_categories(coco_gt, results, img_ids) or ev.params.catIds
         if not all_areas:
             if area not in ev.params.areaRngLbl:
                 raise ValueError(f"area must be one of {ev.params.areaRngLbl}, got {area!r}")

@@ -67,8 +67,8 @@ def coco_evaluate(coco_gt: COCO, detections: dict[int, dict], img_ids: list[int]
     out = {k: (float(v) if v >= 0 else math.nan) for k, v in zip(STATS, ev.stats)}
     if per_category:
         precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, category) at area all, 100 detections
-        out["per_category_AP"] = {coco_gt.cats[c]["name"]: mean_precision(precision[:, :, k])
-                                  for k, c in enumerate(ev.params.catIds)}
+        scored = {c: mean_precision(precision[:, :, k]) for k, c in enumerate(ev.params.catIds)}
+        out["per_category_AP"] = {coco_gt.cats[c]["name"]: scored.get(c, math.nan) for c in sorted(coco_gt.getCatIds())}
     return out
 
 
