@@ -87,8 +87,17 @@ $(OLDEST)/.installed: pyproject.toml $(LOCK)
 	$(OLDEST)/bin/python -c "import torch, torchvision; print('oldest:', torch.__version__, torchvision.__version__)"
 	touch $@
 
-# $(call run-notebooks,PROFILE,NOTEBOOKS): the notebooks in order; executed copies in runs/PROFILE/notebooks/, figures
-# and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
+# $(call run-notebook,PROFILE,NOTEBOOK): one notebook with papermill; the executed copy in runs/PROFILE/notebooks/,
+# figures and tables where the profile puts them (study: report/; demo: runs/demo/report/, never the study's report/)
+define run-notebook
+	@mkdir -p runs/$(1)/notebooks
+	@echo "== $(2) ($(1) profile) starts"
+	@$(if $(filter $(2),$(DEMO_FILL)),nice -n 10 )$(PAPERMILL) notebooks/$(2).ipynb runs/$(1)/notebooks/$(2).ipynb \
+	  -p profile $(1)
+	@echo "== $(2) ($(1) profile) done"
+endef
+
+# $(call run-notebooks,PROFILE,NOTEBOOKS): the notebooks one after the other (the study: one GPU, used by one at a time)
 define run-notebooks
 	mkdir -p runs/$(1)/notebooks
 	for nb in $(2); do \
@@ -98,8 +107,25 @@ define run-notebooks
 	done
 endef
 
+# The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 07 (its own dataset) from
+# the start, 02 and 03 once 01 has made the split, 04 after 03 (it compares with 03's runs), 05 after 04, 06 after
+# all of 02-05. 01, 03, 04, 05, 06 are the chain that decides how long the demo takes; 02 and 07 (DEMO_FILL) run at a
+# lower priority (nice), on what the chain leaves idle: the cores its cells that do not train leave to one process.
+# Every number is the same as one notebook after the other (a run computes with its own fixed threads).
+DEMO_JOBS ?= 3
+DEMO_FILL := 02_checkpoint_inspection 07_your_dataset
+DEMO_TARGETS := $(addprefix demo-,$(NOTEBOOKS))
+.PHONY: demo-notebooks $(DEMO_TARGETS)
+demo-notebooks: $(DEMO_TARGETS)
+$(DEMO_TARGETS): demo-%:
+	$(call run-notebook,demo,$*)
+demo-02_checkpoint_inspection demo-03_baseline: demo-01_data_split
+demo-04_shallow_decoder: demo-03_baseline
+demo-05_reduced_queries: demo-04_shallow_decoder
+demo-06_analysis: demo-02_checkpoint_inspection demo-05_reduced_queries
+
 demo: $(SETUP_KERNEL)
-	$(call run-notebooks,demo,$(NOTEBOOKS))
+	$(MAKE) --no-print-directory -j$(DEMO_JOBS) demo-notebooks
 	$(PY) -m detr_nb_utils.notebook.report --profile demo
 
 study: $(SETUP_KERNEL)

@@ -264,3 +264,23 @@ def test_real_sample_baseline_diagnostics_and_takeaways(real_sample_run):
     baseline = (report / "tables" / "03_dec6_q100_takeaway.md").read_text()
     assert "Fine-tuning dec6_q100 with recipe 'original' changed AP by" in baseline
     assert "Diagnostics of dec6_q100_seed42 (epoch 1)" in baseline
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").is_file() or shutil.which("setsid") is None,
+                    reason="Linux's session groups (autogroup) are not on this machine")
+def test_a_kernel_started_under_nice_gives_its_session_that_priority():
+    """Jupyter starts a kernel in a session of its own (setsid); Linux schedules a session as one group at
+    priority 0 whatever `nice` says, unless the group gets the nice too: how make demo runs 02 and 07 beside the
+    chain of the others without slowing it."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from detr_nb_utils.notebook.setup_cell import carry_nice_to_session; "
+            "before = Path('/proc/self/autogroup').read_text().split()[-1]; carry_nice_to_session(); "
+            "print(before, Path('/proc/self/autogroup').read_text().split()[-1])")
+    niced = subprocess.run(["nice", "-n", "7", "setsid", sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).parents[1])
+    assert niced.stdout.split() == ["0", "7"]
+    plain = subprocess.run(["setsid", sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1])
+    assert plain.stdout.split() == ["0", "0"]

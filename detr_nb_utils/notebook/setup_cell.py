@@ -8,6 +8,7 @@ The engine then draws its ``tqdm.auto`` bars as widgets, or none. Used by notebo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import fields
@@ -60,10 +61,24 @@ def report_dir_for(cfg: RunConfig, report_dir: str | None) -> Path:
     return Path("report") if cfg.profile == "study" else Path(cfg.out_dir) / "report"
 
 
+def carry_nice_to_session() -> None:
+    """Give this kernel's whole session the priority of its process (``nice``), where Linux schedules sessions as
+    groups (autogroup): Jupyter starts every kernel in a session of its own, whose group keeps priority 0 whatever
+    ``nice`` the kernel was started under, so ``nice papermill ...`` (how ``make demo`` runs 02 and 07 beside the
+    others) would otherwise lower nothing. The run workers this kernel starts share its session. Nothing to do
+    elsewhere, or when not started under ``nice``."""
+    niceness = os.nice(0) if hasattr(os, "nice") else 0
+    group = Path("/proc/self/autogroup")
+    if niceness > 0 and group.is_file():
+        with contextlib.suppress(OSError):
+            group.write_text(str(min(niceness, 19)))
+
+
 def setup_notebook(cfg: RunConfig, report_dir: str | None = None) -> tuple[torch.device, Path]:
     """Change to the project root (the config's relative paths start there), set figure defaults, print the
-    profile (with a warning on demo data, whose saved figures get a "DEMO" stamp); return the device and the
-    report folder."""
+    profile (with a warning on demo data, whose saved figures get a "DEMO" stamp), carry a ``nice`` to the kernel's
+    session (:func:`carry_nice_to_session`); return the device and the report folder."""
+    carry_nice_to_session()
     os.chdir(project_root())
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8})
     device = resolve_device(cfg.device)
