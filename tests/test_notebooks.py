@@ -284,3 +284,29 @@ def test_a_kernel_started_under_nice_gives_its_session_that_priority():
     plain = subprocess.run(["setsid", sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            cwd=Path(__file__).parents[1])
     assert plain.stdout.split() == ["0", "0"]
+
+
+def test_make_demo_runs_every_notebook_once_after_what_it_reads():
+    """`make demo` runs the notebooks side by side (make -j): each once, none before the notebooks whose output it
+    reads (a notebook's target runs exactly those first), and only 02 and 07, which the chain 01-03-04-05-06 does not
+    wait for, at the lower priority."""
+    import re
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    names = {p.name[:2]: p.stem for p in (root / "notebooks").glob("0*.ipynb")}
+
+    def planned(target: str) -> list[tuple[str, str]]:
+        plan = subprocess.run(["make", "-n", "-j1", "--no-print-directory", target, "PY=python"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout
+        return [(re.search(r"notebooks/(\d\d)_\w+\.ipynb", line)[1], line) for line in plan.splitlines()
+                if "papermill" in line]
+
+    everything = planned("demo-notebooks")
+    assert sorted(nb for nb, _ in everything) == sorted(names)
+    assert {nb for nb, line in everything if line.lstrip().startswith("nice ")} == {"02", "07"}
+    reads = {"01": set(), "02": {"01"}, "03": {"01"}, "04": {"01", "03"}, "05": {"01", "03", "04"},
+             "06": {"01", "02", "03", "04", "05"}, "07": set()}
+    for nb, before in reads.items():
+        order = [n for n, _ in planned(f"demo-{names[nb]}")]
+        assert set(order) == before | {nb} and order[-1] == nb, (nb, order)
