@@ -107,10 +107,11 @@ define run-notebooks
 	done
 endef
 
-# The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 07 (its own dataset) from
-# the start, 02 and 03 once 01 has made the split, 04 after 03 (it compares with 03's runs), 05 after 04, 06 after
-# all of 02-05. 01, 03, 04, 05, 06 are the chain that decides how long the demo takes; 02 and 07 (DEMO_FILL) run at a
-# lower priority (nice), on what the chain leaves idle: the cores its cells that do not train leave to one process.
+# The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 02 and 03 once 01 has made
+# the split, 04 after 03 (it compares with 03's runs), 05 after 04, 06 after all of 02-05, 07 (its own dataset) after
+# 03, whose recipe arms it quotes. 01, 03, 04, 05, 06 are the chain that decides how long the demo takes; 02 and 07
+# (DEMO_FILL) run at a lower priority (nice) on what the chain leaves idle: the cores its cells that do not train
+# leave to one process.
 # Every number is the same as one notebook after the other (a run computes with its own fixed threads).
 DEMO_JOBS ?= 3
 DEMO_FILL := 02_checkpoint_inspection 07_your_dataset
@@ -120,6 +121,7 @@ demo-notebooks: $(DEMO_TARGETS)
 $(DEMO_TARGETS): demo-%:
 	$(call run-notebook,demo,$*)
 demo-02_checkpoint_inspection demo-03_baseline: demo-01_data_split
+demo-07_your_dataset: demo-03_baseline
 demo-04_shallow_decoder: demo-03_baseline
 demo-05_reduced_queries: demo-04_shallow_decoder
 demo-06_analysis: demo-02_checkpoint_inspection demo-05_reduced_queries
