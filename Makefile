@@ -77,7 +77,8 @@ test-oldest: $(OLDEST)/.installed
 # to (6 GB); with less it stops before downloading and says so, rather than failing half-way through pip
 OLDEST_GB := 10
 $(OLDEST)/.installed: pyproject.toml $(LOCK)
-	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); $(OLDEST)/bin/python -c "import torch" 2>/dev/null || test "$$free" -ge $(OLDEST_GB) || { \
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	$(OLDEST)/bin/python -c "import torch" 2>/dev/null || test "$$free" -ge $(OLDEST_GB) || { \
 	  echo "make test-oldest: $(OLDEST)/ needs about $(OLDEST_GB) GB free on the disk of $$PWD; $$free GB are free." \
 	       "Free some space (an old clone's .venv/, pip's cache: pip cache purge) and run it again."; exit 1; }
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)

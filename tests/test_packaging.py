@@ -189,3 +189,14 @@ def test_readme_names_the_lock_the_range_and_the_gpu_section():
     assert "## On your GPU machine" in readme
     assert "requirements.lock" in readme and "make lock" in readme and "make test-oldest" in readme
     assert f"`torch{_declared()['torch'].specifier}`" in readme
+
+
+def test_make_test_oldest_stops_before_downloading_when_the_disk_is_short(tmp_path):
+    """torch 2.4's CUDA build needs about 10 GB: on a disk with less, make test-oldest says so and what to free
+    instead of failing half-way through pip, and creates nothing."""
+    venv = tmp_path / "oldest"
+    result = subprocess.run(["make", "--no-print-directory", "test-oldest", f"OLDEST={venv}", "OLDEST_GB=999999"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "needs about 999999 GB free" in result.stdout and "Free some space" in result.stdout
+    assert not venv.exists()

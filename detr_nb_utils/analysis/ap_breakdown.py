@@ -98,7 +98,8 @@ def class_ap_table(matched: MatchedDetections, coco_gt: COCO, n_resamples: int =
                                            "AP": 100 * point[k], "low": 100 * lo, "high": 100 * hi}
     columns = ["category_id", "objects", "images", "AP", "low", "high"]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("class")
-    table.attrs.update(n_images=n, n_resamples=n_resamples, classes_without_objects=len(coco_gt.getCatIds()) - len(rows))
+    table.attrs.update(n_images=n, n_resamples=n_resamples,
+                       classes_without_objects=len(coco_gt.getCatIds()) - len(rows))
     return table
 
 
