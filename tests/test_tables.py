@@ -170,6 +170,19 @@ def test_save_fig_writes_png_and_pdf(records, tmp_path):
         assert (tmp_path / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
 
 
+def test_a_stamped_demo_figure_is_saved_as_png_only(records, tmp_path):
+    """The demo's figures carry its stamp and are not for a report: no PDF (the HTML report inlines the PNG)."""
+    from detr_nb_utils.notebook.figures import set_stamp
+
+    set_stamp("DEMO")
+    try:
+        save_fig(plot_loss_curves({n: r.metrics for n, r in records.items()}), "loss", tmp_path)
+    finally:
+        set_stamp(None)
+    assert (tmp_path / "figures" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "figures" / "loss.pdf").exists()
+
+
 def test_progress_policy(monkeypatch):
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     assert progress_policy(None) is False and progress_policy(True) is True
