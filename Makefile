@@ -93,8 +93,8 @@ $(OLDEST)/.installed: pyproject.toml $(LOCK)
 define run-notebook
 	@mkdir -p runs/$(1)/notebooks
 	@echo "== $(2) ($(1) profile) starts"
-	@$(if $(filter $(2),$(DEMO_FILL)),nice -n 10 )$(PAPERMILL) notebooks/$(2).ipynb runs/$(1)/notebooks/$(2).ipynb \
-	  -p profile $(1)
+	@$(if $(DEMO_NICE_$(2)),nice -n $(DEMO_NICE_$(2)) )$(PAPERMILL) notebooks/$(2).ipynb runs/$(1)/notebooks/$(2).ipynb \
+	  -p profile $(1)$(if $(DEMO_SIDE_BY_SIDE),$(if $(filter $(2),$(DEMO_WAIT)), $(DEMO_WAIT_ARGS)))
 	@echo "== $(2) ($(1) profile) done"
 endef
 
@@ -108,27 +108,29 @@ define run-notebooks
 	done
 endef
 
-# The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 02 and 03 once 01 has made
-# the split, 04 after 03 (it compares with 03's runs), 05 after 04, 06 after all of 02-05, 07 (its own dataset) after
-# 03, whose recipe arms it quotes. 01, 03, 04, 05, 06 are the chain that decides how long the demo takes; 02 and 07
-# (DEMO_FILL) run at a lower priority (nice) on what the chain leaves idle: the cores its cells that do not train
-# leave to one process.
-# Every number is the same as one notebook after the other (a run computes with its own fixed threads).
-DEMO_JOBS ?= 3
-DEMO_FILL := 02_checkpoint_inspection 07_your_dataset
+# The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 02, 03, 04, 05 and 07 once
+# 01 has made the split, 06 after all of 02-05. 04 and 05 compare with each other's runs and 03's: they train their
+# own beside 03, one at a time in their kernel (the cores are 03's), and wait (DEMO_WAIT, -p wait_for_runs) for the
+# runs they compare with before comparing, so every comparison is the one the notebooks one after the other would
+# print once all exist (DEMO_SIDE_BY_SIDE: only when `make demo` runs them side by side; a notebook's own target, or
+# DEMO_JOBS=1, runs it without waiting). 02 and 07 (DEMO_NICE_*), which nothing waits for, run at a lower priority
+# (nice) on what 03-06 leave idle.
+# Every run's metrics are the same as one notebook after the other (a run computes with its own fixed threads).
+DEMO_JOBS ?= 5
+DEMO_NICE_02_checkpoint_inspection := 10
+DEMO_NICE_07_your_dataset := 10
+DEMO_WAIT := 04_shallow_decoder 05_reduced_queries
+DEMO_WAIT_ARGS := -p wait_for_runs 1800 -p parallel_runs 1
 DEMO_TARGETS := $(addprefix demo-,$(NOTEBOOKS))
 .PHONY: demo-notebooks $(DEMO_TARGETS)
 demo-notebooks: $(DEMO_TARGETS)
 $(DEMO_TARGETS): demo-%:
 	$(call run-notebook,demo,$*)
-demo-02_checkpoint_inspection demo-03_baseline: demo-01_data_split
-demo-07_your_dataset: demo-03_baseline
-demo-04_shallow_decoder: demo-03_baseline
-demo-05_reduced_queries: demo-04_shallow_decoder
-demo-06_analysis: demo-02_checkpoint_inspection demo-05_reduced_queries
+$(filter-out demo-01_data_split demo-06_analysis,$(DEMO_TARGETS)): demo-01_data_split
+demo-06_analysis: demo-02_checkpoint_inspection demo-03_baseline demo-04_shallow_decoder demo-05_reduced_queries
 
 demo: $(SETUP_KERNEL)
-	$(MAKE) --no-print-directory -j$(DEMO_JOBS) demo-notebooks
+	$(MAKE) --no-print-directory -j$(DEMO_JOBS) demo-notebooks $(if $(filter-out 1,$(DEMO_JOBS)),DEMO_SIDE_BY_SIDE=1)
 	$(PY) -m detr_nb_utils.notebook.report --profile demo
 
 study: $(SETUP_KERNEL)

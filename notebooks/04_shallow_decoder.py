@@ -48,13 +48,14 @@ batch_size = None  # 2 in the study
 lr, lr_backbone = None, None  # learning rates: 1e-4 and its backbone's 1e-5 in the study
 recipe = None  # the recipe arm (as 03's); None: "original". Compared only with 03's runs of the same arm
 dec_layers, num_queries = 3, 100  # the variant: decoder layers and object queries kept (the checkpoint's first)
-max_train_images = None  # None: the whole training side
+max_train_images = None  # None: the profile's (demo: the first 120 of the 400; study: every one)
 max_val_images = None
 min_size, max_size = None, None  # evaluation: the shorter image side, the longer at most (800, 1333 in the study)
 train_scales = None  # shorter sides drawn in training (480..800 in the study)
 num_workers = None
 threads = None  # torch threads per run; None: the profile's (demo: 1)
 parallel_runs = None  # runs at a time; None: as many as the cores hold on the CPU (fixed threads), 1 on a GPU
+wait_for_runs = 0  # seconds to wait for the compared runs that notebooks beside this one train (make demo)
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
 n_resamples = 1000  # bootstrap resamples of the val images for the comparison with the baseline
 
@@ -73,7 +74,8 @@ cfg = make_config(**config_parameters(globals()))  # the cell above, handed over
 from detr_nb_utils.analysis import by_recipe, by_variant, load_runs
 from detr_nb_utils.analysis import render, runs_note
 from detr_nb_utils.notebook import plot_ap_per_layer, save_fig
-from detr_nb_utils.notebook import against_baseline, change_findings, check_data, plan, seeded, show_runs
+from detr_nb_utils.notebook import against_baseline, await_family, change_findings, check_data, plan, seeded
+from detr_nb_utils.notebook import show_runs
 from detr_nb_utils.notebook import variant_of_config
 from detr_nb_utils.notebook import setup_notebook
 from detr_nb_utils.notebook import layer_ap_table, save_table
@@ -112,6 +114,7 @@ epochs_table
 # before and after fine-tuning, and whether the cut model's own layer 3 catches up.
 
 # %%
+await_family(cfg, n_seeds, wait_for_runs)  # make demo trains 03-05 side by side
 family = by_variant(by_recipe(load_runs(cfg.out_dir)).get(cfg.recipe, {}))
 depth = {v: family[v] for v in ("dec6_q100", variant_of_config(cfg)) if v in family}
 layers = layer_ap_table(depth)

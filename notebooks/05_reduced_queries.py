@@ -36,7 +36,7 @@ split_dir = None  # the split made by notebook 01
 n_train, n_val = None, None  # the split's sizes (checked against its manifest)
 min_size, max_size = None, None  # evaluation: the shorter image side, the longer at most (800, 1333 in the study)
 train_scales = None  # shorter sides drawn in training (480..800 in the study)
-max_train_images = None  # None: the whole training side
+max_train_images = None  # None: the profile's (demo: the first 120 of the 400; study: every one)
 max_val_images = None
 checkpoint = None  # the official detr-r50-e632da11.pth
 dec_layers, num_queries = 3, 50  # the variant: decoder layers and object queries kept (the checkpoint's first)
@@ -56,6 +56,7 @@ recipe = None  # the recipe arm (as 03's); None: "original". Compared only with 
 num_workers = None
 threads = None  # torch threads per run; None: the profile's (demo: 1)
 parallel_runs = None  # runs at a time; None: as many as the cores hold on the CPU (fixed threads), 1 on a GPU
+wait_for_runs = 0  # seconds to wait for the compared runs that notebooks beside this one train (make demo)
 progress = None  # progress bars; None: widgets in JupyterLab, none when headless
 n_resamples = 1000  # bootstrap resamples of the val images for the comparisons
 
@@ -81,7 +82,8 @@ from detr_nb_utils.analysis import analysis_loader, query_choice_table, query_ma
 from detr_nb_utils.analysis import select_queries, usage_summary
 from detr_nb_utils.notebook import save_fig
 from detr_nb_utils.notebook import plot_match_counts, plot_query_usage
-from detr_nb_utils.notebook import against_baseline, change_findings, check_data, choice_run_name, plan
+from detr_nb_utils.notebook import against_baseline, await_family, change_findings, check_data, choice_run_name
+from detr_nb_utils.notebook import plan
 from detr_nb_utils.notebook import seeded, show_runs, variant_of_config
 from detr_nb_utils.notebook import setup_notebook
 from detr_nb_utils.notebook import save_table
@@ -171,6 +173,7 @@ usage.sort_values(("before", "object_rate"), ascending=False).head(10)
 # gap means the model does worse on images it did not train on.
 
 # %%
+await_family(cfg, n_seeds, wait_for_runs)  # make demo trains 03-05 side by side
 variant = variant_of_config(cfg)
 versus, versus_findings = against_baseline(cfg, [variant, *(f"{variant}_{s}" for s in strategies)], prefix,
                                            report_dir, n_resamples, ["dec6_q100", *[variant] * len(strategies)])

@@ -288,25 +288,31 @@ def test_a_kernel_started_under_nice_gives_its_session_that_priority():
 
 def test_make_demo_runs_every_notebook_once_after_what_it_reads():
     """`make demo` runs the notebooks side by side (make -j): each once, none before the notebooks whose output it
-    reads (a notebook's target runs exactly those first), and only 02 and 07, which the chain 01-03-04-05-06 does not
-    wait for, at the lower priority."""
+    reads when it starts (a notebook's target runs exactly those first); 04 and 05, which compare with the runs
+    03 and each other train beside them, are told to wait for those runs (and train their own in one process);
+    02 and 07, which nothing waits for, run at the lower priority."""
     import re
     import subprocess
 
     root = Path(__file__).parents[1]
     names = {p.name[:2]: p.stem for p in (root / "notebooks").glob("0*.ipynb")}
 
-    def planned(target: str) -> list[tuple[str, str]]:
-        plan = subprocess.run(["make", "-n", "-j1", "--no-print-directory", target, "PY=python"], cwd=root,
+    def planned(target: str, *variables: str) -> list[tuple[str, str]]:
+        plan = subprocess.run(["make", "-n", "-j1", "--no-print-directory", target, "PY=python", *variables], cwd=root,
                               capture_output=True, text=True, check=True).stdout
         return [(re.search(r"notebooks/(\d\d)_\w+\.ipynb", line)[1], line) for line in plan.splitlines()
                 if "papermill" in line]
 
-    everything = planned("demo-notebooks")
+    assert not any("wait_for_runs" in line for _, line in planned("demo-notebooks"))  # one at a time: no waiting
+    everything = planned("demo-notebooks", "DEMO_SIDE_BY_SIDE=1")  # as `make demo` runs them
     assert sorted(nb for nb, _ in everything) == sorted(names)
     assert {nb for nb, line in everything if line.lstrip().startswith("nice ")} == {"02", "07"}
-    reads = {"01": set(), "02": {"01"}, "03": {"01"}, "04": {"01", "03"}, "05": {"01", "03", "04"},
-             "06": {"01", "02", "03", "04", "05"}, "07": {"01", "03"}}  # 07 quotes 03's recipe arms
+    waits = {nb: re.search(r"-p wait_for_runs (\d+)", line) for nb, line in everything}
+    assert {nb for nb, w in waits.items() if w} == {"04", "05"}
+    assert all(int(waits[nb][1]) >= 600 for nb in ("04", "05"))
+    assert {nb for nb, line in everything if "-p parallel_runs 1" in line} == {"04", "05"}
+    reads = {"01": set(), "02": {"01"}, "03": {"01"}, "04": {"01"}, "05": {"01"},
+             "06": {"01", "02", "03", "04", "05"}, "07": {"01"}}  # 04, 05: 03's runs by waiting for them
     for nb, before in reads.items():
         order = [n for n, _ in planned(f"demo-{names[nb]}")]
         assert set(order) == before | {nb} and order[-1] == nb, (nb, order)

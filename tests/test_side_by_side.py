@@ -16,7 +16,8 @@ from detr_nb_utils.data.synthetic import make_synthetic_coco
 from detr_nb_utils.training import engine, runs
 from detr_nb_utils.training.config import RunConfig, make_config, seed_configs
 from detr_nb_utils.training.epoch_zero import CACHE
-from detr_nb_utils.training.side_by_side import default_jobs, plan_runs, plan_text, run_all
+from detr_nb_utils.training.side_by_side import (core_slot, default_jobs, plan_runs, plan_text, run_all, run_finished,
+                                                 wait_for_runs)
 
 
 
@@ -129,3 +130,62 @@ def test_a_run_that_fails_side_by_side_is_named_and_the_others_finish(tiny_cfg, 
     with pytest.raises(RuntimeError, match=r"runs side by side failed(.|\n)*broken(.|\n)*FileNotFoundError"):
         run_all([bad, *seed_configs(good, 2)], jobs=2)
     assert all((Path(good.out_dir) / f"dec2_q10_seed{s}" / runs.METRICS).is_file() for s in (42, 43))
+
+
+def test_a_notebook_waits_for_the_runs_another_one_is_training(tiny_cfg, tmp_path, capsys):
+    """While runs train elsewhere (here: a thread; in make demo: 03 beside 04 and 05), wait_for_runs returns once
+    every folder holds a finished run; without waiting it names them all; a folder whose metrics stop before its
+    own config's last epoch is unfinished; when nothing trains them, the wait ends (no 30-minute hang behind a
+    notebook that failed); await_family waits for the decoder question's runs (every seed of the
+    baseline, the shallow and the reduced-query variant) and says which are missing when time runs out."""
+    import threading
+
+    from detr_nb_utils.notebook.fine_tune import await_family
+
+    cfg = dataclasses.replace(tiny_cfg, out_dir=str(tmp_path / "runs"), epochs=1)
+    configs = seed_configs(cfg, 2)
+    dirs = [c.run_dir for c in configs]
+    assert wait_for_runs(dirs, 0)[0] == dirs
+    trainer = threading.Thread(target=run_all, args=(configs, 1))
+    trainer.start()
+    left, waited = wait_for_runs(dirs, 600, poll_s=0.2)
+    trainer.join()
+    assert left == [] and all(run_finished(d) for d in dirs) and waited > 0
+    config = json.loads((dirs[0] / runs.CONFIG).read_text())
+    (dirs[0] / runs.CONFIG).write_text(json.dumps({**config, "epochs": 2}))  # one epoch of two
+    assert not run_finished(dirs[0]) and run_finished(dirs[1]) and not run_finished(tmp_path / "nothing")
+    assert wait_for_runs(dirs, 0.3, poll_s=0.1)[0] == [dirs[0]]
+    left, waited = wait_for_runs([dirs[0], tmp_path / "never"], 600, poll_s=0.05, stall_s=0.5)  # nothing trains
+    assert left == [dirs[0], tmp_path / "never"] and waited < 60
+
+    await_family(dataclasses.replace(cfg, dec_layers=3, num_queries=100), 2, 0.2)
+    said = capsys.readouterr().out
+    expected = [f"dec{layers}_q{queries}_seed{seed}" for layers, queries in ((6, 100), (3, 100), (3, 50))
+                for seed in (42, 43)]
+    assert f"6 of the 6 runs of the comparison are unfinished ({', '.join(expected)})" in said
+    await_family(cfg, 2, 0)  # 0: no waiting, nothing said
+    assert capsys.readouterr().out == ""
+
+
+def test_runs_side_by_side_never_outnumber_the_cores(tiny_cfg, tmp_path):
+    """Runs of several notebooks share the machine's slots (here one core: one run at a time): a second run waits
+    until the first lets its slot go, and with two cores both go at once."""
+    import threading
+    import time
+
+    cfg = dataclasses.replace(tiny_cfg, out_dir=str(tmp_path))
+    entered = []
+
+    def second(cores: int) -> None:
+        with core_slot(cfg, cores=cores, poll_s=0.02):
+            entered.append(time.monotonic())
+
+    for cores, waits in ((1, True), (2, False)):
+        entered.clear()
+        with core_slot(cfg, cores=cores):
+            other = threading.Thread(target=second, args=(cores,))
+            other.start()
+            time.sleep(0.5)
+            released = time.monotonic()
+        other.join()
+        assert (entered[0] >= released) is waits, cores

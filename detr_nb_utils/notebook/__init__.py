@@ -8,8 +8,8 @@ from .. import _lazy_exports
 #: module (relative to this package) -> the public names it defines
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "setup_cell": ("config_parameters", "progress_policy", "setup_notebook"),
-    "fine_tune": ("against_baseline", "arm_configs", "change_findings", "check_data", "choice_run_name", "plan",
-                  "recipe_advice", "seeded", "show_runs", "variant_of_config"),
+    "fine_tune": ("against_baseline", "arm_configs", "await_family", "change_findings", "check_data",
+                  "choice_run_name", "plan", "recipe_advice", "seeded", "show_runs", "variant_of_config"),
     "figures": ("gt_panels", "plot_ap_curves", "plot_ap_per_layer", "plot_category_distribution", "plot_forest",
                 "plot_detections", "plot_loss_curves", "plot_objects_per_image", "plot_parameter_counts",
                 "plot_findings", "plot_query_norms", "plot_query_similarity", "predict_panels", "save_fig"),

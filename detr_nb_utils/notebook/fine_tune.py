@@ -2,12 +2,14 @@
 will make and how long they should take (:func:`plan`), make them, one per training seed, side by side where that is
 faster (:func:`~detr_nb_utils.training.side_by_side.run_all`), and show them: the loss and AP curves of every seed
 and the epoch table (:func:`show_runs`), the change fine-tuning made with its interval (:func:`change_findings`) and
-the comparison with 03's baseline (:func:`against_baseline`). Used by notebooks 03, 04 and 05, which keep their own
-lessons around it (the matcher and set loss, depth, which queries) and 07 (its plan).
+the comparison with 03's baseline (:func:`against_baseline`), once the runs it compares with are finished
+(:func:`await_family`: ``make demo`` trains 03, 04 and 05 side by side). Used by notebooks 03, 04 and 05, which
+keep their own lessons around it (the matcher and set loss, depth, which queries) and 07 (its plan).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +17,7 @@ import pandas as pd
 from ..analysis.arms import arm_table
 from ..analysis.baseline import BASELINE, versus_baseline
 from ..analysis.run_bootstrap import ApBootstrap
-from ..analysis.comparison import by_recipe, check_comparable
+from ..analysis.comparison import VARIANTS, by_recipe, check_comparable
 from ..analysis.findings import Finding, render
 from ..data.coco import CocoDetection
 from ..data.split import verify_split
@@ -23,7 +25,7 @@ from ..training.config import RunConfig, seed_configs, variant_name
 from ..training.data_setup import DataSetup, prepare_data
 from ..training.recipe import ORIGINAL
 from ..training.runs import RunRecord
-from ..training.side_by_side import plan_runs, plan_text
+from ..training.side_by_side import plan_runs, plan_text, wait_for_runs
 from .figures import plot_ap_curves, plot_loss_curves, save_fig
 from .tables import run_table, save_table, with_train_views
 
@@ -35,10 +37,33 @@ def check_data(cfg: RunConfig) -> DataSetup:
     if not cfg.own_data:
         print(f"split {cfg.split_dir}: seed {verify_split(cfg.split_dir, data.annotation_file)['seed']}, "
               "checked against its manifest")
+    found = {}
     for split in ("train", "val"):
-        found = CocoDetection(*data.files(split)).verify(decode=False, progress=cfg.progress)
-        print(f"{data.files(split)[0].name}: {found} images present, of the annotated size")
+        found[split] = CocoDetection(*data.files(split)).verify(decode=False, progress=cfg.progress)
+        print(f"{data.files(split)[0].name}: {found[split]} images present, of the annotated size")
+    if cfg.max_train_images is not None and cfg.max_train_images < found["train"]:
+        print(f"each run trains on the first {cfg.max_train_images} of the {found['train']} training images "
+              f"(max_train_images)")
     return data
+
+
+def await_family(cfg: RunConfig, n_seeds: int | None, wait_s: float) -> None:
+    """Before a notebook compares its variant with the others of the decoder question (03's baseline, 04's and 05's
+    variants, every seed, ``cfg``'s recipe): wait, at most ``wait_s`` seconds, until their runs are finished, as
+    when other notebooks train them at the same time (``make demo`` runs 03, 04 and 05 side by side, ``-p
+    wait_for_runs``), so that the comparison is the same whichever notebook finishes first. Prints what it waited
+    for; ``wait_s`` 0 (JupyterLab, one notebook after the other) compares what is finished."""
+    if not wait_s:
+        return
+    family = [replace(cfg, dec_layers=layers, num_queries=queries, query_indices=None, run_name=None)
+              for layers, queries, _ in VARIANTS.values()]
+    dirs = [c.run_dir for c in seeded(family, n_seeds)]
+    left, waited = wait_for_runs(dirs, wait_s)
+    if left:
+        print(f"after {waited:.0f} s, {len(left)} of the {len(dirs)} runs of the comparison are unfinished "
+              f"({', '.join(d.name for d in left)}): the comparison below uses the finished ones only")
+    elif waited >= 1:
+        print(f"waited {waited:.0f} s until the {len(dirs)} runs of the comparison were finished")
 
 
 def arm_configs(cfg: RunConfig, make, arms: Sequence[str] = ()) -> list[RunConfig]:
@@ -112,26 +137,13 @@ def choice_run_name(cfg: RunConfig, strategy: str) -> str:
     return f"{variant_of_config(cfg)}_{strategy}{arm}"
 
 
-#: where 03 saves its arms' table in the demo (read by :func:`recipe_advice`)
-DEMO_ARMS_TABLE = "runs/demo/report/tables/03_recipe_arms.csv"
-
-
-def recipe_advice(recipe: str, given: bool, table: str | Path = DEMO_ARMS_TABLE) -> str:
+def recipe_advice(recipe: str, given: bool) -> str:
     """Which recipe arm 07 fine-tunes with, and why: asked for (``given``), or the default
-    :data:`~detr_nb_utils.training.recipe.RECOMMENDED_RECIPE` and the measurement behind it (benchmarks/RESULTS.md),
-    with the demo's measurement of the arms on its baseline (03's table, when the demo has run here)."""
+    :data:`~detr_nb_utils.training.recipe.RECOMMENDED_RECIPE` and the measurement behind it (benchmarks/RESULTS.md).
+    It points to 03's table of the arms without reading it: ``make demo`` runs 07 beside 03."""
     if given:
         return f"Recipe arm {recipe!r}, as asked."
-    head = (f"Recipe arm {recipe!r}, the default for your data: on the demo's own dataset (benchmarks/RESULTS.md, "
+    return (f"Recipe arm {recipe!r}, the default for your data: on the demo's own dataset (benchmarks/RESULTS.md, "
             "\"Recipe arms\") the checkpoint's own rates kept the classes COCO has but left the fresh ones at 0 AP, "
-            "and the warm-up did no better than the original rates, which learn your classes")
-    path = Path(table)
-    if not path.is_file():
-        return head + "."
-    arms = pd.read_csv(path, comment="#", index_col="recipe")
-    words = "; ".join(f"{arm} {r['epoch-1 change']:+.1f} [{r['epoch-1 change low']:+.1f}, "
-                      f"{r['epoch-1 change high']:+.1f}] after the first epoch, {r['final change']:+.1f} "
-                      f"[{r['final change low']:+.1f}, {r['final change high']:+.1f}] at the end"
-                      for arm, r in arms.iterrows())
-    return (f"{head}. Where every class is known, the demo's baseline in 03 ({path}, {int(arms['seeds'].min())} "
-            f"seeds or more per arm; AP change from epoch 0 in points, 95% intervals), the arms compare so: {words}.")
+            "and the warm-up did no better than the original rates, which learn your classes. 03 measures the arms "
+            "on the demo's baseline, where every class is known (its table 03_recipe_arms).")

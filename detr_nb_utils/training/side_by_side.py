@@ -8,10 +8,13 @@ threads in either case, so the metrics are bit-identical whichever way it ran (o
 kernels are deterministic). :func:`default_jobs` picks how many: on the CPU as many as the cores hold runs of
 ``threads`` threads, one when the threads are not fixed; on a GPU one unless asked (``benchmarks/gpu_session.sh``
 measures several sharing it). :func:`plan_runs` says, before any training, which runs a notebook will make and how
-long they should take, from a few steps timed on this machine. Used by notebooks 03-05 and 07.
+long they should take, from a few steps timed on this machine. :func:`wait_for_runs` lets a notebook that compares
+with another notebook's runs wait for them while that notebook trains them (``make demo`` runs 03, 04 and 05 side by
+side). Used by notebooks 03-05 and 07.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -56,6 +59,77 @@ def finished_epochs(cfg: RunConfig) -> int | None:
     return int(json.loads(rows[-1])["epoch"]) if rows else None
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that has finished every epoch its own ``config.json`` asks for (False while
+    its files are missing or being written)."""
+    config, metrics = Path(run_dir) / runs.CONFIG, Path(run_dir) / runs.METRICS
+    try:
+        epochs = RunConfig.from_json(config).epochs
+        rows = [line for line in metrics.read_text().splitlines() if line.strip()]
+        return bool(rows) and int(json.loads(rows[-1])["epoch"]) >= epochs
+    except (OSError, ValueError, KeyError, TypeError):  # not there yet, or a line half written
+        return False
+
+
+def _last_change(run_dirs: Sequence[Path]) -> float:
+    """The newest modification time among the run folders' metrics (0 when none exists yet)."""
+    times = [(Path(d) / runs.METRICS).stat().st_mtime for d in run_dirs if (Path(d) / runs.METRICS).is_file()]
+    return max(times, default=0.0)
+
+
+def wait_for_runs(run_dirs: Sequence[Path], timeout_s: float, poll_s: float = 2.0,
+                  stall_s: float = 300.0) -> tuple[list[Path], float]:
+    """Wait, at most ``timeout_s`` seconds, until every folder of ``run_dirs`` holds a finished run
+    (:func:`run_finished`), as when another notebook trains them at the same time; stop early when none of them
+    has finished an epoch for ``stall_s`` seconds (whatever was to train them has stopped). Returns the folders
+    still unfinished (empty when all finished) and the seconds waited; ``timeout_s`` 0 only checks."""
+    start = time.monotonic()
+    left = [Path(d) for d in run_dirs if not run_finished(d)]
+    progress, seen = start, _last_change(run_dirs)
+    while left and time.monotonic() - start < timeout_s and time.monotonic() - progress < stall_s:
+        time.sleep(min(poll_s, max(0.0, timeout_s - (time.monotonic() - start))))
+        left = [d for d in left if not run_finished(d)]
+        if (latest := _last_change(run_dirs)) != seen:
+            progress, seen = time.monotonic(), latest
+    return left, time.monotonic() - start
+
+
+#: the folder under ``out_dir`` holding :func:`core_slot`'s lock files
+SLOTS = ".slots"
+
+
+@contextlib.contextmanager
+def core_slot(cfg: RunConfig, cores: int | None = None, poll_s: float = 0.1):
+    """Hold one of the machine's run slots while a run of ``cfg`` trains: :func:`default_jobs` of them, lock files in
+    ``<out_dir>/.slots/`` shared by every process writing there. Notebooks that train side by side (``make demo``
+    starts 03, 04, 05 and 07 together) then never train more runs at once than the cores hold; ten processes on
+    two cores cost 10-30% more CPU time than the same work two at a time (benchmarks/RESULTS.md, "make demo in
+    under 5 minutes"). A process under ``nice`` takes no slot: it runs on what the others leave idle (``make demo``
+    runs 02 and 07 so). No slot on a GPU, with ``threads`` not fixed, or without POSIX ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None or cfg.threads is None or os.nice(0) > 0 or resolve_device(cfg.device).type != "cpu":
+        yield
+        return
+    folder = Path(cfg.out_dir) / SLOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        for slot in range(default_jobs(cfg, cores)):
+            with open(folder / str(slot), "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held by another run
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                return
+        time.sleep(poll_s)
+
+
 #: how a worker tells its parent that a run starts, ends or failed (a line of its own on stdout)
 MARK = "\x1eside_by_side "
 
@@ -71,7 +145,8 @@ def _worker_main() -> None:
         cfg = RunConfig.from_dict(json.loads(line))
         print(f"{MARK}start {cfg.run_dir.name}", flush=True)
         try:
-            run_experiment(cfg)
+            with core_slot(cfg):
+                run_experiment(cfg)
         except Exception:  # noqa: BLE001 (reported to the parent, which names the run)
             traceback.print_exc(file=sys.stdout)
             print(f"{MARK}failed {cfg.run_dir.name}", flush=True)
@@ -159,7 +234,8 @@ def run_all(configs: Sequence[RunConfig], jobs: int | None = None) -> dict[str, 
         _run_processes(todo, jobs)
     else:
         for cfg in todo:
-            run_experiment(cfg)
+            with core_slot(cfg):
+                run_experiment(cfg)
     return {c.run_dir.name: runs.load_run(c.run_dir) for c in configs}
 
 
