@@ -110,11 +110,12 @@ endef
 
 # The demo runs a notebook as soon as what it reads exists, DEMO_JOBS at a time (make -j): 02, 03, 04, 05 and 07 once
 # 01 has made the split, 06 after all of 02-05. 04 and 05 compare with each other's runs and 03's: they train their
-# own beside 03, one at a time in their kernel (the cores are 03's), and wait (DEMO_WAIT, -p wait_for_runs) for the
+# own beside 03, one at a time in their kernel (no worker processes to start), and wait (DEMO_WAIT, -p wait_for_runs) for the
 # runs they compare with before comparing, so every comparison is the one the notebooks one after the other would
 # print once all exist (DEMO_SIDE_BY_SIDE: only when `make demo` runs them side by side; a notebook's own target, or
 # DEMO_JOBS=1, runs it without waiting). 02 and 07 (DEMO_NICE_*), which nothing waits for, run at a lower priority
-# (nice) on what 03-06 leave idle.
+# (nice) on what 03-06 leave idle. However many notebooks train, a run holds one of cores / threads slots while it
+# trains (detr_nb_utils/training/side_by_side.py, core_slot; niced runs take none).
 # Every run's metrics are the same as one notebook after the other (a run computes with its own fixed threads).
 DEMO_JOBS ?= 5
 DEMO_NICE_02_checkpoint_inspection := 10
