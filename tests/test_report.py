@@ -170,3 +170,13 @@ def test_an_embedded_takeaway_loses_its_stamp_and_keeps_its_statements_apart():
     assert paragraphs(out.replace(_STAMPED, "")) == ["First statement, wrapped\nacross two lines.", "Second statement."]
     assert "Second statement.\n\n| a |\n|---|" in out  # a table right after a statement stays a table
     assert not _unstamped("| a |\n|---|\n| 1 |\n", ()).startswith(_STAMPED)  # the study: nothing to say
+
+
+def test_the_report_says_how_many_training_images_the_runs_used():
+    """The Method names a training limit (the demo's max_train_images), so a reader of a 400/100 split does not take
+    the runs for fine-tuned on all 400."""
+    from detr_nb_utils.notebook.report import training_sentence
+
+    assert training_sentence([None, None]) == "Each run fine-tuned on every training image."
+    assert "the first 120 of the training images" in training_sentence([120, 120])
+    assert "the first 120, all of the training images" in training_sentence([None, 120])

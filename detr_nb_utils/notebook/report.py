@@ -79,6 +79,17 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto
 _STAMPED = "\x00stamp\x00"
 
 
+
+def training_sentence(limits: Sequence[int | None]) -> str:
+    """How many training images the runs fine-tuned on, from their ``max_train_images`` (None: all of them)."""
+    kinds = sorted(set(limits), key=lambda v: (v is None, v or 0))
+    if kinds == [None]:
+        return "Each run fine-tuned on every training image."
+    words = ", ".join("all" if v is None else f"the first {v}" for v in kinds)
+    if len(kinds) == 1:
+        return f"Each run fine-tuned on {words} of the training images (`max_train_images`)."
+    return f"The runs fine-tuned on {words} of the training images (`max_train_images`, by run)."
+
 class ReportError(ValueError):
     """The template asks for something the run folders or the report folder do not hold."""
 
@@ -193,7 +204,9 @@ class _Filler:
             if key not in meta:
                 raise ReportError(f"{{{{fact:{name}}}}}: {FINDINGS}.json does not say {key}")
             return str(meta[key])
-        raise ReportError(f"{{{{fact:{name}}}}}: unknown fact (seeds, arms, images, resamples)")
+        if name == "training":
+            return training_sentence([r.config.max_train_images for r in self.records.values()])
+        raise ReportError(f"{{{{fact:{name}}}}}: unknown fact (seeds, arms, images, resamples, training)")
 
     def __call__(self, m: re.Match) -> str:
         kind, arg, caption = m["kind"], (m["arg"] or "").strip(), (m["caption"] or "").strip()
