@@ -79,7 +79,6 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto
 _STAMPED = "\x00stamp\x00"
 
 
-
 def training_sentence(limits: Sequence[int | None]) -> str:
     """How many training images the runs fine-tuned on, from their ``max_train_images`` (None: all of them)."""
     kinds = sorted(set(limits), key=lambda v: (v is None, v or 0))
@@ -89,6 +88,7 @@ def training_sentence(limits: Sequence[int | None]) -> str:
     if len(kinds) == 1:
         return f"Each run fine-tuned on {words} of the training images (`max_train_images`)."
     return f"The runs fine-tuned on {words} of the training images (`max_train_images`, by run)."
+
 
 class ReportError(ValueError):
     """The template asks for something the run folders or the report folder do not hold."""

@@ -10,7 +10,8 @@ kernels are deterministic). :func:`default_jobs` picks how many: on the CPU as m
 measures several sharing it). :func:`plan_runs` says, before any training, which runs a notebook will make and how
 long they should take, from a few steps timed on this machine. :func:`wait_for_runs` lets a notebook that compares
 with another notebook's runs wait for them while that notebook trains them (``make demo`` runs 03, 04 and 05 side by
-side). Used by notebooks 03-05 and 07.
+side), and :func:`core_slot` keeps the runs of every notebook training at once to the cores. Used by notebooks 03-05
+and 07.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def finished_epochs(cfg: RunConfig) -> int | None:
         rows = "; ".join(f"{k}: {a!r} in the folder, {b!r} now" for k, a, b in diff)
         raise runs.RunConfigMismatch(f"{cfg.run_dir} holds a run with a different configuration ({rows}). Choose a "
                                      f"new run_name, or delete {cfg.run_dir} to start over.")
+    return _last_epoch(metrics)
+
+
+def _last_epoch(metrics: Path) -> int | None:
+    """The epoch of the last row of a run's ``metrics.jsonl`` (None: no row yet)."""
     rows = [line for line in metrics.read_text().splitlines() if line.strip()]
     return int(json.loads(rows[-1])["epoch"]) if rows else None
 
@@ -64,16 +70,18 @@ def run_finished(run_dir: Path) -> bool:
     its files are missing or being written)."""
     config, metrics = Path(run_dir) / runs.CONFIG, Path(run_dir) / runs.METRICS
     try:
-        epochs = RunConfig.from_json(config).epochs
-        rows = [line for line in metrics.read_text().splitlines() if line.strip()]
-        return bool(rows) and int(json.loads(rows[-1])["epoch"]) >= epochs
+        last = _last_epoch(metrics)
+        return last is not None and last >= RunConfig.from_json(config).epochs
     except (OSError, ValueError, KeyError, TypeError):  # not there yet, or a line half written
         return False
 
 
 def _last_change(run_dirs: Sequence[Path]) -> float:
     """The newest modification time among the run folders' metrics (0 when none exists yet)."""
-    times = [(Path(d) / runs.METRICS).stat().st_mtime for d in run_dirs if (Path(d) / runs.METRICS).is_file()]
+    times = []
+    for d in run_dirs:
+        with contextlib.suppress(OSError):  # not there (yet)
+            times.append((Path(d) / runs.METRICS).stat().st_mtime)
     return max(times, default=0.0)
 
 
